@@ -1,0 +1,108 @@
+//! Agent options from the kernel command line (`agent.*` parameters).
+//!
+//! | parameter | meaning | default |
+//! |---|---|---|
+//! | `agent.log=LEVEL` | error, warn, info, debug, trace | `info` |
+//! | `agent.port=N` | vsock port of the ttrpc server | 1024 |
+//! | `agent.listen=unix:PATH` | serve on a Unix socket instead of vsock (tests, debugging) | — |
+//!
+//! Unknown `agent.*` keys and bad values are reported (logged) and ignored, so an old agent
+//! still boots under a newer shim.
+
+use isola_agent_proto::AGENT_PORT;
+
+/// Where the ttrpc server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    /// AF_VSOCK on any CID, this port.
+    Vsock(u32),
+    /// A Unix socket path (the agent run outside a VM).
+    Unix(String),
+}
+
+/// Options parsed from the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentOptions {
+    pub log_level: String,
+    pub listen: Listen,
+    /// Problems found while parsing, logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            log_level: "info".into(),
+            listen: Listen::Vsock(AGENT_PORT),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Parses a kernel command line (the contents of /proc/cmdline).
+pub fn parse(cmdline: &str) -> AgentOptions {
+    let mut opts = AgentOptions::default();
+    for word in cmdline.split_whitespace() {
+        let Some(rest) = word.strip_prefix("agent.") else {
+            continue;
+        };
+        let (key, value) = rest.split_once('=').unwrap_or((rest, ""));
+        match key {
+            "log" if LEVELS.contains(&value) => opts.log_level = value.to_string(),
+            "port" => match value.parse::<u32>() {
+                Ok(port) if port > 0 => opts.listen = Listen::Vsock(port),
+                _ => opts
+                    .warnings
+                    .push(format!("agent.port={value:?} is not a port number; keeping the default")),
+            },
+            "listen" => match value.strip_prefix("unix:") {
+                Some(path) if path.starts_with('/') => opts.listen = Listen::Unix(path.to_string()),
+                _ => opts.warnings.push(format!(
+                    "agent.listen={value:?} is not unix:/absolute/path; keeping vsock"
+                )),
+            },
+            _ => opts
+                .warnings
+                .push(format!("ignoring unknown or invalid kernel parameter {word:?}")),
+        }
+    }
+    opts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_when_nothing_given() {
+        let o = parse("console=ttyS0 quiet panic=-1");
+        assert_eq!(o, AgentOptions::default());
+    }
+
+    #[test]
+    fn reads_level_port_and_listen() {
+        let o = parse("quiet agent.log=debug agent.port=2000");
+        assert_eq!(o.log_level, "debug");
+        assert_eq!(o.listen, Listen::Vsock(2000));
+        let o = parse("agent.listen=unix:/tmp/a.sock");
+        assert_eq!(o.listen, Listen::Unix("/tmp/a.sock".into()));
+        assert!(o.warnings.is_empty());
+    }
+
+    #[test]
+    fn bad_values_warn_and_keep_defaults() {
+        let o = parse("agent.log=loud agent.port=x agent.listen=tcp:1 agent.bogus=1");
+        assert_eq!(o.log_level, "info");
+        assert_eq!(o.listen, Listen::Vsock(AGENT_PORT));
+        assert_eq!(o.warnings.len(), 4, "{:?}", o.warnings);
+        assert!(o.warnings[0].contains("agent.log=loud"));
+    }
+
+    #[test]
+    fn last_value_wins() {
+        let o = parse("agent.log=debug agent.log=warn");
+        assert_eq!(o.log_level, "warn");
+    }
+}

@@ -1,0 +1,105 @@
+//! isola-agent: PID 1 of an isola pod VM.
+//!
+//! As PID 1 it mounts the pseudo filesystems, attaches the console, loads the image's kernel
+//! modules, reaps orphans and serves the host's ttrpc requests on vsock. Options come from the
+//! kernel command line (see [`cmdline`]). Run as an ordinary process (tests, debugging) it skips
+//! the init duties and reads its options from `$ISOLA_AGENT_CMDLINE`.
+//!
+//! PID 1 must never exit (the kernel would panic): a failed request answers with an error, a
+//! panicking handler answers INTERNAL, and a fatal start-up failure powers the VM off so the
+//! host sees the VM end rather than a silent hang.
+
+mod cmdline;
+mod init;
+mod modules;
+mod reaper;
+mod rpc;
+mod server;
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context;
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let started = Instant::now();
+    let is_init = std::process::id() == 1;
+    let early_problems = if is_init { init::setup() } else { Vec::new() };
+
+    let cmdline = match std::env::var("ISOLA_AGENT_CMDLINE") {
+        Ok(s) if !is_init => s,
+        _ => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    };
+    let opts = cmdline::parse(&cmdline);
+    init_logging(&opts.log_level);
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "isola-agent panicked");
+    }));
+    for p in early_problems.iter().chain(&opts.warnings) {
+        tracing::warn!("{p}");
+    }
+
+    if is_init {
+        match modules::load_all(
+            Path::new(modules::MODULE_LIST),
+            Path::new(modules::MODULE_DIR),
+        ) {
+            Ok(n) => tracing::info!(
+                modules = n,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "kernel modules loaded"
+            ),
+            Err(e) => tracing::error!(error = %e, "loading kernel modules failed"),
+        }
+    }
+
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("building the tokio runtime")
+        .and_then(|rt| rt.block_on(run(opts, is_init, started)));
+    if let Err(e) = result {
+        tracing::error!(error = format!("{e:#}"), "isola-agent cannot serve");
+    }
+    if is_init {
+        tracing::error!("powering the VM off: the agent cannot continue");
+        nix::unistd::sync();
+        let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF);
+    }
+    std::process::exit(1);
+}
+
+async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> anyhow::Result<()> {
+    let _reaper = if is_init {
+        Some(reaper::Reaper::start().context("installing the SIGCHLD reaper")?)
+    } else {
+        None
+    };
+    let _server = server::start(&opts.listen).await?;
+    tracing::info!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "agent ready"
+    );
+    // Serve until asked to stop (SIGTERM is ignored for PID 1 by the kernel unless handled).
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    term.recv().await;
+    tracing::info!("SIGTERM received; shutting down");
+    if is_init {
+        // PID 1 does not exit on SIGTERM; the host stops the VM.
+        std::future::pending::<()>().await;
+    }
+    Ok(())
+}
+
+fn init_logging(level: &str) {
+    let filter = EnvFilter::try_new(format!("isola_agent={level},ttrpc=warn"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,135 @@
+//! Loading the kernel modules the guest image lists.
+//!
+//! The image build (guest/build.sh) writes `/etc/isola/modules`: one `.ko` file name per line, in
+//! dependency order, the files themselves in `/lib/modules/isola/`. A kernel with the drivers
+//! built in ships an empty list, and nothing is loaded.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use nix::errno::Errno;
+use nix::kmod::{finit_module, ModuleInitFlags};
+
+/// The load-order file written by the image build.
+pub const MODULE_LIST: &str = "/etc/isola/modules";
+/// Where the image keeps the module files.
+pub const MODULE_DIR: &str = "/lib/modules/isola";
+
+/// A module that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module list {path}: line {line} {name:?} is not a plain .ko file name")]
+    BadName {
+        path: PathBuf,
+        line: usize,
+        name: String,
+    },
+    #[error("reading module list {path}: {source}")]
+    ReadList {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("opening module {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("loading module {path}: {source}")]
+    Load { path: PathBuf, source: Errno },
+}
+
+/// Parses the load-order list: one file name per line, `#` comments and blank lines skipped.
+/// Names are plain `.ko` file names (no `/`, no `..`), so the list cannot point outside
+/// the module directory.
+pub fn parse_list(text: &str, origin: &Path) -> Result<Vec<String>, ModuleError> {
+    let mut names = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let name = raw.trim();
+        if name.is_empty() || name.starts_with('#') {
+            continue;
+        }
+        let plain = !name.contains('/') && name != ".." && name.ends_with(".ko") && name.len() > 3;
+        if !plain {
+            return Err(ModuleError::BadName {
+                path: origin.to_path_buf(),
+                line: i + 1,
+                name: name.to_string(),
+            });
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
+}
+
+/// Loads every listed module in order. A missing list means "nothing to load".
+/// Returns the number of modules loaded (already-present ones count as loaded).
+pub fn load_all(list: &Path, dir: &Path) -> Result<usize, ModuleError> {
+    let text = match std::fs::read_to_string(list) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(source) => {
+            return Err(ModuleError::ReadList {
+                path: list.to_path_buf(),
+                source,
+            })
+        }
+    };
+    let names = parse_list(&text, list)?;
+    for name in &names {
+        let path = dir.join(name);
+        let started = Instant::now();
+        let file = File::open(&path).map_err(|source| ModuleError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        match finit_module(&file, c"", ModuleInitFlags::empty()) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(source) => return Err(ModuleError::Load { path, source }),
+        }
+        tracing::debug!(module = %name, elapsed_us = started.elapsed().as_micros() as u64, "module loaded");
+    }
+    Ok(names.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_in_order_skipping_comments() {
+        let names = parse_list(
+            "# order matters\nvirtio_ring.ko\n\n virtio.ko \nvsock.ko\n",
+            Path::new("/x"),
+        )
+        .unwrap();
+        assert_eq!(names, ["virtio_ring.ko", "virtio.ko", "vsock.ko"]);
+    }
+
+    #[test]
+    fn rejects_paths_and_non_modules() {
+        for bad in ["../../bin/sh.ko", "a/b.ko", "virtio", ".ko", "x.ko.xz"] {
+            let err = parse_list(bad, Path::new("/etc/isola/modules")).unwrap_err();
+            assert!(
+                err.to_string().contains("line 1"),
+                "{bad}: unexpected error {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_list_loads_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = load_all(&dir.path().join("absent"), dir.path()).unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn missing_module_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("modules");
+        std::fs::write(&list, "nope.ko\n").unwrap();
+        let err = load_all(&list, dir.path()).unwrap_err();
+        assert!(err.to_string().contains("nope.ko"), "{err}");
+    }
+}

@@ -1,0 +1,124 @@
+//! `isola bench boot`: how long from spawning the VMM until the agent answers, next to how long
+//! the same kernel on the same VM needs to reach a trivial /init (the floor).
+//!
+//! The floor runs the image's floor initrd (a static /init that powers the VM off at once) and is
+//! timed from spawn to VMM exit. Both use the same configuration and devices; runs alternate
+//! between the two so background noise hits both alike.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Subcommand;
+use isola_sandbox::{vm_config, BootedVm, SandboxPaths};
+
+#[derive(Subcommand)]
+pub enum Which {
+    /// Spawn-to-agent-ready vs the bare-kernel floor
+    Boot {
+        /// Boots of each kind
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The floor initrd (a trivial /init that powers off)
+        #[arg(long)]
+        floor_initrd: PathBuf,
+    },
+}
+
+pub async fn run(config: Option<&Path>, which: Which) -> anyhow::Result<bool> {
+    let (cfg, _) = crate::load_config(config)?;
+    match which {
+        Which::Boot { runs, floor_initrd } => boot(&cfg, runs.max(1), &floor_initrd).await,
+    }
+}
+
+/// Median of a non-empty list.
+pub fn median(values: &mut [Duration]) -> Duration {
+    values.sort();
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2
+    }
+}
+
+fn secs(list: &[Duration]) -> String {
+    list.iter()
+        .map(|d| format!("{:.2}", d.as_secs_f64()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+async fn floor_once(cfg: &isola_config::Config, initrd: &Path, n: usize) -> anyhow::Result<Duration> {
+    let id = crate::throwaway_id("floor", n);
+    let paths = SandboxPaths::new(&cfg.runtime.state_dir, &id);
+    let mut vm_cfg = vm_config(cfg, &id, &paths);
+    vm_cfg.initrd = initrd.to_path_buf();
+    if vm_cfg.shared_fs.is_some() {
+        std::fs::create_dir_all(&paths.shared_dir)?;
+    }
+    let vm = isola_hypervisor::new_qemu(vm_cfg);
+    let started = Instant::now();
+    let result = async {
+        vm.start().await?;
+        let exit = tokio::time::timeout(Duration::from_secs(120), vm.wait())
+            .await
+            .context("the floor VM did not power off within 120 s")??;
+        anyhow::Ok((started.elapsed(), exit))
+    }
+    .await;
+    let _ = vm.stop().await;
+    let _ = std::fs::remove_dir(&paths.shared_dir);
+    let (took, exit) = result?;
+    tracing::debug!(%exit, "floor VM ended");
+    Ok(took)
+}
+
+async fn agent_once(cfg: &isola_config::Config, n: usize) -> anyhow::Result<Duration> {
+    let id = crate::throwaway_id("bench", n);
+    let vm = BootedVm::boot(cfg, &id).await?;
+    let took = vm.timings.agent_ready;
+    vm.stop().await?;
+    Ok(took)
+}
+
+async fn boot(cfg: &isola_config::Config, runs: usize, floor_initrd: &Path) -> anyhow::Result<bool> {
+    let accel = isola_hypervisor::accel::resolve(match cfg.hypervisor.accelerator {
+        isola_config::Accelerator::Auto => isola_hypervisor::AcceleratorChoice::Auto,
+        isola_config::Accelerator::Kvm => isola_hypervisor::AcceleratorChoice::Kvm,
+        isola_config::Accelerator::Tcg => isola_hypervisor::AcceleratorChoice::Tcg,
+    })
+    .await?;
+    println!(
+        "bench-boot: {:?}, {}, {} vCPU, {} MiB, {} runs each (alternating)",
+        accel.0, cfg.hypervisor.machine_type, cfg.hypervisor.vcpus, cfg.hypervisor.memory_mib, runs
+    );
+    // One unmeasured boot of each warms the page cache (kernel, initrd, binaries).
+    floor_once(cfg, floor_initrd, 0).await?;
+    agent_once(cfg, 0).await?;
+    let mut floor = Vec::with_capacity(runs);
+    let mut agent = Vec::with_capacity(runs);
+    for n in 1..=runs {
+        floor.push(floor_once(cfg, floor_initrd, n).await?);
+        agent.push(agent_once(cfg, n).await?);
+    }
+    let (mf, ma) = (median(&mut floor.clone()), median(&mut agent.clone()));
+    println!("  floor  (spawn -> trivial /init powers off): median {:.3} s   [{}]", mf.as_secs_f64(), secs(&floor));
+    println!("  isola  (spawn -> agent answers Check):      median {:.3} s   [{}]", ma.as_secs_f64(), secs(&agent));
+    let ratio = ma.as_secs_f64() / mf.as_secs_f64();
+    println!("  ratio isola/floor: {ratio:.2}  (target <= 1.20)");
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&mut [ms(3), ms(1), ms(2)]), ms(2));
+        assert_eq!(median(&mut [ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+    }
+}

@@ -1,0 +1,91 @@
+//! `isola`: the host CLI of the isola runtime.
+//!
+//! - `isola check [--no-boot]`: is this host ready to run pods? Boots a throwaway VM unless told
+//!   not to; exits 0 only when everything needed works (with a boot: when the agent answered).
+//! - `isola bench boot`: boot-time benchmark against the bare-kernel floor.
+
+mod bench;
+mod check;
+mod host;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "isola", version, about = "isola: every pod in its own lightweight VM")]
+struct Cli {
+    /// Configuration file (default: $ISOLA_CONFIG, /etc/isola/configuration.toml,
+    /// $PREFIX/share/isola/configuration.toml)
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log verbosity for isola's own logs (error, warn, info, debug, trace)
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check that this host can run isola pods, then boot a throwaway VM
+    Check {
+        /// Only the host checks; do not boot a VM
+        #[arg(long)]
+        no_boot: bool,
+    },
+    /// Benchmarks
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cli.log)
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("isola: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Check { no_boot } => check::run(cli.config.as_deref(), !no_boot).await,
+            Command::Bench { which } => bench::run(cli.config.as_deref(), which).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("isola: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Loads the configuration from `--config` or the standard search order.
+pub(crate) fn load_config(
+    explicit: Option<&std::path::Path>,
+) -> anyhow::Result<(isola_config::Config, PathBuf)> {
+    Ok(match explicit {
+        Some(p) => (isola_config::Config::load_from(p)?, p.to_path_buf()),
+        None => isola_config::Config::load()?,
+    })
+}
+
+/// A sandbox id for a throwaway VM of this process.
+pub(crate) fn throwaway_id(what: &str, n: usize) -> String {
+    format!("{what}-{}-{n}", std::process::id())
+}

@@ -1,0 +1,342 @@
+//! The configuration data model: the sections of `configuration.toml`, their
+//! keys, and the default value of every key.
+//!
+//! Every struct here deserializes with `#[serde(default, deny_unknown_fields)]`:
+//! a missing key takes its documented default, an unknown key is an error.
+//! Parsing alone does not check ranges or paths; see [`Config::validate`].
+//!
+//! [`Config::validate`]: crate::Config::validate
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::PREFIX;
+
+/// The whole runtime configuration: the three sections of `configuration.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `[hypervisor]`: how the pod VM is launched.
+    pub hypervisor: HypervisorConfig,
+    /// `[agent]`: how the runtime talks to the in-guest agent.
+    pub agent: AgentConfig,
+    /// `[runtime]`: behaviour of the shim itself.
+    pub runtime: RuntimeConfig,
+}
+
+/// The `[hypervisor]` section: QEMU, guest kernel, shared filesystem, vsock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HypervisorConfig {
+    /// `path`: the QEMU binary. Default `/usr/bin/qemu-system-x86_64`.
+    pub path: PathBuf,
+    /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinuz`.
+    pub kernel: PathBuf,
+    /// `initrd`: the guest initrd. Default `$PREFIX/share/isola/initrd.img`.
+    pub initrd: PathBuf,
+    /// `kernel_params`: extra guest kernel parameters, appended to the ones
+    /// the runtime sets itself. Default empty.
+    pub kernel_params: String,
+    /// `machine_type`: the QEMU machine type. Default [`MachineType::Q35`].
+    pub machine_type: MachineType,
+    /// `firmware`: the firmware (`-bios`) image. Default
+    /// `/usr/share/qemu/qboot.rom`; the empty string means QEMU's own default
+    /// firmware (see [`HypervisorConfig::firmware_path`]).
+    pub firmware: PathBuf,
+    /// `accelerator`: the QEMU accelerator. Default [`Accelerator::Auto`].
+    pub accelerator: Accelerator,
+    /// `vcpus`: number of guest vCPUs, 1..=255. Default 1.
+    pub vcpus: u32,
+    /// `memory_mib`: guest memory in MiB, 128..=1048576. Default 512.
+    pub memory_mib: u64,
+    /// `shared_fs`: how container rootfs/volumes reach the guest. Default
+    /// [`SharedFs::VirtioFs`].
+    pub shared_fs: SharedFs,
+    /// `virtiofsd_path`: the virtiofsd binary. Default `/usr/local/bin/virtiofsd`.
+    pub virtiofsd_path: PathBuf,
+    /// `virtiofsd_cache`: virtiofsd `--cache` mode. Default [`VirtiofsdCache::Auto`].
+    pub virtiofsd_cache: VirtiofsdCache,
+    /// `virtiofsd_sandbox`: virtiofsd `--sandbox` mode. Default
+    /// [`VirtiofsdSandbox::Namespace`].
+    pub virtiofsd_sandbox: VirtiofsdSandbox,
+    /// `vsock`: the host side of the guest vsock. Default [`Vsock::Auto`].
+    pub vsock: Vsock,
+    /// `vhost_user_vsock_path`: the vhost-user vsock daemon, used when
+    /// `vsock` resolves to [`Vsock::VhostUser`]. Default
+    /// `/usr/local/bin/vhost-device-vsock`.
+    pub vhost_user_vsock_path: PathBuf,
+}
+
+/// The `[agent]` section: the runtime's connection to the in-guest agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `dial_timeout_ms`: how long to keep trying to reach the agent after
+    /// the VM starts, in milliseconds; must be > 0. Default 30000.
+    pub dial_timeout_ms: u64,
+    /// `log_level`: the agent's log level, passed to the guest kernel command
+    /// line as `agent.log=<level>`. Default [`LogLevel::Info`].
+    pub log_level: LogLevel,
+}
+
+/// The `[runtime]` section: behaviour of the shim itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `debug`: verbose logging in the shim. Default `false`.
+    pub debug: bool,
+    /// `state_dir`: where per-sandbox runtime state (sockets, pid files) is
+    /// kept. Default `/run/isola`.
+    pub state_dir: PathBuf,
+}
+
+/// Default of `hypervisor.path`.
+pub const DEFAULT_QEMU_PATH: &str = "/usr/bin/qemu-system-x86_64";
+/// Default of `hypervisor.firmware`.
+pub const DEFAULT_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
+/// Default of `hypervisor.virtiofsd_path`.
+pub const DEFAULT_VIRTIOFSD_PATH: &str = "/usr/local/bin/virtiofsd";
+/// Default of `hypervisor.vhost_user_vsock_path`.
+pub const DEFAULT_VHOST_USER_VSOCK_PATH: &str = "/usr/local/bin/vhost-device-vsock";
+/// Default of `runtime.state_dir`.
+pub const DEFAULT_STATE_DIR: &str = "/run/isola";
+/// Default of `agent.dial_timeout_ms`.
+pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 30_000;
+/// Default of `hypervisor.vcpus`.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Default of `hypervisor.memory_mib`.
+pub const DEFAULT_MEMORY_MIB: u64 = 512;
+/// Smallest accepted `hypervisor.vcpus`.
+pub const MIN_VCPUS: u32 = 1;
+/// Largest accepted `hypervisor.vcpus`.
+pub const MAX_VCPUS: u32 = 255;
+/// Smallest accepted `hypervisor.memory_mib`.
+pub const MIN_MEMORY_MIB: u64 = 128;
+/// Largest accepted `hypervisor.memory_mib` (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1_048_576;
+/// The kernel vhost-vsock device; its presence selects [`Vsock::Vhost`] when
+/// `vsock = "auto"`.
+pub const VHOST_VSOCK_DEVICE: &str = "/dev/vhost-vsock";
+
+/// `$PREFIX/share/isola`, where the guest kernel, initrd and the default
+/// configuration file are installed.
+pub fn share_dir() -> PathBuf {
+    Path::new(PREFIX).join("share").join("isola")
+}
+
+impl Default for HypervisorConfig {
+    fn default() -> Self {
+        HypervisorConfig {
+            path: PathBuf::from(DEFAULT_QEMU_PATH),
+            kernel: share_dir().join("vmlinuz"),
+            initrd: share_dir().join("initrd.img"),
+            kernel_params: String::new(),
+            machine_type: MachineType::default(),
+            firmware: PathBuf::from(DEFAULT_FIRMWARE),
+            accelerator: Accelerator::default(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            shared_fs: SharedFs::default(),
+            virtiofsd_path: PathBuf::from(DEFAULT_VIRTIOFSD_PATH),
+            virtiofsd_cache: VirtiofsdCache::default(),
+            virtiofsd_sandbox: VirtiofsdSandbox::default(),
+            vsock: Vsock::default(),
+            vhost_user_vsock_path: PathBuf::from(DEFAULT_VHOST_USER_VSOCK_PATH),
+        }
+    }
+}
+
+impl HypervisorConfig {
+    /// The firmware to pass to QEMU (`-bios`), or `None` when `firmware` is
+    /// empty, meaning "let QEMU use its default firmware".
+    pub fn firmware_path(&self) -> Option<&Path> {
+        if self.firmware.as_os_str().is_empty() {
+            None
+        } else {
+            Some(&self.firmware)
+        }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            dial_timeout_ms: DEFAULT_DIAL_TIMEOUT_MS,
+            log_level: LogLevel::default(),
+        }
+    }
+}
+
+impl AgentConfig {
+    /// `dial_timeout_ms` as a [`Duration`].
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_millis(self.dial_timeout_ms)
+    }
+
+    /// The guest kernel parameter carrying the log level, e.g. `agent.log=info`.
+    pub fn kernel_param(&self) -> String {
+        format!("agent.log={}", self.log_level)
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            debug: false,
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// Defines a string-valued config enum: serde names, `Default`, `as_str`,
+/// `Display`, and the list of accepted values.
+macro_rules! config_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident, default $default:ident {
+            $( $(#[$vmeta:meta])* $variant:ident = $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum $name {
+            $(
+                $(#[$vmeta])*
+                #[serde(rename = $text)]
+                $variant,
+            )+
+        }
+
+        impl $name {
+            /// Every accepted value, as written in the TOML file.
+            pub const VALUES: &'static [&'static str] = &[$($text),+];
+
+            /// The value as written in the TOML file (and as QEMU / the
+            /// helper daemons spell it).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( $name::$variant => $text, )+
+                }
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+config_enum! {
+    /// `hypervisor.machine_type`: the QEMU `-machine` type.
+    MachineType, default Q35 {
+        /// `"q35"`: modern PC with PCIe (the default).
+        Q35 = "q35",
+        /// `"pc"`: legacy i440FX PC.
+        Pc = "pc",
+        /// `"microvm"`: QEMU's minimal virtio-mmio machine.
+        Microvm = "microvm",
+    }
+}
+
+config_enum! {
+    /// `hypervisor.accelerator`: the QEMU `-accel` to use.
+    Accelerator, default Auto {
+        /// `"auto"`: KVM when `/dev/kvm` is usable, else TCG (the default).
+        Auto = "auto",
+        /// `"kvm"`: hardware virtualization; fail if unavailable.
+        Kvm = "kvm",
+        /// `"tcg"`: software emulation (slow; for hosts without KVM).
+        Tcg = "tcg",
+    }
+}
+
+config_enum! {
+    /// `hypervisor.shared_fs`: how host directories are shared with the guest.
+    SharedFs, default VirtioFs {
+        /// `"virtio-fs"`: share through virtiofsd (the default).
+        VirtioFs = "virtio-fs",
+        /// `"none"`: no shared filesystem.
+        None = "none",
+    }
+}
+
+config_enum! {
+    /// `hypervisor.virtiofsd_cache`: virtiofsd `--cache` mode.
+    VirtiofsdCache, default Auto {
+        /// `"auto"` (the default).
+        Auto = "auto",
+        /// `"always"`.
+        Always = "always",
+        /// `"never"`.
+        Never = "never",
+    }
+}
+
+config_enum! {
+    /// `hypervisor.virtiofsd_sandbox`: virtiofsd `--sandbox` mode.
+    VirtiofsdSandbox, default Namespace {
+        /// `"namespace"` (the default).
+        Namespace = "namespace",
+        /// `"chroot"`.
+        Chroot = "chroot",
+        /// `"none"`.
+        None = "none",
+    }
+}
+
+config_enum! {
+    /// `hypervisor.vsock`: the host-side vsock backend.
+    Vsock, default Auto {
+        /// `"auto"`: [`Vsock::Vhost`] if `/dev/vhost-vsock` exists, else
+        /// [`Vsock::VhostUser`] (the default).
+        Auto = "auto",
+        /// `"vhost"`: the kernel vhost-vsock device.
+        Vhost = "vhost",
+        /// `"vhost-user"`: a vhost-user vsock daemon (`vhost_user_vsock_path`).
+        VhostUser = "vhost-user",
+    }
+}
+
+config_enum! {
+    /// `agent.log_level`: the in-guest agent's log level.
+    LogLevel, default Info {
+        /// `"error"`.
+        Error = "error",
+        /// `"warn"`.
+        Warn = "warn",
+        /// `"info"` (the default).
+        Info = "info",
+        /// `"debug"`.
+        Debug = "debug",
+        /// `"trace"`.
+        Trace = "trace",
+    }
+}
+
+impl Vsock {
+    /// Resolves [`Vsock::Auto`] given whether the kernel vhost-vsock device is
+    /// present; other values are returned unchanged.
+    pub fn resolve_with(self, vhost_device_present: bool) -> Vsock {
+        match self {
+            Vsock::Auto if vhost_device_present => Vsock::Vhost,
+            Vsock::Auto => Vsock::VhostUser,
+            other => other,
+        }
+    }
+
+    /// Resolves [`Vsock::Auto`] by looking for [`VHOST_VSOCK_DEVICE`] on this host.
+    pub fn resolve(self) -> Vsock {
+        self.resolve_with(Path::new(VHOST_VSOCK_DEVICE).exists())
+    }
+}

@@ -1,0 +1,186 @@
+//! Semantic checks run after parsing: numeric ranges and absolute paths.
+//!
+//! Enumerated keys need no check here: they are Rust enums, so a bad value is
+//! already rejected by the deserializer.
+
+use std::path::Path;
+
+use crate::model::{Config, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
+
+/// A validation failure before it is attached to a file location.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Problem {
+    /// Dotted key, e.g. `hypervisor.vcpus`.
+    pub key: &'static str,
+    /// The value rendered as TOML.
+    pub value: String,
+    /// What is wrong.
+    pub problem: String,
+    /// What to do.
+    pub fix: String,
+}
+
+/// The first problem found in `config`, if any (keys are checked in file order).
+pub(crate) fn check(config: &Config) -> Option<Problem> {
+    let h = &config.hypervisor;
+    let paths: [(&'static str, &Path, bool); 5] = [
+        ("hypervisor.path", &h.path, false),
+        ("hypervisor.kernel", &h.kernel, false),
+        ("hypervisor.initrd", &h.initrd, false),
+        // An empty firmware means "QEMU's default firmware".
+        ("hypervisor.firmware", &h.firmware, true),
+        ("hypervisor.virtiofsd_path", &h.virtiofsd_path, false),
+    ];
+    for (key, path, empty_ok) in paths {
+        if let Some(p) = check_path(key, path, empty_ok) {
+            return Some(p);
+        }
+    }
+    if h.vcpus < MIN_VCPUS {
+        return Some(Problem {
+            key: "hypervisor.vcpus",
+            value: h.vcpus.to_string(),
+            problem: format!("is too small: a VM needs at least {MIN_VCPUS} vCPU"),
+            fix: format!("set it to a number from {MIN_VCPUS} to {MAX_VCPUS}"),
+        });
+    }
+    if h.vcpus > MAX_VCPUS {
+        return Some(Problem {
+            key: "hypervisor.vcpus",
+            value: h.vcpus.to_string(),
+            problem: format!("is too large: at most {MAX_VCPUS} vCPUs are supported"),
+            fix: format!("set it to a number from {MIN_VCPUS} to {MAX_VCPUS}"),
+        });
+    }
+    if h.memory_mib < MIN_MEMORY_MIB {
+        return Some(Problem {
+            key: "hypervisor.memory_mib",
+            value: h.memory_mib.to_string(),
+            problem: format!("is too small: at least {MIN_MEMORY_MIB} MiB is needed"),
+            fix: format!("set it to a number from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}"),
+        });
+    }
+    if h.memory_mib > MAX_MEMORY_MIB {
+        return Some(Problem {
+            key: "hypervisor.memory_mib",
+            value: h.memory_mib.to_string(),
+            problem: format!("is too large: at most {MAX_MEMORY_MIB} MiB (1 TiB) is supported"),
+            fix: format!("set it to a number from {MIN_MEMORY_MIB} to {MAX_MEMORY_MIB}"),
+        });
+    }
+    if let Some(p) = check_path(
+        "hypervisor.vhost_user_vsock_path",
+        &h.vhost_user_vsock_path,
+        false,
+    ) {
+        return Some(p);
+    }
+    if config.agent.dial_timeout_ms == 0 {
+        return Some(Problem {
+            key: "agent.dial_timeout_ms",
+            value: "0".to_owned(),
+            problem: "is not allowed: the runtime would give up on the agent immediately"
+                .to_owned(),
+            fix: "set it to a positive number of milliseconds (the default is 30000)".to_owned(),
+        });
+    }
+    check_path("runtime.state_dir", &config.runtime.state_dir, false)
+}
+
+fn check_path(key: &'static str, path: &Path, empty_ok: bool) -> Option<Problem> {
+    if path.as_os_str().is_empty() {
+        if empty_ok {
+            return None;
+        }
+        return Some(Problem {
+            key,
+            value: "\"\"".to_owned(),
+            problem: "is empty".to_owned(),
+            fix: "set it to an absolute path, or remove the line to use the default".to_owned(),
+        });
+    }
+    if path.is_absolute() {
+        return None;
+    }
+    let empty_hint = if empty_ok {
+        " (or to \"\" for QEMU's default firmware)"
+    } else {
+        ""
+    };
+    Some(Problem {
+        key,
+        value: toml_string(&path.to_string_lossy()),
+        problem: "is a relative path: paths in the configuration must be absolute".to_owned(),
+        fix: format!("set it to an absolute path starting with `/`{empty_hint}"),
+    })
+}
+
+/// `s` as a TOML basic string literal, e.g. `"vmlinuz"`.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_pass() {
+        assert_eq!(check(&Config::default()), None);
+    }
+
+    #[test]
+    fn empty_firmware_is_allowed_but_empty_kernel_is_not() {
+        let mut c = Config::default();
+        c.hypervisor.firmware = "".into();
+        assert_eq!(check(&c), None);
+        c.hypervisor.kernel = "".into();
+        assert_eq!(check(&c).unwrap().key, "hypervisor.kernel");
+    }
+
+    #[test]
+    fn bounds_are_inclusive() {
+        let mut c = Config::default();
+        c.hypervisor.vcpus = MAX_VCPUS;
+        c.hypervisor.memory_mib = MIN_MEMORY_MIB;
+        assert_eq!(check(&c), None);
+        c.hypervisor.memory_mib = MAX_MEMORY_MIB;
+        assert_eq!(check(&c), None);
+        c.hypervisor.memory_mib = MAX_MEMORY_MIB + 1;
+        assert_eq!(check(&c).unwrap().key, "hypervisor.memory_mib");
+        c.hypervisor.memory_mib = MIN_MEMORY_MIB;
+        c.hypervisor.vcpus = 0;
+        assert_eq!(check(&c).unwrap().key, "hypervisor.vcpus");
+    }
+
+    #[test]
+    fn every_path_key_must_be_absolute() {
+        type Setter = fn(&mut Config);
+        let cases: [(&str, Setter); 7] = [
+            ("hypervisor.path", |c| c.hypervisor.path = "qemu".into()),
+            ("hypervisor.kernel", |c| {
+                c.hypervisor.kernel = "vmlinuz".into()
+            }),
+            ("hypervisor.initrd", |c| {
+                c.hypervisor.initrd = "./i.img".into()
+            }),
+            ("hypervisor.firmware", |c| {
+                c.hypervisor.firmware = "q.rom".into()
+            }),
+            ("hypervisor.virtiofsd_path", |c| {
+                c.hypervisor.virtiofsd_path = "virtiofsd".into()
+            }),
+            ("hypervisor.vhost_user_vsock_path", |c| {
+                c.hypervisor.vhost_user_vsock_path = "bin/v".into()
+            }),
+            ("runtime.state_dir", |c| c.runtime.state_dir = "run".into()),
+        ];
+        for (key, set) in cases {
+            let mut c = Config::default();
+            set(&mut c);
+            let p = check(&c).unwrap_or_else(|| panic!("{key} accepted a relative path"));
+            assert_eq!(p.key, key);
+            assert!(p.problem.contains("relative"), "{p:?}");
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! One pod VM: booted from the runtime configuration, with its agent connected.
+//!
+//! Both the shim and `isola check`/`isola bench` start VMs through [`BootedVm::boot`], so the
+//! path a user checks is the path pods take.
+
+mod console;
+mod vmconfig;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use isola_agent_client::{AgentClient, ClientError};
+use isola_config::Config;
+use isola_hypervisor::{Hypervisor, HypervisorError};
+
+pub use console::tail as console_tail;
+pub use vmconfig::{vm_config, SandboxPaths, SHARED_FS_TAG};
+
+/// Failure to bring a VM up or down.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("creating the sandbox directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("starting the VM: {0}")]
+    Start(#[source] HypervisorError),
+    #[error("the VM started but its agent did not answer: {source}\n--- last lines of the guest console ({console}) ---\n{tail}")]
+    Agent {
+        source: ClientError,
+        console: PathBuf,
+        tail: String,
+    },
+    #[error("stopping the VM: {0}")]
+    Stop(#[source] HypervisorError),
+}
+
+/// How long each boot phase took, from just before the VMM was spawned.
+#[derive(Debug, Clone, Copy)]
+pub struct BootTimings {
+    /// Helper daemons and the VMM running, control channel connected.
+    pub vmm_ready: Duration,
+    /// The agent answered Health.Check.
+    pub agent_ready: Duration,
+}
+
+/// A running VM with a connected agent.
+pub struct BootedVm {
+    pub id: String,
+    pub vm: Arc<dyn Hypervisor>,
+    pub agent: AgentClient,
+    pub paths: SandboxPaths,
+    pub timings: BootTimings,
+}
+
+impl BootedVm {
+    /// Boots sandbox `id`'s VM and waits for its agent. On failure nothing is left running.
+    pub async fn boot(cfg: &Config, id: &str) -> Result<BootedVm, SandboxError> {
+        let paths = SandboxPaths::new(&cfg.runtime.state_dir, id);
+        let vm_cfg = vm_config(cfg, id, &paths);
+        if vm_cfg.shared_fs.is_some() {
+            std::fs::create_dir_all(&paths.shared_dir).map_err(|source| SandboxError::Dir {
+                path: paths.shared_dir.clone(),
+                source,
+            })?;
+        }
+        let vm = isola_hypervisor::new_qemu(vm_cfg);
+        let started = Instant::now();
+        if let Err(e) = vm.start().await {
+            remove_shared_dir(&paths);
+            return Err(SandboxError::Start(e));
+        }
+        let vmm_ready = started.elapsed();
+        let endpoint = vm.agent_endpoint();
+        let agent = match AgentClient::connect(&endpoint, cfg.agent.dial_timeout()).await {
+            Ok(agent) => agent,
+            Err(source) => {
+                let console = vm.console_log();
+                let tail = console::tail(&console, 4096);
+                if let Err(e) = vm.stop().await {
+                    tracing::warn!(sandbox = id, error = %e, "stopping a VM whose agent never answered");
+                }
+                remove_shared_dir(&paths);
+                return Err(SandboxError::Agent {
+                    source,
+                    console,
+                    tail,
+                });
+            }
+        };
+        let timings = BootTimings {
+            vmm_ready,
+            agent_ready: started.elapsed(),
+        };
+        tracing::info!(sandbox = id, vmm_ms = vmm_ready.as_millis() as u64, agent_ms = timings.agent_ready.as_millis() as u64, "VM ready");
+        Ok(BootedVm {
+            id: id.to_string(),
+            vm,
+            agent,
+            paths,
+            timings,
+        })
+    }
+
+    /// Stops the VM and removes the sandbox's directories.
+    pub async fn stop(&self) -> Result<(), SandboxError> {
+        let result = self.vm.stop().await.map_err(SandboxError::Stop);
+        remove_shared_dir(&self.paths);
+        result
+    }
+}
+
+/// Removes the (empty) shared directory. Never recursive: a leftover mount inside it must not
+/// lead to deleting the files it exposes.
+fn remove_shared_dir(paths: &SandboxPaths) {
+    match std::fs::remove_dir(&paths.shared_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(dir = %paths.shared_dir.display(), error = %e, "could not remove the shared directory"),
+    }
+}

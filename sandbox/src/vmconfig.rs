@@ -1,0 +1,123 @@
+//! From the runtime configuration to what the hypervisor receives (pure, unit-tested).
+
+use std::path::{Path, PathBuf};
+
+use isola_config::{Accelerator, Config, SharedFs, Vsock};
+use isola_hypervisor::{AcceleratorChoice, SharedFsConfig, VmConfig, VsockChoice};
+
+/// The virtio-fs tag the agent mounts the sandbox's shared directory by.
+pub const SHARED_FS_TAG: &str = "isolafs";
+
+/// Where one sandbox keeps its state (sockets, console log) and its shared directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    /// `<state_dir>/vm/<id>`: owned by the hypervisor backend, removed when the VM stops.
+    pub vm_dir: PathBuf,
+    /// `<state_dir>/shared/<id>`: shared with the guest over virtio-fs.
+    pub shared_dir: PathBuf,
+}
+
+impl SandboxPaths {
+    /// Paths for sandbox `id` under the runtime state directory.
+    pub fn new(state_dir: &Path, id: &str) -> Self {
+        SandboxPaths {
+            vm_dir: state_dir.join("vm").join(id),
+            shared_dir: state_dir.join("shared").join(id),
+        }
+    }
+}
+
+/// Builds the hypervisor's VM description for sandbox `id`.
+pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
+    let h = &cfg.hypervisor;
+    let mut kernel_params = cfg.agent.kernel_param();
+    if !h.kernel_params.trim().is_empty() {
+        kernel_params.push(' ');
+        kernel_params.push_str(h.kernel_params.trim());
+    }
+    VmConfig {
+        id: id.to_string(),
+        state_dir: paths.vm_dir.clone(),
+        qemu_path: h.path.clone(),
+        kernel: h.kernel.clone(),
+        initrd: h.initrd.clone(),
+        kernel_params,
+        machine_type: h.machine_type.as_str().to_string(),
+        firmware: h.firmware_path().map(Path::to_path_buf),
+        accelerator: match h.accelerator {
+            Accelerator::Auto => AcceleratorChoice::Auto,
+            Accelerator::Kvm => AcceleratorChoice::Kvm,
+            Accelerator::Tcg => AcceleratorChoice::Tcg,
+        },
+        vcpus: h.vcpus,
+        memory_mib: u32::try_from(h.memory_mib).unwrap_or(u32::MAX),
+        shared_fs: match h.shared_fs {
+            SharedFs::VirtioFs => Some(SharedFsConfig {
+                virtiofsd_path: h.virtiofsd_path.clone(),
+                shared_dir: paths.shared_dir.clone(),
+                cache: h.virtiofsd_cache.as_str().to_string(),
+                sandbox: h.virtiofsd_sandbox.as_str().to_string(),
+                tag: SHARED_FS_TAG.to_string(),
+            }),
+            SharedFs::None => None,
+        },
+        vsock: match h.vsock {
+            Vsock::Auto => VsockChoice::Auto,
+            Vsock::Vhost => VsockChoice::VhostKernel,
+            Vsock::VhostUser => VsockChoice::VhostUser,
+        },
+        vhost_user_vsock_path: h.vhost_user_vsock_path.clone(),
+        agent_port: isola_agent_proto::AGENT_PORT,
+        debug: cfg.runtime.debug,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_map_to_a_virtiofs_vhost_auto_vm() {
+        let cfg = Config::default();
+        let paths = SandboxPaths::new(Path::new("/run/isola"), "abc");
+        let vm = vm_config(&cfg, "abc", &paths);
+        assert_eq!(vm.state_dir, Path::new("/run/isola/vm/abc"));
+        assert_eq!(vm.kernel_params, "agent.log=info");
+        assert_eq!(vm.machine_type, "q35");
+        assert_eq!(vm.firmware.as_deref(), Some(Path::new("/usr/share/qemu/qboot.rom")));
+        assert_eq!(vm.accelerator, AcceleratorChoice::Auto);
+        assert_eq!(vm.vsock, VsockChoice::Auto);
+        assert_eq!((vm.vcpus, vm.memory_mib), (1, 512));
+        let fs = vm.shared_fs.expect("virtio-fs by default");
+        assert_eq!(fs.shared_dir, Path::new("/run/isola/shared/abc"));
+        assert_eq!(fs.tag, SHARED_FS_TAG);
+        assert_eq!(vm.agent_port, 1024);
+    }
+
+    #[test]
+    fn overrides_are_carried_through() {
+        let text = r#"
+            [hypervisor]
+            kernel_params = " tsc=reliable "
+            firmware = ""
+            accelerator = "tcg"
+            vsock = "vhost-user"
+            shared_fs = "none"
+            vcpus = 2
+            memory_mib = 1024
+            [agent]
+            log_level = "debug"
+            [runtime]
+            debug = true
+        "#;
+        let cfg = Config::from_toml_str(text, Path::new("/t.toml")).unwrap();
+        let vm = vm_config(&cfg, "x", &SandboxPaths::new(Path::new("/s"), "x"));
+        assert_eq!(vm.kernel_params, "agent.log=debug tsc=reliable");
+        assert_eq!(vm.firmware, None);
+        assert_eq!(vm.accelerator, AcceleratorChoice::Tcg);
+        assert_eq!(vm.vsock, VsockChoice::VhostUser);
+        assert!(vm.shared_fs.is_none());
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 1024));
+        assert!(vm.debug);
+    }
+}
