@@ -1,1 +1,102 @@
-//! placeholder
+//! Shared helpers for isola's integration tests.
+//!
+//! Real-VM tests are named `vm_*` so nextest runs them one at a time (`.config/nextest.toml`).
+//! They need the guest image from `make guest` (build/guest/); a missing image is a test
+//! failure with a message saying so, never a silent pass.
+
+use std::path::{Path, PathBuf};
+
+use isola_config::Config;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the repository")
+        .to_path_buf()
+}
+
+/// A guest image file: `$ISOLA_TEST_<VAR>` or build/guest/<name>. Panics with a clear message
+/// when it is missing.
+pub fn guest_file(var: &str, name: &str) -> PathBuf {
+    let path = std::env::var_os(format!("ISOLA_TEST_{var}"))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("build/guest").join(name));
+    assert!(
+        path.is_file(),
+        "guest image file {} is missing: run `make guest` first (or set ISOLA_TEST_{var})",
+        path.display()
+    );
+    path
+}
+
+/// A test environment: its own state directory and a configuration using the built image.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestEnv {
+    /// The default configuration with the built guest image and a private state directory.
+    pub fn new() -> TestEnv {
+        // Short base path: Unix socket paths under it must stay within 107 bytes.
+        let dir = tempfile::Builder::new()
+            .prefix("isola-t")
+            .tempdir_in("/tmp")
+            .expect("creating a temporary directory");
+        let mut config = Config::default();
+        config.hypervisor.kernel = guest_file("KERNEL", "vmlinuz");
+        config.hypervisor.initrd = guest_file("INITRD", "initrd.img");
+        config.runtime.state_dir = dir.path().to_path_buf();
+        config.agent.dial_timeout_ms = 60_000;
+        config
+            .validate(Path::new("<test>"))
+            .expect("test configuration is valid");
+        TestEnv { dir, config }
+    }
+
+    /// Writes the configuration as a TOML file and returns its path.
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("configuration.toml");
+        std::fs::write(&path, self.config.to_toml_string().expect("serializable")).unwrap();
+        path
+    }
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Pids of processes whose command line mentions `needle` (e.g. a state directory).
+pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if cmd.contains(needle) {
+            found.push((pid, cmd));
+        }
+    }
+    found
+}
+
+/// The short process name (`/proc/<pid>/comm`).
+pub fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}

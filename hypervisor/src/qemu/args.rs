@@ -1,0 +1,377 @@
+//! The QEMU command line, as a pure function of already-resolved decisions.
+//!
+//! Everything that needs the host (accelerator probing, vsock mode, CID choice, daemon
+//! sockets) is decided before; [`build`] only turns a [`QemuPlan`] into arguments, so the
+//! exact command line is covered by golden tests.
+//!
+//! Choices worth knowing:
+//! - Guest RAM is a shared memfd (`memory-backend-memfd,share=on`): vhost-user backends
+//!   (virtiofsd, vhost-device-vsock) map guest memory from it.
+//! - `-nodefaults` drops the default NIC, VGA, monitor, parallel port and CD-ROM that a
+//!   sandbox does not use (the default e1000 NIC alone costs boot time under TCG); the serial
+//!   port we need is added explicitly. q35's built-in chipset devices are unaffected.
+//! - `-no-reboot` with the guest's `panic=-1 reboot=t` makes a guest reboot or panic end the
+//!   QEMU process, which is how the backend notices it.
+//! - microvm has no PCI bus by default, so its devices are the virtio-mmio variants.
+//! - Values inside QEMU option strings (`key=value,...`) have commas doubled, QEMU's escape.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Accelerator, DEFAULT_KERNEL_PARAMS};
+
+/// The vsock device, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockPlan {
+    /// Kernel vhost-vsock with a host-unique guest CID.
+    VhostKernel {
+        /// The guest CID.
+        cid: u32,
+    },
+    /// vhost-user vsock backed by a daemon listening on `socket`.
+    VhostUser {
+        /// The daemon's vhost-user socket.
+        socket: PathBuf,
+    },
+}
+
+/// The virtio-fs device, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsPlan {
+    /// virtiofsd's vhost-user socket.
+    pub socket: PathBuf,
+    /// The mount tag.
+    pub tag: String,
+}
+
+/// Every decision the command line depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuPlan {
+    /// Shown in `ps` and QEMU's thread names.
+    pub name: String,
+    /// "q35", "pc", "microvm".
+    pub machine_type: String,
+    /// `-bios` image, if any.
+    pub firmware: Option<PathBuf>,
+    /// The accelerator.
+    pub accelerator: Accelerator,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: PathBuf,
+    /// Extra kernel parameters, after [`DEFAULT_KERNEL_PARAMS`].
+    pub kernel_params: String,
+    /// The serial console log file.
+    pub console_log: PathBuf,
+    /// The QMP socket QEMU listens on.
+    pub qmp_socket: PathBuf,
+    /// The vsock device.
+    pub vsock: VsockPlan,
+    /// The virtio-fs device, if any.
+    pub shared_fs: Option<FsPlan>,
+}
+
+/// Doubles commas, QEMU's escape for values inside `key=value,...` option strings.
+pub fn escape(value: &str) -> String {
+    value.replace(',', ",,")
+}
+
+fn esc_path(p: &Path) -> String {
+    escape(&p.display().to_string())
+}
+
+/// The full kernel command line: defaults, then the plan's extra parameters.
+pub fn kernel_cmdline(extra: &str) -> String {
+    let extra = extra.trim();
+    if extra.is_empty() {
+        DEFAULT_KERNEL_PARAMS.to_owned()
+    } else {
+        format!("{DEFAULT_KERNEL_PARAMS} {extra}")
+    }
+}
+
+/// Builds QEMU's arguments (without the binary) for `plan`.
+pub fn build(plan: &QemuPlan) -> Vec<String> {
+    let microvm = plan.machine_type == "microvm";
+    let mut a: Vec<String> = Vec::with_capacity(48);
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+
+    push(&["-name", &escape(&plan.name)]);
+    push(&["-M", &format!("{},memory-backend=mem", plan.machine_type)]);
+    if let Some(fw) = &plan.firmware {
+        push(&["-bios", &fw.display().to_string()]);
+    }
+    match plan.accelerator {
+        Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accelerator::Tcg => push(&["-accel", "tcg"]),
+    }
+    let mem = format!("{}M", plan.memory_mib);
+    push(&[
+        "-object",
+        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        "-m",
+        &mem,
+        "-smp",
+        &plan.vcpus.to_string(),
+    ]);
+    push(&[
+        "-kernel",
+        &plan.kernel.display().to_string(),
+        "-initrd",
+        &plan.initrd.display().to_string(),
+        "-append",
+        &kernel_cmdline(&plan.kernel_params),
+    ]);
+    push(&[
+        "-display",
+        "none",
+        "-nodefaults",
+        "-no-user-config",
+        "-serial",
+        &format!("file:{}", plan.console_log.display()),
+        "-no-reboot",
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", esc_path(&plan.qmp_socket)),
+    ]);
+    match &plan.vsock {
+        VsockPlan::VhostKernel { cid } => {
+            let dev = if microvm {
+                "vhost-vsock-device"
+            } else {
+                "vhost-vsock-pci"
+            };
+            push(&["-device", &format!("{dev},guest-cid={cid}")]);
+        }
+        VsockPlan::VhostUser { socket } => {
+            let dev = if microvm {
+                "vhost-user-vsock-device"
+            } else {
+                "vhost-user-vsock-pci"
+            };
+            push(&[
+                "-chardev",
+                &format!("socket,id=vsock0,path={}", esc_path(socket)),
+                "-device",
+                &format!("{dev},chardev=vsock0"),
+            ]);
+        }
+    }
+    if let Some(fs) = &plan.shared_fs {
+        let dev = if microvm {
+            "vhost-user-fs-device"
+        } else {
+            "vhost-user-fs-pci"
+        };
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs0,path={}", esc_path(&fs.socket)),
+            "-device",
+            &format!("{dev},chardev=fs0,tag={}", escape(&fs.tag)),
+        ]);
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CMDLINE: &str = "console=ttyS0 panic=-1 quiet reboot=t no_timer_check noreplace-smp \
+                           i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd agent.log=debug";
+
+    fn plan() -> QemuPlan {
+        QemuPlan {
+            name: "isola-sb1".into(),
+            machine_type: "q35".into(),
+            firmware: Some("/usr/share/qemu/qboot.rom".into()),
+            accelerator: Accelerator::Tcg,
+            vcpus: 1,
+            memory_mib: 512,
+            kernel: "/k/vmlinuz".into(),
+            initrd: "/k/initrd.img".into(),
+            kernel_params: "agent.log=debug".into(),
+            console_log: "/run/sb1/console.log".into(),
+            qmp_socket: "/run/sb1/qmp.sock".into(),
+            vsock: VsockPlan::VhostUser {
+                socket: "/run/sb1/vhost-vsock.sock".into(),
+            },
+            shared_fs: Some(FsPlan {
+                socket: "/run/sb1/virtiofs.sock".into(),
+                tag: "isola".into(),
+            }),
+        }
+    }
+
+    /// The arguments every plan() variant shares after the accelerator.
+    fn common_tail() -> Vec<&'static str> {
+        vec![
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-m",
+            "512M",
+            "-smp",
+            "1",
+            "-kernel",
+            "/k/vmlinuz",
+            "-initrd",
+            "/k/initrd.img",
+            "-append",
+            CMDLINE,
+            "-display",
+            "none",
+            "-nodefaults",
+            "-no-user-config",
+            "-serial",
+            "file:/run/sb1/console.log",
+            "-no-reboot",
+            "-qmp",
+            "unix:/run/sb1/qmp.sock,server=on,wait=off",
+        ]
+    }
+
+    #[test]
+    fn default_params_constant_is_used() {
+        assert!(CMDLINE.starts_with(DEFAULT_KERNEL_PARAMS));
+        assert_eq!(kernel_cmdline("  "), DEFAULT_KERNEL_PARAMS);
+    }
+
+    #[test]
+    fn golden_tcg_vhost_user_vsock_virtiofs() {
+        let mut want = vec![
+            "-name",
+            "isola-sb1",
+            "-M",
+            "q35,memory-backend=mem",
+            "-bios",
+            "/usr/share/qemu/qboot.rom",
+            "-accel",
+            "tcg",
+        ];
+        want.extend(common_tail());
+        want.extend([
+            "-chardev",
+            "socket,id=vsock0,path=/run/sb1/vhost-vsock.sock",
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock0",
+            "-chardev",
+            "socket,id=fs0,path=/run/sb1/virtiofs.sock",
+            "-device",
+            "vhost-user-fs-pci,chardev=fs0,tag=isola",
+        ]);
+        assert_eq!(build(&plan()), want);
+    }
+
+    #[test]
+    fn golden_kvm_kernel_vsock() {
+        let p = QemuPlan {
+            accelerator: Accelerator::Kvm,
+            firmware: None,
+            vsock: VsockPlan::VhostKernel { cid: 1234 },
+            ..plan()
+        };
+        let mut want = vec![
+            "-name",
+            "isola-sb1",
+            "-M",
+            "q35,memory-backend=mem",
+            "-accel",
+            "kvm",
+            "-cpu",
+            "host",
+        ];
+        want.extend(common_tail());
+        want.extend([
+            "-device",
+            "vhost-vsock-pci,guest-cid=1234",
+            "-chardev",
+            "socket,id=fs0,path=/run/sb1/virtiofs.sock",
+            "-device",
+            "vhost-user-fs-pci,chardev=fs0,tag=isola",
+        ]);
+        assert_eq!(build(&p), want);
+    }
+
+    #[test]
+    fn golden_no_shared_fs() {
+        let p = QemuPlan {
+            shared_fs: None,
+            ..plan()
+        };
+        let mut want = vec![
+            "-name",
+            "isola-sb1",
+            "-M",
+            "q35,memory-backend=mem",
+            "-bios",
+            "/usr/share/qemu/qboot.rom",
+            "-accel",
+            "tcg",
+        ];
+        want.extend(common_tail());
+        want.extend([
+            "-chardev",
+            "socket,id=vsock0,path=/run/sb1/vhost-vsock.sock",
+            "-device",
+            "vhost-user-vsock-pci,chardev=vsock0",
+        ]);
+        assert_eq!(build(&p), want);
+    }
+
+    #[test]
+    fn golden_microvm() {
+        let p = QemuPlan {
+            machine_type: "microvm".into(),
+            firmware: None,
+            ..plan()
+        };
+        let mut want = vec![
+            "-name",
+            "isola-sb1",
+            "-M",
+            "microvm,memory-backend=mem",
+            "-accel",
+            "tcg",
+        ];
+        want.extend(common_tail());
+        want.extend([
+            "-chardev",
+            "socket,id=vsock0,path=/run/sb1/vhost-vsock.sock",
+            "-device",
+            "vhost-user-vsock-device,chardev=vsock0",
+            "-chardev",
+            "socket,id=fs0,path=/run/sb1/virtiofs.sock",
+            "-device",
+            "vhost-user-fs-device,chardev=fs0,tag=isola",
+        ]);
+        assert_eq!(build(&p), want);
+
+        let kernel_vsock = QemuPlan {
+            vsock: VsockPlan::VhostKernel { cid: 7 },
+            shared_fs: None,
+            ..p
+        };
+        assert_eq!(
+            build(&kernel_vsock).last().unwrap(),
+            "vhost-vsock-device,guest-cid=7"
+        );
+    }
+
+    #[test]
+    fn commas_in_option_values_are_escaped() {
+        let p = QemuPlan {
+            name: "a,b".into(),
+            qmp_socket: "/run/a,b/qmp.sock".into(),
+            vsock: VsockPlan::VhostUser {
+                socket: "/run/a,b/v.sock".into(),
+            },
+            ..plan()
+        };
+        let args = build(&p);
+        assert_eq!(args[1], "a,,b");
+        assert!(args.contains(&"unix:/run/a,,b/qmp.sock,server=on,wait=off".to_owned()));
+        assert!(args.contains(&"socket,id=vsock0,path=/run/a,,b/v.sock".to_owned()));
+    }
+}

@@ -1,0 +1,761 @@
+//! The QEMU backend.
+//!
+//! `start()`: choose the accelerator, create the state directory, start the helper daemons
+//! (vhost-device-vsock when the host has no kernel vhost-vsock, virtiofsd when a directory
+//! is shared), spawn QEMU and connect to its QMP socket. With kernel vhost-vsock the guest CID
+//! is host-global: when QEMU reports the chosen CID as taken, start retries with another.
+//!
+//! `stop()`: QMP `quit` with a short deadline, then SIGKILL; stop the daemons; remove the
+//! state directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::{watch, MappedMutexGuard, Mutex, MutexGuard};
+use tracing::Instrument;
+
+use crate::daemons::{self, Daemon};
+use crate::{
+    accel, Accelerator, AgentEndpoint, Hypervisor, HypervisorError, VmConfig, VmExit, VsockChoice,
+};
+
+pub mod args;
+mod paths;
+pub mod qmp;
+mod vmm;
+
+pub use paths::StatePaths;
+pub use qmp::VmStatus;
+
+use args::{FsPlan, QemuPlan, VsockPlan};
+use qmp::QmpClient;
+use vmm::VmmProcess;
+
+/// Where the kernel vhost-vsock device node lives.
+const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
+
+/// How many CIDs are tried with kernel vhost-vsock before giving up.
+const CID_ATTEMPTS: u32 = 5;
+
+/// Deadline for QEMU to set up the machine and answer on QMP.
+const VMM_READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a graceful `quit` (request plus process exit) may take before SIGKILL.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long SIGKILLed QEMU may take to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a daemon gets after SIGTERM before SIGKILL.
+const DAEMON_GRACE: Duration = Duration::from_secs(1);
+
+/// The vsock transport, resolved from [`VsockChoice`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VsockMode {
+    Kernel,
+    User,
+}
+
+/// What `wait()` observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExitState {
+    /// Not started yet, or running.
+    Pending,
+    /// QEMU exited.
+    Exited(VmExit),
+    /// start() failed before QEMU ran, or its reaper vanished (runtime shutdown).
+    Lost,
+}
+
+enum Phase {
+    New,
+    Running(Running),
+    /// `leftover_dir`: a cancelled `start()` may have left the state directory behind.
+    Stopped {
+        leftover_dir: bool,
+    },
+}
+
+/// Keeps the bookkeeping straight when a `start()` future is dropped midway: its local
+/// [`Running`] is dropped with it, which kills whatever was spawned (kill-on-drop), so the VM
+/// is marked as gone and the next `stop()` removes the state directory.
+struct CancelGuard<'a> {
+    vm: &'a QemuHypervisor,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut info = self.vm.info();
+            info.vmm_pid = None;
+            info.daemon_pids.clear();
+            drop(info);
+            self.vm.exit_tx.send_replace(ExitState::Lost);
+        }
+    }
+}
+
+/// Everything a started VM owns.
+#[derive(Default)]
+struct Running {
+    vmm: Option<VmmProcess>,
+    daemons: Vec<Daemon>,
+}
+
+/// Facts readable without async locks, for the synchronous trait methods.
+#[derive(Default)]
+struct Info {
+    started: bool,
+    accelerator: Option<(Accelerator, String)>,
+    cid: u32,
+    vmm_pid: Option<u32>,
+    daemon_pids: Vec<u32>,
+}
+
+/// A VM run by QEMU. Construct with [`QemuHypervisor::new`] or [`crate::new_qemu`].
+pub struct QemuHypervisor {
+    cfg: VmConfig,
+    paths: StatePaths,
+    vsock: VsockMode,
+    /// Serializes start and stop.
+    phase: Mutex<Phase>,
+    qmp: Mutex<Option<QmpClient>>,
+    exit_tx: Arc<watch::Sender<ExitState>>,
+    info: StdMutex<Info>,
+}
+
+impl std::fmt::Debug for QemuHypervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QemuHypervisor")
+            .field("id", &self.cfg.id)
+            .field("state_dir", &self.cfg.state_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A guest CID for kernel vhost-vsock, derived from the sandbox id and the attempt number
+/// (FNV-1a), in 3..=u32::MAX-1 (0-2 are reserved, u32::MAX is VMADDR_CID_ANY).
+pub fn cid_candidate(id: &str, attempt: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in id.bytes().chain(attempt.to_le_bytes()) {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    3 + h % (u32::MAX - 3)
+}
+
+/// Whether QEMU's stderr says the kernel vhost-vsock CID is taken.
+pub fn cid_in_use(stderr: &str) -> bool {
+    let s = stderr.to_ascii_lowercase();
+    s.contains("guest cid") && s.contains("in use")
+}
+
+impl QemuHypervisor {
+    /// A VM for `cfg`; nothing is started. The vsock transport is resolved here (so
+    /// `agent_endpoint()` is meaningful before `start`).
+    pub fn new(cfg: VmConfig) -> Self {
+        let vsock = match cfg.vsock {
+            VsockChoice::VhostKernel => VsockMode::Kernel,
+            VsockChoice::VhostUser => VsockMode::User,
+            // A stat of a device node: cheap enough for a synchronous constructor.
+            VsockChoice::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockMode::Kernel,
+            VsockChoice::Auto => VsockMode::User,
+        };
+        let info = Info {
+            cid: cid_candidate(&cfg.id, 0),
+            ..Info::default()
+        };
+        Self {
+            paths: StatePaths::new(&cfg.state_dir),
+            cfg,
+            vsock,
+            phase: Mutex::new(Phase::New),
+            qmp: Mutex::new(None),
+            exit_tx: Arc::new(watch::channel(ExitState::Pending).0),
+            info: StdMutex::new(info),
+        }
+    }
+
+    /// The paths inside the state directory.
+    pub fn paths(&self) -> &StatePaths {
+        &self.paths
+    }
+
+    /// QMP `query-status`.
+    pub async fn query_status(&self) -> Result<VmStatus, HypervisorError> {
+        Ok(self.qmp_client().await?.query_status().await?)
+    }
+
+    fn info(&self) -> StdMutexGuard<'_, Info> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    /// The QMP client of a running VM.
+    async fn qmp_client(&self) -> Result<MappedMutexGuard<'_, QmpClient>, HypervisorError> {
+        match *self.exit_tx.borrow() {
+            ExitState::Pending if self.info().started => {}
+            ExitState::Pending => return Err(HypervisorError::NotStarted(self.id().to_owned())),
+            _ => return Err(HypervisorError::NotRunning(self.id().to_owned())),
+        }
+        MutexGuard::try_map(self.qmp.lock().await, Option::as_mut)
+            .map_err(|_| HypervisorError::NotRunning(self.id().to_owned()))
+    }
+
+    /// Checks what can be checked before anything is spawned.
+    async fn validate(&self) -> Result<(), HypervisorError> {
+        let invalid = |m: String| Err(HypervisorError::InvalidConfig(m));
+        if self.cfg.id.is_empty() {
+            return invalid("the sandbox id is empty".into());
+        }
+        if self.cfg.vcpus == 0 || self.cfg.memory_mib == 0 {
+            return invalid(format!(
+                "vcpus ({}) and memory_mib ({}) must be positive",
+                self.cfg.vcpus, self.cfg.memory_mib
+            ));
+        }
+        if self.cfg.state_dir.as_os_str().is_empty() {
+            return invalid("state_dir is empty".into());
+        }
+        self.paths.check_socket_lengths()?;
+        for (what, p) in [("kernel", &self.cfg.kernel), ("initrd", &self.cfg.initrd)] {
+            if !tokio::fs::try_exists(p).await.unwrap_or(false) {
+                return invalid(format!("{what} image {} does not exist", p.display()));
+            }
+        }
+        if self.vsock == VsockMode::Kernel
+            && !tokio::fs::try_exists(VHOST_VSOCK_DEV)
+                .await
+                .unwrap_or(false)
+        {
+            return invalid(format!(
+                "vsock is set to vhost-kernel but {VHOST_VSOCK_DEV} does not exist (load the \
+                 vhost_vsock module, or use auto/vhost-user)"
+            ));
+        }
+        if let Some(fs) = &self.cfg.shared_fs {
+            if !tokio::fs::metadata(&fs.shared_dir)
+                .await
+                .map(|m| m.is_dir())
+                .unwrap_or(false)
+            {
+                return invalid(format!(
+                    "shared directory {} is not a directory",
+                    fs.shared_dir.display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the state directory, private to the owner.
+    async fn create_state_dir(&self) -> Result<(), HypervisorError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = &self.cfg.state_dir;
+        let err = |action, source| HypervisorError::StateDir {
+            action,
+            path: dir.clone(),
+            source,
+        };
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(|e| err("creating", e))?;
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(|e| err("setting permissions of", e))
+    }
+
+    /// Starts the helper daemons concurrently; those that started are pushed into `run`
+    /// even if another failed, so the caller can stop them.
+    async fn start_daemons(&self, run: &mut Running) -> Result<(), HypervisorError> {
+        let p = &self.paths;
+        let debug = self.cfg.debug;
+        let vsock = async {
+            if self.vsock != VsockMode::User {
+                return None;
+            }
+            Some(
+                daemons::vsock::start(
+                    &self.cfg.vhost_user_vsock_path,
+                    p.vhost_vsock_socket.clone(),
+                    &p.hybrid_vsock_socket,
+                    p.vhost_vsock_log.clone(),
+                    debug,
+                )
+                .await,
+            )
+        };
+        let fs = async {
+            let fs = self.cfg.shared_fs.as_ref()?;
+            Some(
+                daemons::virtiofsd::start(
+                    fs,
+                    p.virtiofs_socket.clone(),
+                    p.virtiofsd_log.clone(),
+                    debug,
+                )
+                .await,
+            )
+        };
+        let (vsock, fs) = tokio::join!(vsock, fs);
+        let mut first_err = None;
+        for res in [vsock, fs].into_iter().flatten() {
+            match res {
+                Ok(d) => {
+                    tracing::info!(sandbox = %self.id(), daemon = d.name(), pid = d.pid(), "helper daemon ready");
+                    self.info().daemon_pids.push(d.pid());
+                    run.daemons.push(d);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    fn plan(&self, accelerator: Accelerator, cid: u32) -> QemuPlan {
+        let c = &self.cfg;
+        QemuPlan {
+            name: format!("isola-{}", c.id),
+            machine_type: c.machine_type.clone(),
+            firmware: c.firmware.clone(),
+            accelerator,
+            vcpus: c.vcpus,
+            memory_mib: c.memory_mib,
+            kernel: c.kernel.clone(),
+            initrd: c.initrd.clone(),
+            kernel_params: c.kernel_params.clone(),
+            console_log: self.paths.console_log.clone(),
+            qmp_socket: self.paths.qmp_socket.clone(),
+            vsock: match self.vsock {
+                VsockMode::Kernel => VsockPlan::VhostKernel { cid },
+                VsockMode::User => VsockPlan::VhostUser {
+                    socket: self.paths.vhost_vsock_socket.clone(),
+                },
+            },
+            shared_fs: c.shared_fs.as_ref().map(|fs| FsPlan {
+                socket: self.paths.virtiofs_socket.clone(),
+                tag: fs.tag.clone(),
+            }),
+        }
+    }
+
+    /// Spawns QEMU and connects QMP, retrying with another CID when kernel vhost-vsock
+    /// reports the CID in use.
+    async fn start_vmm(
+        &self,
+        run: &mut Running,
+        accelerator: Accelerator,
+    ) -> Result<QmpClient, HypervisorError> {
+        let attempts = if self.vsock == VsockMode::Kernel {
+            CID_ATTEMPTS
+        } else {
+            1
+        };
+        let mut tried = Vec::new();
+        for attempt in 0..attempts {
+            let cid = cid_candidate(self.id(), attempt);
+            let args = args::build(&self.plan(accelerator, cid));
+            tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
+            daemons::remove_if_exists(&self.paths.qmp_socket).await;
+            let vmm =
+                VmmProcess::spawn(&self.cfg.qemu_path, &args, &self.paths.qemu_log, self.id())
+                    .await?;
+            let pid = vmm.pid();
+            let connected = vmm
+                .connect_qmp(&self.paths.qmp_socket, VMM_READY_TIMEOUT, self.id())
+                .await;
+            run.vmm = Some(vmm);
+            match connected {
+                Ok(client) => {
+                    let mut info = self.info();
+                    info.cid = cid;
+                    info.vmm_pid = Some(pid);
+                    return Ok(client);
+                }
+                Err(HypervisorError::VmmExitedEarly { stderr_tail, .. })
+                    if self.vsock == VsockMode::Kernel && cid_in_use(&stderr_tail) =>
+                {
+                    tracing::info!(sandbox = %self.id(), cid, "vsock CID in use; retrying with another");
+                    tried.push(cid);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(HypervisorError::CidExhausted { tried })
+    }
+
+    async fn start_inner(&self, run: &mut Running) -> Result<QmpClient, HypervisorError> {
+        self.validate().await?;
+        let (accelerator, reason) = accel::resolve(self.cfg.accelerator)
+            .instrument(tracing::info_span!("accel", sandbox = %self.id()))
+            .await?;
+        tracing::info!(sandbox = %self.id(), ?accelerator, %reason, "accelerator chosen");
+        self.info().accelerator = Some((accelerator, reason));
+        self.create_state_dir().await?;
+        self.start_daemons(run).await?;
+        self.start_vmm(run, accelerator).await
+    }
+
+    /// Tears down whatever `run` holds: QEMU (gracefully if `qmp` is given), then the
+    /// daemons, then the state directory. Every step runs; the first error is returned.
+    /// With `report_crash`, a QEMU that had already died abnormally gets its stderr logged.
+    async fn teardown(
+        &self,
+        mut run: Running,
+        qmp: Option<QmpClient>,
+        report_crash: bool,
+    ) -> Result<(), HypervisorError> {
+        let mut first_err: Option<HypervisorError> = None;
+        if let Some(mut vmm) = run.vmm.take() {
+            let mut exit = vmm.exited();
+            if let Some(e) = exit.filter(|e| report_crash && e.code != Some(0)) {
+                // It died on its own: keep its last words before the state dir goes away.
+                let stderr_tail = crate::process::tail_file(&self.paths.qemu_log).await;
+                tracing::warn!(sandbox = %self.id(), exit = %e, %stderr_tail, "qemu had exited abnormally");
+            }
+            if let (None, Some(mut client)) = (exit, qmp) {
+                let graceful = async {
+                    if let Err(e) = client.quit().await {
+                        tracing::debug!(sandbox = %self.id(), error = %e, "QMP quit failed");
+                    }
+                    vmm.wait_exit(QUIT_TIMEOUT).await
+                };
+                exit = tokio::time::timeout(QUIT_TIMEOUT, graceful)
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            if exit.is_none() {
+                tracing::info!(sandbox = %self.id(), pid = vmm.pid(), "killing qemu");
+                if let Err(e) = vmm.kill(KILL_TIMEOUT).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let stops = run.daemons.into_iter().map(|d| d.stop(DAEMON_GRACE));
+        for res in futures::future::join_all(stops).await {
+            if let Err(e) = res {
+                first_err.get_or_insert(e.into());
+            }
+        }
+        {
+            let mut info = self.info();
+            info.daemon_pids.clear();
+        }
+        if let Err(e) = self.remove_state_dir().await {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    async fn remove_state_dir(&self) -> Result<(), HypervisorError> {
+        match tokio::fs::remove_dir_all(&self.cfg.state_dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(HypervisorError::StateDir {
+                action: "removing",
+                path: self.cfg.state_dir.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Forwards the exit of `vmm` to the public `wait()` channel.
+    fn publish_exit(&self, vmm: &VmmProcess) {
+        let mut rx = vmm.exit_receiver();
+        let tx = Arc::clone(&self.exit_tx);
+        tokio::spawn(async move {
+            let state = match rx.wait_for(Option::is_some).await {
+                Ok(exit) => exit.map_or(ExitState::Lost, ExitState::Exited),
+                Err(_) => ExitState::Lost,
+            };
+            tx.send_replace(state);
+        });
+    }
+}
+
+#[async_trait]
+impl Hypervisor for QemuHypervisor {
+    async fn start(&self) -> Result<(), HypervisorError> {
+        let mut phase = self.phase.lock().await;
+        if !matches!(*phase, Phase::New) {
+            return Err(HypervisorError::AlreadyStarted(self.id().to_owned()));
+        }
+        self.info().started = true;
+        // Until start() completes, a cancellation leaves a stopped VM with a directory to remove.
+        *phase = Phase::Stopped { leftover_dir: true };
+        let mut guard = CancelGuard {
+            vm: self,
+            armed: true,
+        };
+        let t0 = Instant::now();
+        let mut run = Running::default();
+        let res = self.start_inner(&mut run).await;
+        guard.armed = false;
+        match res {
+            Ok(client) => {
+                if let Some(vmm) = &run.vmm {
+                    self.publish_exit(vmm);
+                }
+                *self.qmp.lock().await = Some(client);
+                *phase = Phase::Running(run);
+                tracing::info!(
+                    sandbox = %self.id(),
+                    elapsed_ms = t0.elapsed().as_millis(),
+                    "VM started (QMP connected)"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id(), error = %e, "VM start failed; cleaning up");
+                let exit = run.vmm.as_ref().and_then(VmmProcess::exited);
+                if let Err(te) = self.teardown(run, None, false).await {
+                    tracing::warn!(sandbox = %self.id(), error = %te, "cleanup after failed start");
+                }
+                self.info().vmm_pid = None;
+                self.exit_tx
+                    .send_replace(exit.map_or(ExitState::Lost, ExitState::Exited));
+                *phase = Phase::Stopped {
+                    leftover_dir: false,
+                };
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(&self) -> Result<(), HypervisorError> {
+        let mut phase = self.phase.lock().await;
+        let stopped = Phase::Stopped {
+            leftover_dir: false,
+        };
+        let run = match std::mem::replace(&mut *phase, stopped) {
+            Phase::Running(run) => run,
+            Phase::Stopped { leftover_dir: true } => return self.remove_state_dir().await,
+            Phase::New | Phase::Stopped { .. } => return Ok(()),
+        };
+        let t0 = Instant::now();
+        let qmp = self.qmp.lock().await.take();
+        let res = self.teardown(run, qmp, true).await;
+        self.info().vmm_pid = None;
+        tracing::info!(
+            sandbox = %self.id(),
+            elapsed_ms = t0.elapsed().as_millis(),
+            ok = res.is_ok(),
+            "VM stopped"
+        );
+        res
+    }
+
+    async fn wait(&self) -> Result<VmExit, HypervisorError> {
+        if !self.info().started {
+            return Err(HypervisorError::NotStarted(self.id().to_owned()));
+        }
+        let mut rx = self.exit_tx.subscribe();
+        let state = *rx
+            .wait_for(|s| *s != ExitState::Pending)
+            .await
+            .map_err(|_| HypervisorError::NotRunning(self.id().to_owned()))?;
+        match state {
+            ExitState::Exited(exit) => Ok(exit),
+            ExitState::Pending | ExitState::Lost => {
+                Err(HypervisorError::NotRunning(self.id().to_owned()))
+            }
+        }
+    }
+
+    async fn pause(&self) -> Result<(), HypervisorError> {
+        self.qmp_client().await?.stop().await?;
+        tracing::info!(sandbox = %self.id(), "VM paused");
+        Ok(())
+    }
+
+    async fn resume(&self) -> Result<(), HypervisorError> {
+        self.qmp_client().await?.cont().await?;
+        tracing::info!(sandbox = %self.id(), "VM resumed");
+        Ok(())
+    }
+
+    async fn hotplug_vcpus(&self, _total: u32) -> Result<u32, HypervisorError> {
+        Err(HypervisorError::Unsupported(
+            "CPU hotplug is not implemented yet in the QEMU backend".into(),
+        ))
+    }
+
+    async fn hotplug_memory(&self, _total_mib: u32) -> Result<u32, HypervisorError> {
+        Err(HypervisorError::Unsupported(
+            "memory hotplug is not implemented yet in the QEMU backend".into(),
+        ))
+    }
+
+    fn agent_endpoint(&self) -> AgentEndpoint {
+        match self.vsock {
+            VsockMode::Kernel => AgentEndpoint::Vsock {
+                cid: self.info().cid,
+                port: self.cfg.agent_port,
+            },
+            VsockMode::User => AgentEndpoint::HybridVsock {
+                path: self.paths.hybrid_vsock_socket.clone(),
+                port: self.cfg.agent_port,
+            },
+        }
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        let exited = !matches!(*self.exit_tx.borrow(), ExitState::Pending);
+        let info = self.info();
+        let vmm = info.vmm_pid.filter(|_| !exited);
+        vmm.into_iter()
+            .chain(info.daemon_pids.iter().copied())
+            .collect()
+    }
+
+    fn console_log(&self) -> PathBuf {
+        self.paths.console_log.clone()
+    }
+
+    fn accelerator(&self) -> Option<(Accelerator, String)> {
+        self.info().accelerator.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cids_are_valid_and_vary() {
+        let mut seen = std::collections::HashSet::new();
+        for attempt in 0..CID_ATTEMPTS {
+            let cid = cid_candidate("sandbox-1", attempt);
+            assert!((3..u32::MAX).contains(&cid));
+            seen.insert(cid);
+        }
+        assert_eq!(seen.len(), usize::try_from(CID_ATTEMPTS).unwrap());
+        assert_eq!(cid_candidate("a", 0), cid_candidate("a", 0));
+        assert_ne!(cid_candidate("a", 0), cid_candidate("b", 0));
+    }
+
+    #[test]
+    fn cid_in_use_detection() {
+        assert!(cid_in_use(
+            "qemu-system-x86_64: -device vhost-vsock-pci,guest-cid=5: vhost-vsock: unable to set \
+             guest cid: Address already in use"
+        ));
+        assert!(!cid_in_use("qemu-system-x86_64: could not load kernel"));
+    }
+
+    fn cfg(dir: &Path) -> VmConfig {
+        VmConfig {
+            id: "unit".into(),
+            state_dir: dir.join("state"),
+            kernel: dir.join("missing-kernel"),
+            initrd: dir.join("missing-initrd"),
+            vsock: VsockChoice::VhostUser,
+            ..VmConfig::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_errors_before_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = QemuHypervisor::new(cfg(dir.path()));
+        assert!(matches!(
+            vm.wait().await,
+            Err(HypervisorError::NotStarted(_))
+        ));
+        assert!(matches!(
+            vm.pause().await,
+            Err(HypervisorError::NotStarted(_))
+        ));
+        assert!(vm.pids().is_empty());
+        assert!(vm.accelerator().is_none());
+        assert_eq!(
+            vm.agent_endpoint(),
+            AgentEndpoint::HybridVsock {
+                path: dir.path().join("state/vsock.sock"),
+                port: 1024
+            }
+        );
+        let err = vm.hotplug_vcpus(2).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("CPU hotplug is not implemented yet"),
+            "{err}"
+        );
+        assert!(matches!(
+            vm.hotplug_memory(1024).await,
+            Err(HypervisorError::Unsupported(_))
+        ));
+        // stop() before start() is a no-op.
+        vm.stop().await.unwrap();
+        vm.stop().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn start_with_missing_kernel_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let vm = QemuHypervisor::new(cfg(dir.path()));
+        let err = vm.start().await.unwrap_err();
+        assert!(matches!(err, HypervisorError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains("missing-kernel"), "{err}");
+        assert!(!dir.path().join("state").exists());
+        assert!(matches!(
+            vm.wait().await,
+            Err(HypervisorError::NotRunning(_))
+        ));
+        assert!(matches!(
+            vm.start().await,
+            Err(HypervisorError::AlreadyStarted(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn forced_kernel_vsock_without_device_is_explained() {
+        if Path::new(VHOST_VSOCK_DEV).exists() {
+            return; // Only meaningful on hosts without kernel vhost-vsock.
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["k", "i"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let vm = QemuHypervisor::new(VmConfig {
+            kernel: dir.path().join("k"),
+            initrd: dir.path().join("i"),
+            vsock: VsockChoice::VhostKernel,
+            ..cfg(dir.path())
+        });
+        let err = vm.start().await.unwrap_err();
+        assert!(err.to_string().contains("/dev/vhost-vsock"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn missing_daemon_binary_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["k", "i"] {
+            std::fs::write(dir.path().join(f), b"").unwrap();
+        }
+        let vm = QemuHypervisor::new(VmConfig {
+            kernel: dir.path().join("k"),
+            initrd: dir.path().join("i"),
+            accelerator: crate::AcceleratorChoice::Tcg,
+            vhost_user_vsock_path: "/nonexistent/vhost-device-vsock".into(),
+            ..cfg(dir.path())
+        });
+        let err = vm.start().await.unwrap_err();
+        assert!(
+            err.to_string().contains("/nonexistent/vhost-device-vsock"),
+            "{err}"
+        );
+        assert!(!dir.path().join("state").exists());
+        assert!(vm.pids().is_empty());
+    }
+}
