@@ -3,7 +3,11 @@
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
 fn main() {
-    let protos = ["proto/health.proto", "proto/types.proto", "proto/agent.proto"];
+    let protos = [
+        "proto/health.proto",
+        "proto/types.proto",
+        "proto/agent.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

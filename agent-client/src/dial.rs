@@ -142,7 +142,9 @@ pub async fn dial(
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = async {
             match endpoint {
-                AgentEndpoint::Vsock { cid, port } => vsock_once(*cid, *port).await.map(Socket::from),
+                AgentEndpoint::Vsock { cid, port } => {
+                    vsock_once(*cid, *port).await.map(Socket::from)
+                }
                 AgentEndpoint::HybridVsock { path, port } => {
                     hybrid_once(path, *port).await.map(Socket::from)
                 }
@@ -218,21 +220,31 @@ mod tests {
         let listener = UnixListener::bind(&path).unwrap();
         tokio::spawn(fake_peer(listener, None));
         let err = hybrid_once(&path, 1024).await.unwrap_err();
-        assert!(matches!(err, DialError::Refused { port: 1024, .. }), "{err}");
+        assert!(
+            matches!(err, DialError::Refused { port: 1024, .. }),
+            "{err}"
+        );
     }
 
     #[tokio::test]
     async fn bad_and_oversized_replies_are_rejected() {
         let dir = tempfile::tempdir().unwrap();
-        for (i, reply) in ["NO 1\n", "OK x\n", "OK 1234567890123456789012345678901234567890\n"]
-            .into_iter()
-            .enumerate()
+        for (i, reply) in [
+            "NO 1\n",
+            "OK x\n",
+            "OK 1234567890123456789012345678901234567890\n",
+        ]
+        .into_iter()
+        .enumerate()
         {
             let path = dir.path().join(format!("vm{i}.vsock"));
             let listener = UnixListener::bind(&path).unwrap();
             tokio::spawn(fake_peer(listener, Some(reply)));
             let err = hybrid_once(&path, 1024).await.unwrap_err();
-            assert!(matches!(err, DialError::BadReply { .. }), "{reply:?}: {err}");
+            assert!(
+                matches!(err, DialError::BadReply { .. }),
+                "{reply:?}: {err}"
+            );
         }
     }
 
@@ -250,9 +262,13 @@ mod tests {
             fake_peer(UnixListener::bind(&p).unwrap(), Some("OK 1\n")).await;
         });
         let started = Instant::now();
-        dial(&endpoint, started + Duration::from_secs(5), Backoff::default())
-            .await
-            .unwrap();
+        dial(
+            &endpoint,
+            started + Duration::from_secs(5),
+            Backoff::default(),
+        )
+        .await
+        .unwrap();
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 
@@ -264,14 +280,22 @@ mod tests {
             port: 1024,
         };
         let started = Instant::now();
-        let Err(err) = dial(&endpoint, started + Duration::from_millis(300), Backoff::default()).await
+        let Err(err) = dial(
+            &endpoint,
+            started + Duration::from_millis(300),
+            Backoff::default(),
+        )
+        .await
         else {
             panic!("nothing listens, yet dial succeeded");
         };
         let waited = started.elapsed();
         assert!(waited < Duration::from_secs(2), "{waited:?}");
         let msg = err.to_string();
-        assert!(msg.contains("absent.vsock") && msg.contains("1024"), "{msg}");
+        assert!(
+            msg.contains("absent.vsock") && msg.contains("1024"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -20,13 +20,21 @@
 //! The agent holds a process's output pipes until its stream attaches, so no bytes are lost
 //! between start and attach. The header is bounded by [`MAX_STDIO_HEADER_LEN`].
 
-#![allow(clippy::all)]
-#![allow(missing_docs, unused_qualifications)]
-
 mod generated {
     #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
-    #![allow(unused_imports, unused_qualifications, missing_docs, non_camel_case_types)]
-    #![allow(dead_code, non_snake_case, non_upper_case_globals, unused_mut, unknown_lints)]
+    #![allow(
+        unused_imports,
+        unused_qualifications,
+        missing_docs,
+        non_camel_case_types
+    )]
+    #![allow(
+        dead_code,
+        non_snake_case,
+        non_upper_case_globals,
+        unused_mut,
+        unknown_lints
+    )]
     pub mod health {
         include!(concat!(env!("OUT_DIR"), "/health.rs"));
     }

@@ -53,9 +53,9 @@ pub fn parse(cmdline: &str) -> AgentOptions {
             "log" if LEVELS.contains(&value) => opts.log_level = value.to_string(),
             "port" => match value.parse::<u32>() {
                 Ok(port) if port > 0 => opts.listen = Listen::Vsock(port),
-                _ => opts
-                    .warnings
-                    .push(format!("agent.port={value:?} is not a port number; keeping the default")),
+                _ => opts.warnings.push(format!(
+                    "agent.port={value:?} is not a port number; keeping the default"
+                )),
             },
             "listen" => match value.strip_prefix("unix:") {
                 Some(path) if path.starts_with('/') => opts.listen = Listen::Unix(path.to_string()),
@@ -63,9 +63,9 @@ pub fn parse(cmdline: &str) -> AgentOptions {
                     "agent.listen={value:?} is not unix:/absolute/path; keeping vsock"
                 )),
             },
-            _ => opts
-                .warnings
-                .push(format!("ignoring unknown or invalid kernel parameter {word:?}")),
+            _ => opts.warnings.push(format!(
+                "ignoring unknown or invalid kernel parameter {word:?}"
+            )),
         }
     }
     opts

@@ -90,10 +90,7 @@ pub fn setup() -> Vec<String> {
         }
         match mount(Some(m.source), m.target, Some(m.fstype), m.flags, m.data) {
             Ok(()) | Err(Errno::EBUSY) => {}
-            Err(e) => problems.push(format!(
-                "mounting {} on {} failed: {e}",
-                m.fstype, m.target
-            )),
+            Err(e) => problems.push(format!("mounting {} on {} failed: {e}", m.fstype, m.target)),
         }
     }
     if let Err(e) = attach_console() {

@@ -44,13 +44,10 @@ pub async fn start(listen: &Listen) -> Result<Server, ServerError> {
         })?
         .register_service(health)
         .register_service(agent);
-    server
-        .start()
-        .await
-        .map_err(|source| ServerError::Start {
-            addr: addr.clone(),
-            source,
-        })?;
+    server.start().await.map_err(|source| ServerError::Start {
+        addr: addr.clone(),
+        source,
+    })?;
     tracing::info!(%addr, "agent serving ttrpc");
     Ok(server)
 }

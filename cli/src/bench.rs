@@ -50,7 +50,11 @@ fn secs(list: &[Duration]) -> String {
         .join(" ")
 }
 
-async fn floor_once(cfg: &isola_config::Config, initrd: &Path, n: usize) -> anyhow::Result<Duration> {
+async fn floor_once(
+    cfg: &isola_config::Config,
+    initrd: &Path,
+    n: usize,
+) -> anyhow::Result<Duration> {
     let id = crate::throwaway_id("floor", n);
     let paths = SandboxPaths::new(&cfg.runtime.state_dir, &id);
     let mut vm_cfg = vm_config(cfg, &id, &paths);
@@ -83,7 +87,11 @@ async fn agent_once(cfg: &isola_config::Config, n: usize) -> anyhow::Result<Dura
     Ok(took)
 }
 
-async fn boot(cfg: &isola_config::Config, runs: usize, floor_initrd: &Path) -> anyhow::Result<bool> {
+async fn boot(
+    cfg: &isola_config::Config,
+    runs: usize,
+    floor_initrd: &Path,
+) -> anyhow::Result<bool> {
     let accel = isola_hypervisor::accel::resolve(match cfg.hypervisor.accelerator {
         isola_config::Accelerator::Auto => isola_hypervisor::AcceleratorChoice::Auto,
         isola_config::Accelerator::Kvm => isola_hypervisor::AcceleratorChoice::Kvm,
@@ -104,8 +112,16 @@ async fn boot(cfg: &isola_config::Config, runs: usize, floor_initrd: &Path) -> a
         agent.push(agent_once(cfg, n).await?);
     }
     let (mf, ma) = (median(&mut floor.clone()), median(&mut agent.clone()));
-    println!("  floor  (spawn -> trivial /init powers off): median {:.3} s   [{}]", mf.as_secs_f64(), secs(&floor));
-    println!("  isola  (spawn -> agent answers Check):      median {:.3} s   [{}]", ma.as_secs_f64(), secs(&agent));
+    println!(
+        "  floor  (spawn -> trivial /init powers off): median {:.3} s   [{}]",
+        mf.as_secs_f64(),
+        secs(&floor)
+    );
+    println!(
+        "  isola  (spawn -> agent answers Check):      median {:.3} s   [{}]",
+        ma.as_secs_f64(),
+        secs(&agent)
+    );
     let ratio = ma.as_secs_f64() / mf.as_secs_f64();
     println!("  ratio isola/floor: {ratio:.2}  (target <= 1.20)");
     Ok(true)
@@ -119,6 +135,9 @@ mod tests {
     fn medians() {
         let ms = Duration::from_millis;
         assert_eq!(median(&mut [ms(3), ms(1), ms(2)]), ms(2));
-        assert_eq!(median(&mut [ms(4), ms(1), ms(2), ms(3)]), Duration::from_micros(2500));
+        assert_eq!(
+            median(&mut [ms(4), ms(1), ms(2), ms(3)]),
+            Duration::from_micros(2500)
+        );
     }
 }

@@ -12,7 +12,11 @@ pub async fn version_of(bin: &Path) -> Result<String, String> {
         .await
         .map_err(|e| format!("cannot run {}: {e}", bin.display()))?;
     if !out.status.success() {
-        return Err(format!("{} --version failed ({})", bin.display(), out.status));
+        return Err(format!(
+            "{} --version failed ({})",
+            bin.display(),
+            out.status
+        ));
     }
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()

@@ -15,7 +15,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "isola", version, about = "isola: every pod in its own lightweight VM")]
+#[command(
+    name = "isola",
+    version,
+    about = "isola: every pod in its own lightweight VM"
+)]
 struct Cli {
     /// Configuration file (default: $ISOLA_CONFIG, /etc/isola/configuration.toml,
     /// $PREFIX/share/isola/configuration.toml)

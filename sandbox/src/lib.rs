@@ -94,7 +94,12 @@ impl BootedVm {
             vmm_ready,
             agent_ready: started.elapsed(),
         };
-        tracing::info!(sandbox = id, vmm_ms = vmm_ready.as_millis() as u64, agent_ms = timings.agent_ready.as_millis() as u64, "VM ready");
+        tracing::info!(
+            sandbox = id,
+            vmm_ms = vmm_ready.as_millis() as u64,
+            agent_ms = timings.agent_ready.as_millis() as u64,
+            "VM ready"
+        );
         Ok(BootedVm {
             id: id.to_string(),
             vm,
@@ -118,6 +123,8 @@ fn remove_shared_dir(paths: &SandboxPaths) {
     match std::fs::remove_dir(&paths.shared_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(dir = %paths.shared_dir.display(), error = %e, "could not remove the shared directory"),
+        Err(e) => {
+            tracing::warn!(dir = %paths.shared_dir.display(), error = %e, "could not remove the shared directory")
+        }
     }
 }

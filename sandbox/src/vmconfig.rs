@@ -84,7 +84,10 @@ mod tests {
         assert_eq!(vm.state_dir, Path::new("/run/isola/vm/abc"));
         assert_eq!(vm.kernel_params, "agent.log=info");
         assert_eq!(vm.machine_type, "q35");
-        assert_eq!(vm.firmware.as_deref(), Some(Path::new("/usr/share/qemu/qboot.rom")));
+        assert_eq!(
+            vm.firmware.as_deref(),
+            Some(Path::new("/usr/share/qemu/qboot.rom"))
+        );
         assert_eq!(vm.accelerator, AcceleratorChoice::Auto);
         assert_eq!(vm.vsock, VsockChoice::Auto);
         assert_eq!((vm.vcpus, vm.memory_mib), (1, 512));

@@ -13,15 +13,25 @@ fn assert_nothing_left(env: &TestEnv, id: &str) {
     let left = processes_mentioning(&state);
     assert!(left.is_empty(), "processes left behind: {left:?}");
     let vm_dir = env.dir.path().join("vm").join(id);
-    assert!(!vm_dir.exists(), "VM state directory left: {}", vm_dir.display());
+    assert!(
+        !vm_dir.exists(),
+        "VM state directory left: {}",
+        vm_dir.display()
+    );
     let shared = env.dir.path().join("shared").join(id);
-    assert!(!shared.exists(), "shared directory left: {}", shared.display());
+    assert!(
+        !shared.exists(),
+        "shared directory left: {}",
+        shared.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_boots_and_agent_answers_check() {
     let env = TestEnv::new();
-    let vm = BootedVm::boot(&env.config, "t-check").await.expect("VM boots");
+    let vm = BootedVm::boot(&env.config, "t-check")
+        .await
+        .expect("VM boots");
     vm.agent.check(Duration::from_secs(5)).await.expect("Check");
     let v = vm.agent.version(Duration::from_secs(5)).await.unwrap();
     assert_eq!(v.protocol_version, isola_agent_proto::PROTOCOL_VERSION);
@@ -49,7 +59,10 @@ async fn vm_boots_and_agent_answers_check() {
     // The host-side processes exist while the VM runs ...
     let running = processes_mentioning(&env.dir.path().to_string_lossy());
     let names: Vec<String> = running.iter().map(|(p, _)| comm(*p)).collect();
-    assert!(names.iter().any(|n| n.starts_with("qemu-system")), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("qemu-system")),
+        "{names:?}"
+    );
     vm.stop().await.expect("stop");
     // ... and none after stop.
     assert_nothing_left(&env, "t-check");
@@ -58,7 +71,9 @@ async fn vm_boots_and_agent_answers_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_killed_qemu_is_noticed_within_a_second_and_cleaned_up() {
     let env = TestEnv::new();
-    let vm = BootedVm::boot(&env.config, "t-kill").await.expect("VM boots");
+    let vm = BootedVm::boot(&env.config, "t-kill")
+        .await
+        .expect("VM boots");
     let qemu = vm
         .vm
         .pids()

@@ -40,7 +40,9 @@ where
             tracing::error!(rpc, panic = %what, "request handler panicked");
             Err(rpc_error(
                 Code::INTERNAL,
-                format!("{rpc}: the agent hit an internal error ({what}); see the guest console log"),
+                format!(
+                    "{rpc}: the agent hit an internal error ({what}); see the guest console log"
+                ),
             ))
         }
     }
