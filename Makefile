@@ -53,7 +53,8 @@ install: build guest
 	install -D -m 0755 target/release/isola $(DESTDIR)$(PREFIX)/bin/isola
 	install -D -m 0644 $(GUEST_OUT)/vmlinuz $(DESTDIR)$(PREFIX)/share/isola/vmlinuz
 	install -D -m 0644 $(GUEST_OUT)/initrd.img $(DESTDIR)$(PREFIX)/share/isola/initrd.img
-	install -D -m 0644 config/configuration.toml $(DESTDIR)$(PREFIX)/share/isola/configuration.toml
+	sed 's|"/usr/local/share/isola/|"$(PREFIX)/share/isola/|' config/configuration.toml > build/configuration.toml
+	install -D -m 0644 build/configuration.toml $(DESTDIR)$(PREFIX)/share/isola/configuration.toml
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/isola
