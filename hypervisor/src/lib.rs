@@ -26,6 +26,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub mod accel;
+pub mod console;
 pub mod daemons;
 mod error;
 pub mod process;

@@ -85,7 +85,26 @@ const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Spawns `cmd` as a child named `name` (for messages) that dies with its owner; stdin is
 /// /dev/null and stdout and stderr are appended to `log` (created or truncated).
-pub async fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<Child, SpawnError> {
+pub async fn spawn(name: &'static str, cmd: Command, log: &Path) -> Result<Child, SpawnError> {
+    spawn_with(name, cmd, log, false).await
+}
+
+/// [`spawn`], but stdout is a pipe (`child.stdout`) for the caller to drain; only stderr goes
+/// to `log`.
+pub async fn spawn_piped_stdout(
+    name: &'static str,
+    cmd: Command,
+    log: &Path,
+) -> Result<Child, SpawnError> {
+    spawn_with(name, cmd, log, true).await
+}
+
+async fn spawn_with(
+    name: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    pipe_stdout: bool,
+) -> Result<Child, SpawnError> {
     let log_err = |source| SpawnError::LogFile {
         name,
         path: log.to_owned(),
@@ -96,9 +115,13 @@ pub async fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> Result<C
         .map_err(log_err)?
         .into_std()
         .await;
-    let stdout = stderr.try_clone().map_err(log_err)?;
+    let stdout = if pipe_stdout {
+        Stdio::piped()
+    } else {
+        Stdio::from(stderr.try_clone().map_err(log_err)?)
+    };
     cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
+        .stdout(stdout)
         .stderr(Stdio::from(stderr))
         .kill_on_drop(true);
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);

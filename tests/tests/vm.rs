@@ -56,6 +56,9 @@ async fn vm_boots_and_agent_answers_check() {
         "guest memory {mib} MiB vs configured {}",
         env.config.hypervisor.memory_mib
     );
+    // The guest console reaches its (size-capped) log on the host.
+    let console = isola_sandbox::console_tail(&vm.vm.console_log(), 64 * 1024);
+    assert!(console.contains("agent ready"), "console log:\n{console}");
     // The host-side processes exist while the VM runs ...
     let running = processes_mentioning(&env.dir.path().to_string_lossy());
     let names: Vec<String> = running.iter().map(|(p, _)| comm(*p)).collect();

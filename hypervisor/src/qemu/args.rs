@@ -64,8 +64,6 @@ pub struct QemuPlan {
     pub initrd: PathBuf,
     /// Extra kernel parameters, after [`DEFAULT_KERNEL_PARAMS`].
     pub kernel_params: String,
-    /// The serial console log file.
-    pub console_log: PathBuf,
     /// The QMP socket QEMU listens on.
     pub qmp_socket: PathBuf,
     /// The vsock device.
@@ -130,8 +128,9 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
         "none",
         "-nodefaults",
         "-no-user-config",
+        // The console goes to QEMU's stdout, drained into a size-capped log (see console.rs).
         "-serial",
-        &format!("file:{}", plan.console_log.display()),
+        "stdio",
         "-no-reboot",
         "-qmp",
         &format!("unix:{},server=on,wait=off", esc_path(&plan.qmp_socket)),
@@ -193,7 +192,6 @@ mod tests {
             kernel: "/k/vmlinuz".into(),
             initrd: "/k/initrd.img".into(),
             kernel_params: "agent.log=debug".into(),
-            console_log: "/run/sb1/console.log".into(),
             qmp_socket: "/run/sb1/qmp.sock".into(),
             vsock: VsockPlan::VhostUser {
                 socket: "/run/sb1/vhost-vsock.sock".into(),
@@ -225,7 +223,7 @@ mod tests {
             "-nodefaults",
             "-no-user-config",
             "-serial",
-            "file:/run/sb1/console.log",
+            "stdio",
             "-no-reboot",
             "-qmp",
             "unix:/run/sb1/qmp.sock,server=on,wait=off",

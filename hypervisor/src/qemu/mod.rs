@@ -333,7 +333,6 @@ impl QemuHypervisor {
             kernel: c.kernel.clone(),
             initrd: c.initrd.clone(),
             kernel_params: c.kernel_params.clone(),
-            console_log: self.paths.console_log.clone(),
             qmp_socket: self.paths.qmp_socket.clone(),
             vsock: match self.vsock {
                 VsockMode::Kernel => VsockPlan::VhostKernel { cid },
@@ -366,9 +365,14 @@ impl QemuHypervisor {
             let args = args::build(&self.plan(accelerator, cid));
             tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
             daemons::remove_if_exists(&self.paths.qmp_socket).await;
-            let vmm =
-                VmmProcess::spawn(&self.cfg.qemu_path, &args, &self.paths.qemu_log, self.id())
-                    .await?;
+            let vmm = VmmProcess::spawn(
+                &self.cfg.qemu_path,
+                &args,
+                &self.paths.qemu_log,
+                &self.paths.console_log,
+                self.id(),
+            )
+            .await?;
             let pid = vmm.pid();
             let connected = vmm
                 .connect_qmp(&self.paths.qmp_socket, VMM_READY_TIMEOUT, self.id())

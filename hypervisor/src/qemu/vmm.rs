@@ -37,16 +37,25 @@ pub struct VmmProcess {
 }
 
 impl VmmProcess {
-    /// Spawns `qemu_path` with `args`, its output going to `log`, and starts the reaper.
+    /// Spawns `qemu_path` with `args`, its stderr going to `log` and its stdout (the guest
+    /// serial console, `-serial stdio`) to the size-capped `console` log, and starts the reaper.
     pub async fn spawn(
         qemu_path: &Path,
         args: &[String],
         log: &Path,
+        console: &Path,
         sandbox: &str,
     ) -> Result<Self, HypervisorError> {
         let mut cmd = Command::new(qemu_path);
         cmd.args(args);
-        let mut child = process::spawn(NAME, cmd, log).await?;
+        let mut child = process::spawn_piped_stdout(NAME, cmd, log).await?;
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(crate::console::pump(
+                stdout,
+                console.to_owned(),
+                crate::console::DEFAULT_CONSOLE_LOG_MAX,
+            ));
+        }
         let pid = child.id().unwrap_or(0);
         let (kill_tx, mut kill_rx) = oneshot::channel::<()>();
         let (exit_tx, exit_rx) = watch::channel(None);
