@@ -58,7 +58,106 @@ pub use generated::{agent, agent_ttrpc, health, health_ttrpc, types};
 pub const AGENT_PORT: u32 = 1024;
 /// vsock port the agent accepts stdio streams on (see the crate docs).
 pub const STDIO_PORT: u32 = 1025;
+/// Host vsock port the agent connects to once it serves, to announce that it is ready (when the
+/// host asks for it with `agent.ready_port=`). Over hybrid vsock the host waits for this before
+/// its first connection: vhost-user vsock backends can stall for good when the host connects
+/// while the guest driver is still initialising the device (rust-vmm/vhost#247), so the host
+/// must not poll the agent during early boot.
+pub const READY_PORT: u32 = 1026;
+/// The line the agent writes on the readiness connection.
+pub const READY_LINE: &[u8] = b"READY\n";
 /// Upper bound on a stdio stream's header frame, in bytes.
 pub const MAX_STDIO_HEADER_LEN: u32 = 4096;
 /// Version of this protocol; bumped on incompatible changes, reported by `Health.Version`.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The header frame of a stdio stream (see "How stdio travels"): both sides use these, so the
+/// framing and its bound live in one place.
+pub mod stdio_header {
+    use protobuf::Message;
+
+    use super::agent::StdioStreamHeader;
+    use super::MAX_STDIO_HEADER_LEN;
+
+    /// A header frame that cannot be accepted.
+    #[derive(Debug)]
+    pub enum HeaderError {
+        /// The length prefix exceeds [`MAX_STDIO_HEADER_LEN`].
+        TooLong(u32),
+        /// The bytes are not a `StdioStreamHeader`.
+        Decode(protobuf::Error),
+    }
+
+    impl std::fmt::Display for HeaderError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                HeaderError::TooLong(n) => write!(
+                    f,
+                    "stdio header of {n} bytes exceeds the limit of {MAX_STDIO_HEADER_LEN}"
+                ),
+                HeaderError::Decode(e) => write!(f, "stdio header is not a StdioStreamHeader: {e}"),
+            }
+        }
+    }
+
+    impl std::error::Error for HeaderError {}
+
+    /// The whole frame: 4-byte big-endian length, then the encoded header.
+    pub fn encode(header: &StdioStreamHeader) -> Vec<u8> {
+        let body = header
+            .write_to_bytes()
+            .expect("encoding a StdioStreamHeader into memory cannot fail");
+        let mut frame = Vec::with_capacity(4 + body.len());
+        frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&body);
+        frame
+    }
+
+    /// The body length announced by a frame's 4-byte prefix, checked against the bound.
+    pub fn body_len(prefix: [u8; 4]) -> Result<usize, HeaderError> {
+        let n = u32::from_be_bytes(prefix);
+        if n > MAX_STDIO_HEADER_LEN {
+            return Err(HeaderError::TooLong(n));
+        }
+        Ok(n as usize)
+    }
+
+    /// Decodes a frame's body.
+    pub fn decode(body: &[u8]) -> Result<StdioStreamHeader, HeaderError> {
+        StdioStreamHeader::parse_from_bytes(body).map_err(HeaderError::Decode)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::super::agent::stdio_stream_header::Stream;
+        use super::*;
+
+        #[test]
+        fn frames_round_trip() {
+            let h = StdioStreamHeader {
+                container_id: "c1".into(),
+                exec_id: "e1".into(),
+                stream: Stream::STDERR.into(),
+                ..Default::default()
+            };
+            let frame = encode(&h);
+            let n = body_len(frame[..4].try_into().unwrap()).unwrap();
+            assert_eq!(n, frame.len() - 4);
+            assert_eq!(decode(&frame[4..]).unwrap(), h);
+        }
+
+        #[test]
+        fn oversized_and_garbled_headers_are_rejected() {
+            let too_long = (MAX_STDIO_HEADER_LEN + 1).to_be_bytes();
+            assert!(matches!(
+                body_len(too_long),
+                Err(HeaderError::TooLong(n)) if n == MAX_STDIO_HEADER_LEN + 1
+            ));
+            assert_eq!(
+                body_len(MAX_STDIO_HEADER_LEN.to_be_bytes()).unwrap(),
+                MAX_STDIO_HEADER_LEN as usize
+            );
+            assert!(decode(&[0xff, 0xff, 0xff]).is_err());
+        }
+    }
+}

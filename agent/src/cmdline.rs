@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | `agent.log=LEVEL` | error, warn, info, debug, trace | `info` |
 //! | `agent.port=N` | vsock port of the ttrpc server | 1024 |
-//! | `agent.listen=unix:PATH` | serve on a Unix socket instead of vsock (tests, debugging) | — |
+//! | `agent.listen=unix:PATH` | serve on a Unix socket instead of vsock (tests, debugging); stdio streams are then accepted on `PATH.stdio` instead of vsock port 1025 | — |
+//! | `agent.ready_port=N` | once serving, connect to host vsock port N to announce readiness | — |
 //!
 //! Unknown `agent.*` keys and bad values are reported (logged) and ignored, so an old agent
 //! still boots under a newer shim.
@@ -25,6 +26,8 @@ pub enum Listen {
 pub struct AgentOptions {
     pub log_level: String,
     pub listen: Listen,
+    /// Host vsock port to announce readiness on (see `ready.rs`).
+    pub ready_port: Option<u32>,
     /// Problems found while parsing, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -34,6 +37,7 @@ impl Default for AgentOptions {
         AgentOptions {
             log_level: "info".into(),
             listen: Listen::Vsock(AGENT_PORT),
+            ready_port: None,
             warnings: Vec::new(),
         }
     }
@@ -55,6 +59,12 @@ pub fn parse(cmdline: &str) -> AgentOptions {
                 Ok(port) if port > 0 => opts.listen = Listen::Vsock(port),
                 _ => opts.warnings.push(format!(
                     "agent.port={value:?} is not a port number; keeping the default"
+                )),
+            },
+            "ready_port" => match value.parse::<u32>() {
+                Ok(port) if port > 0 => opts.ready_port = Some(port),
+                _ => opts.warnings.push(format!(
+                    "agent.ready_port={value:?} is not a port number; not announcing readiness"
                 )),
             },
             "listen" => match value.strip_prefix("unix:") {
@@ -86,6 +96,8 @@ mod tests {
         let o = parse("quiet agent.log=debug agent.port=2000");
         assert_eq!(o.log_level, "debug");
         assert_eq!(o.listen, Listen::Vsock(2000));
+        assert_eq!(o.ready_port, None);
+        assert_eq!(parse("agent.ready_port=1026").ready_port, Some(1026));
         let o = parse("agent.listen=unix:/tmp/a.sock");
         assert_eq!(o.listen, Listen::Unix("/tmp/a.sock".into()));
         assert!(o.warnings.is_empty());

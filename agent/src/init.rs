@@ -1,7 +1,15 @@
-//! Early PID 1 setup: the pseudo filesystems and the console.
+//! Early PID 1 setup: leaving the initramfs root, the pseudo filesystems and the console.
 //!
 //! Runs before logging is up (it is what makes the console usable), so it reports problems by
 //! returning them; `main` logs them once tracing is ready.
+//!
+//! **Why the root is re-mounted.** The kernel starts PID 1 in the initramfs, whose root is the
+//! initial `rootfs` mount. That mount has no parent, and `pivot_root(2)` refuses (EINVAL) to
+//! move a root without one, so no container could `pivot_root` into its rootfs. (The usual
+//! workaround, `chroot` without `pivot_root`, keeps the guest's whole mount tree under every
+//! container, one chroot escape away.) So before anything else PID 1 bind-mounts `/` onto
+//! itself, moves that mount over `/` and chroots into it: the same files, now on a mount with a
+//! parent. No copying; it costs three system calls.
 
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
@@ -9,7 +17,8 @@ use std::os::fd::AsRawFd;
 use nix::errno::Errno;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::Mode;
-use nix::unistd::{dup2_stderr, dup2_stdin, dup2_stdout, mkdir};
+use nix::sys::statfs::{statfs, FsType, TMPFS_MAGIC};
+use nix::unistd::{chdir, chroot, dup2_stderr, dup2_stdin, dup2_stdout, mkdir};
 
 /// One pseudo filesystem PID 1 mounts.
 struct PseudoFs {
@@ -83,6 +92,11 @@ const MOUNTS: &[PseudoFs] = &[
 /// Already-mounted targets are not a problem.
 pub fn setup() -> Vec<String> {
     let mut problems = Vec::new();
+    if let Err(e) = leave_initramfs() {
+        problems.push(format!(
+            "re-mounting the initramfs root failed ({e}); containers cannot pivot_root"
+        ));
+    }
     for m in MOUNTS {
         match mkdir(m.target, Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(Errno::EEXIST) => {}
@@ -97,6 +111,35 @@ pub fn setup() -> Vec<String> {
         problems.push(format!("attaching /dev/console failed: {e}"));
     }
     problems
+}
+
+/// Puts the root on a bind mount of itself when it is the initial ramfs/tmpfs (see the module
+/// docs). A root that is already a real mount is left alone.
+fn leave_initramfs() -> Result<(), Errno> {
+    const RAMFS_MAGIC: FsType = FsType(0x8584_58f6);
+    let fs = statfs("/")?;
+    if fs.filesystem_type() != RAMFS_MAGIC && fs.filesystem_type() != TMPFS_MAGIC {
+        return Ok(());
+    }
+    const NEW_ROOT: &str = "/.root";
+    match mkdir(NEW_ROOT, Mode::from_bits_truncate(0o700)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    mount(
+        Some("/"),
+        NEW_ROOT,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )?;
+    chdir(NEW_ROOT)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)?;
+    chroot(".")?;
+    chdir("/")?;
+    // The mount point was a directory of the same filesystem: it is visible (empty) here too.
+    let _ = std::fs::remove_dir(NEW_ROOT);
+    Ok(())
 }
 
 fn attach_console() -> std::io::Result<()> {

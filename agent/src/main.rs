@@ -1,7 +1,9 @@
 //! isola-agent: PID 1 of an isola pod VM.
 //!
 //! As PID 1 it mounts the pseudo filesystems, attaches the console, loads the image's kernel
-//! modules, reaps orphans and serves the host's ttrpc requests on vsock. Options come from the
+//! modules, reaps orphans, serves the host's ttrpc requests on vsock and runs the pod's
+//! containers (youki's libcontainer, in helper processes: see [`libct`]), their stdio
+//! travelling on a second vsock port (see [`stdio`]). Options come from the
 //! kernel command line (see [`cmdline`]). Run as an ordinary process (tests, debugging) it skips
 //! the init duties and reads its options from `$ISOLA_AGENT_CMDLINE`.
 //!
@@ -9,20 +11,36 @@
 //! panicking handler answers INTERNAL, and a fatal start-up failure powers the VM off so the
 //! host sees the VM end rather than a silent hang.
 
+mod cgroups;
 mod cmdline;
+mod container;
+mod error;
+mod fdpass;
 mod init;
+mod libct;
 mod modules;
+mod process;
+mod pty;
+mod ready;
 mod reaper;
 mod rpc;
+mod sandbox;
 mod server;
+mod stdio;
+mod storage;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
 use tracing_subscriber::EnvFilter;
 
 fn main() {
+    // The libcontainer helper is this binary re-executed (see `libct`): it never serves.
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(libct::HELPER_ARG)) {
+        libct::helper::main();
+    }
     let started = Instant::now();
     let is_init = std::process::id() == 1;
     let early_problems = if is_init { init::setup() } else { Vec::new() };
@@ -71,16 +89,36 @@ fn main() {
 }
 
 async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> anyhow::Result<()> {
-    let _reaper = if is_init {
-        Some(reaper::Reaper::start().context("installing the SIGCHLD reaper")?)
+    if is_init {
+        match cgroups::enable_controllers(Path::new(cgroups::CGROUP_ROOT)) {
+            Ok(enabled) => tracing::debug!(?enabled, "cgroup controllers enabled for containers"),
+            Err(e) => tracing::warn!(error = %e, "cannot enable cgroup controllers"),
+        }
     } else {
-        None
-    };
-    let _server = server::start(&opts.listen).await?;
+        // Outside a VM, container processes orphaned by the libcontainer helper must still
+        // come to us (not to the real init) so that we can reap them.
+        nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;
+    }
+    let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
+    let runtime = libct::Runtime::new(reaper.clone(), libct::LIBCONTAINER_ROOT, &opts.log_level);
+    let containers = Arc::new(container::Containers::new(
+        runtime,
+        reaper,
+        container::CONTAINERS_DIR,
+    ));
+    let agent = Arc::new(rpc::agent::AgentService::new(containers.clone()));
+    let _server = server::start(&opts.listen, agent).await?;
+    if let Err(e) = stdio::listener::start(&opts.listen, containers) {
+        // Containers still run; only their stdio cannot reach the host.
+        tracing::error!(error = %e, addr = %stdio::listener::address(&opts.listen), "cannot accept stdio streams");
+    }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "agent ready"
     );
+    if let Some(port) = opts.ready_port {
+        ready::announce(port);
+    }
     // Serve until asked to stop (SIGTERM is ignored for PID 1 by the kernel unless handled).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -77,19 +77,44 @@ pub fn load_all(list: &Path, dir: &Path) -> Result<usize, ModuleError> {
     };
     let names = parse_list(&text, list)?;
     for name in &names {
-        let path = dir.join(name);
-        let started = Instant::now();
-        let file = File::open(&path).map_err(|source| ModuleError::Open {
-            path: path.clone(),
-            source,
-        })?;
-        match finit_module(&file, c"", ModuleInitFlags::empty()) {
-            Ok(()) | Err(Errno::EEXIST) => {}
-            Err(source) => return Err(ModuleError::Load { path, source }),
-        }
-        tracing::debug!(module = %name, elapsed_us = started.elapsed().as_micros() as u64, "module loaded");
+        load_one(dir, name)?;
     }
     Ok(names.len())
+}
+
+/// Loads modules named by the host (CreateSandbox's `kernel_modules`): plain module names
+/// (`.ko` optional) from `dir`, in order.
+pub fn load_named(dir: &Path, names: &[String]) -> Result<usize, ModuleError> {
+    let list: String = names
+        .iter()
+        .map(|n| {
+            if n.ends_with(".ko") {
+                format!("{n}\n")
+            } else {
+                format!("{n}.ko\n")
+            }
+        })
+        .collect();
+    let files = parse_list(&list, Path::new("<CreateSandbox kernel_modules>"))?;
+    for file in &files {
+        load_one(dir, file)?;
+    }
+    Ok(files.len())
+}
+
+fn load_one(dir: &Path, name: &str) -> Result<(), ModuleError> {
+    let path = dir.join(name);
+    let started = Instant::now();
+    let file = File::open(&path).map_err(|source| ModuleError::Open {
+        path: path.clone(),
+        source,
+    })?;
+    match finit_module(&file, c"", ModuleInitFlags::empty()) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(source) => return Err(ModuleError::Load { path, source }),
+    }
+    tracing::debug!(module = %name, elapsed_us = started.elapsed().as_micros() as u64, "module loaded");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,6 +147,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let n = load_all(&dir.path().join("absent"), dir.path()).unwrap();
         assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn named_modules_are_checked_like_the_list() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(load_named(dir.path(), &[]).unwrap(), 0);
+        let err = load_named(dir.path(), &["../../etc/passwd".into()]).unwrap_err();
+        assert!(matches!(err, ModuleError::BadName { .. }), "{err}");
+        let err = load_named(dir.path(), &["dummy".into()]).unwrap_err();
+        assert!(err.to_string().contains("dummy.ko"), "{err}");
     }
 
     #[test]

@@ -28,14 +28,14 @@ pub fn address(listen: &Listen) -> String {
 
 /// Binds and starts the server; it runs on background tasks until the returned server is
 /// dropped or shut down.
-pub async fn start(listen: &Listen) -> Result<Server, ServerError> {
+pub async fn start(listen: &Listen, agent: Arc<AgentService>) -> Result<Server, ServerError> {
     let addr = address(listen);
     if let Listen::Unix(path) = listen {
         // A stale socket from an earlier run would make bind fail.
         let _ = std::fs::remove_file(path);
     }
     let health = health_ttrpc::create_health(Arc::new(HealthService));
-    let agent = agent_ttrpc::create_agent(Arc::new(AgentService));
+    let agent = agent_ttrpc::create_agent(agent);
     let mut server = Server::new()
         .bind(&addr)
         .map_err(|source| ServerError::Bind {

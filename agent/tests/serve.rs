@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use isola_agent_client::AgentClient;
-use isola_agent_proto::agent::{GuestDetailsRequest, StartContainerRequest};
+use isola_agent_proto::agent::{ContainerRequest, GuestDetailsRequest, StartContainerRequest};
 use isola_hypervisor::AgentEndpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -117,14 +117,36 @@ async fn unbuilt_rpcs_answer_unimplemented_and_the_agent_survives() {
         .unwrap();
     let err = client
         .agent
-        .start_container(
+        .stats_container(
             isola_agent_client::context(Duration::from_secs(2)),
-            &StartContainerRequest::default(),
+            &ContainerRequest::default(),
         )
         .await
         .unwrap_err();
     assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED);
-    assert!(format!("{err:?}").contains("StartContainer"));
+    assert!(format!("{err:?}").contains("StatsContainer"));
+    client.check(Duration::from_secs(2)).await.unwrap();
+}
+
+#[tokio::test]
+async fn container_rpcs_answer_with_status_codes() {
+    let agent = start_agent(Duration::ZERO).await;
+    let client = AgentClient::connect(&agent.endpoint, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let err = client
+        .agent
+        .start_container(
+            isola_agent_client::context(Duration::from_secs(2)),
+            &StartContainerRequest {
+                container_id: "nope".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&err), ttrpc::Code::NOT_FOUND);
+    assert!(format!("{err:?}").contains("nope"), "{err:?}");
     client.check(Duration::from_secs(2)).await.unwrap();
 }
 

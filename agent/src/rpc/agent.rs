@@ -1,11 +1,16 @@
 //! `Agent`: the sandbox, container and guest-management RPCs.
 //!
-//! Implemented now: guest details and guest time. Every other RPC answers UNIMPLEMENTED with a
-//! message naming it (ttrpc's generated default would say NOT_FOUND, which misleads callers into
-//! thinking an object is missing); later work replaces them one by one.
+//! Implemented: the sandbox (CreateSandbox, DestroySandbox), containers and processes
+//! (create, start, exec, signal, wait, remove, tty resize, close stdin), guest details and guest
+//! time. Every other RPC answers UNIMPLEMENTED with a message naming it (ttrpc's generated
+//! default would say NOT_FOUND, which misleads callers into thinking an object is missing).
+//! Handlers only translate between protobuf and [`crate::container`] / [`crate::sandbox`];
+//! errors become status codes in one place ([`crate::error`]).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use isola_agent_proto::agent::*;
@@ -13,14 +18,43 @@ use isola_agent_proto::agent_ttrpc;
 use isola_agent_proto::types::{Empty, Interface};
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_settime, ClockId};
+use protobuf::MessageField;
+use tracing::Instrument;
 use ttrpc::r#async::TtrpcContext;
 use ttrpc::Code;
 
 use super::guard::{guarded, rpc_error, unimplemented};
 use super::sysinfo;
+use crate::container::{Containers, CreateRequest};
+use crate::sandbox::Sandbox;
+use crate::stdio::StdioWanted;
 
 /// The Agent service.
-pub struct AgentService;
+pub struct AgentService {
+    pub sandbox: Sandbox,
+    pub containers: Arc<Containers>,
+}
+
+impl AgentService {
+    pub fn new(containers: Arc<Containers>) -> AgentService {
+        AgentService {
+            sandbox: Sandbox::default(),
+            containers,
+        }
+    }
+}
+
+fn wanted(stdio: &MessageField<StdioConfig>) -> StdioWanted {
+    stdio
+        .as_ref()
+        .map(|s| StdioWanted {
+            stdin: s.stdin,
+            stdout: s.stdout,
+            stderr: s.stderr,
+            terminal: s.terminal,
+        })
+        .unwrap_or_default()
+}
 
 /// Answers the listed RPCs with UNIMPLEMENTED. `#[async_trait]` runs before this macro expands,
 /// so the methods are written in the form it would have produced.
@@ -93,17 +127,178 @@ impl agent_ttrpc::Agent for AgentService {
         .await
     }
 
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("CreateSandbox", sandbox = %req.sandbox_id);
+        guarded("CreateSandbox", async {
+            self.sandbox.create(&req)?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn destroy_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: DestroySandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        guarded("DestroySandbox", async {
+            self.sandbox.destroy(&self.containers).await?;
+            Ok(Empty::default())
+        })
+        .await
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("CreateContainer", container_id = %req.container_id);
+        guarded("CreateContainer", async {
+            let stdio = wanted(&req.stdio);
+            self.containers
+                .create(CreateRequest {
+                    id: req.container_id,
+                    init_exec_id: req.exec_id,
+                    spec_json: req.oci_spec_json,
+                    storages: req.storages,
+                    stdio,
+                })
+                .await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("StartContainer", container_id = %req.container_id);
+        guarded("StartContainer", async {
+            self.containers.start(&req.container_id).await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("RemoveContainer", container_id = %req.container_id);
+        guarded("RemoveContainer", async {
+            self.containers
+                .remove(&req.container_id, req.timeout)
+                .await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("ExecProcess", container_id = %req.container_id, exec_id = %req.exec_id);
+        guarded("ExecProcess", async {
+            self.containers
+                .exec(
+                    &req.container_id,
+                    &req.exec_id,
+                    &req.process_json,
+                    wanted(&req.stdio),
+                )
+                .await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("SignalProcess", container_id = %req.container_id, exec_id = %req.exec_id);
+        guarded("SignalProcess", async {
+            self.containers
+                .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WaitProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        let span = tracing::info_span!("WaitProcess", container_id = %req.container_id, exec_id = %req.exec_id);
+        guarded("WaitProcess", async {
+            let exit = self
+                .containers
+                .wait(&req.container_id, &req.exec_id)
+                .await?;
+            let nanos = exit
+                .at
+                .duration_since(UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            Ok(WaitProcessResponse {
+                status: exit.code,
+                exited_at_unix_nanos: nanos,
+                ..Default::default()
+            })
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("TtyWinResize", container_id = %req.container_id, exec_id = %req.exec_id);
+        guarded("TtyWinResize", async {
+            self.containers
+                .resize(&req.container_id, &req.exec_id, req.row, req.column)?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn close_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CloseStdinRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("CloseStdin", container_id = %req.container_id, exec_id = %req.exec_id);
+        guarded("CloseStdin", async {
+            self.containers
+                .close_stdin(&req.container_id, &req.exec_id)?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
     not_yet! {
-        create_sandbox(CreateSandboxRequest) -> Empty = "CreateSandbox";
-        destroy_sandbox(DestroySandboxRequest) -> Empty = "DestroySandbox";
-        create_container(CreateContainerRequest) -> Empty = "CreateContainer";
-        start_container(StartContainerRequest) -> Empty = "StartContainer";
-        remove_container(RemoveContainerRequest) -> Empty = "RemoveContainer";
-        exec_process(ExecProcessRequest) -> Empty = "ExecProcess";
-        signal_process(SignalProcessRequest) -> Empty = "SignalProcess";
-        wait_process(WaitProcessRequest) -> WaitProcessResponse = "WaitProcess";
-        tty_win_resize(TtyWinResizeRequest) -> Empty = "TtyWinResize";
-        close_stdin(CloseStdinRequest) -> Empty = "CloseStdin";
         stats_container(ContainerRequest) -> StatsContainerResponse = "StatsContainer";
         pause_container(ContainerRequest) -> Empty = "PauseContainer";
         resume_container(ContainerRequest) -> Empty = "ResumeContainer";
