@@ -13,6 +13,9 @@ use tokio::time::Instant;
 use tokio_vsock::{VsockAddr, VsockStream};
 use ttrpc::r#async::transport::Socket;
 
+/// The longest a single connection attempt may take before it is abandoned and retried.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The longest reply line accepted from the hybrid vsock peer: "OK " + a u32 + "\n" is 14 bytes.
 pub const MAX_HANDSHAKE_LINE: usize = 32;
 
@@ -95,6 +98,65 @@ pub async fn hybrid_once(path: &Path, port: u32) -> Result<UnixStream, DialError
     }
 }
 
+/// The host-side Unix socket where a guest connection to host port `port` arrives over hybrid
+/// vsock: `<path>_<port>`.
+pub fn guest_initiated_socket(path: &Path, port: u32) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!("_{port}"));
+    PathBuf::from(name)
+}
+
+/// Waits until the guest agent announces readiness over hybrid vsock: listens on the socket
+/// where the guest's connection to host port `port` arrives and accepts connections until one
+/// carries [`isola_agent_proto::READY_LINE`] or `deadline` passes. Reads at most a few bytes
+/// per connection (the guest is untrusted).
+pub async fn wait_ready(path: &Path, port: u32, deadline: Instant) -> Result<(), DialError> {
+    use isola_agent_proto::READY_LINE;
+    let socket = guest_initiated_socket(path, port);
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| DialError::Connect {
+        path: socket.clone(),
+        source,
+    })?;
+    let started = Instant::now();
+    let mut last = "no connection from the guest yet".to_string();
+    let result = loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let accepted = tokio::time::timeout(remaining, listener.accept()).await;
+        let mut stream = match accepted {
+            Err(_) => {
+                break Err(DialError::Deadline {
+                    port,
+                    waited: started.elapsed(),
+                    last: format!("the guest agent did not announce readiness ({last})"),
+                })
+            }
+            Ok(Err(e)) => {
+                last = format!("accept on {}: {e}", socket.display());
+                continue;
+            }
+            Ok(Ok((stream, _))) => stream,
+        };
+        let mut buf = [0u8; 16];
+        let mut got = 0;
+        let read = tokio::time::timeout(Duration::from_secs(2), async {
+            while got < READY_LINE.len() {
+                match stream.read(&mut buf[got..READY_LINE.len()]).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        })
+        .await;
+        if read.is_ok() && &buf[..got] == READY_LINE {
+            break Ok(());
+        }
+        last = format!("a readiness connection sent {:?}", String::from_utf8_lossy(&buf[..got]));
+    };
+    let _ = std::fs::remove_file(&socket);
+    result
+}
+
 /// One kernel vsock attempt.
 pub async fn vsock_once(cid: u32, port: u32) -> Result<VsockStream, DialError> {
     VsockStream::connect(VsockAddr::new(cid, port))
@@ -150,10 +212,11 @@ pub async fn dial(
                 }
             }
         };
-        let last = match tokio::time::timeout(remaining, attempt).await {
+        // A single attempt is bounded too: one stuck connection must not eat the whole deadline.
+        let last = match tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), attempt).await {
             Ok(Ok(socket)) => return Ok(socket),
             Ok(Err(e)) => e.to_string(),
-            Err(_) => "the attempt did not finish before the deadline".to_string(),
+            Err(_) => "the connection attempt timed out".to_string(),
         };
         let now = Instant::now();
         if now + delay >= deadline {
@@ -307,5 +370,46 @@ mod tests {
         }
         assert_eq!(d, b.max);
         assert_eq!(b.next(Duration::from_millis(2)), Duration::from_millis(4));
+    }
+}
+
+#[cfg(test)]
+mod ready_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_line_is_awaited_and_garbage_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock");
+        let sock = guest_initiated_socket(&path, 1026);
+        assert_eq!(sock, dir.path().join("vm.vsock_1026"));
+        let s = sock.clone();
+        tokio::spawn(async move {
+            // The guest retries until the host listens.
+            let mut stream = loop {
+                match tokio::net::UnixStream::connect(&s).await {
+                    Ok(st) => break st,
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            };
+            stream.write_all(b"HELLO!\n").await.unwrap();
+            drop(stream);
+            let mut stream = tokio::net::UnixStream::connect(&s).await.unwrap();
+            stream.write_all(isola_agent_proto::READY_LINE).await.unwrap();
+        });
+        wait_ready(&path, 1026, Instant::now() + Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!sock.exists(), "the readiness socket is removed");
+    }
+
+    #[tokio::test]
+    async fn no_announcement_times_out_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vm.vsock");
+        let err = wait_ready(&path, 1026, Instant::now() + Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("did not announce readiness"), "{err}");
     }
 }

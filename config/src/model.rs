@@ -33,7 +33,8 @@ pub struct Config {
 pub struct HypervisorConfig {
     /// `path`: the QEMU binary. Default `/usr/bin/qemu-system-x86_64`.
     pub path: PathBuf,
-    /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinuz`.
+    /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinux`: the
+    /// uncompressed ELF, booted directly through its PVH entry (no in-guest decompression).
     pub kernel: PathBuf,
     /// `initrd`: the guest initrd. Default `$PREFIX/share/isola/initrd.img`.
     pub initrd: PathBuf,
@@ -131,7 +132,7 @@ impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
             path: PathBuf::from(DEFAULT_QEMU_PATH),
-            kernel: share_dir().join("vmlinuz"),
+            kernel: share_dir().join("vmlinux"),
             initrd: share_dir().join("initrd.img"),
             kernel_params: String::new(),
             machine_type: MachineType::default(),

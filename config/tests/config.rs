@@ -37,7 +37,7 @@ fn defaults() {
     let c = Config::default();
     let h = &c.hypervisor;
     assert_eq!(h.path, Path::new("/usr/bin/qemu-system-x86_64"));
-    assert_eq!(h.kernel, Path::new(PREFIX).join("share/isola/vmlinuz"));
+    assert_eq!(h.kernel, Path::new(PREFIX).join("share/isola/vmlinux"));
     assert_eq!(h.initrd, Path::new(PREFIX).join("share/isola/initrd.img"));
     assert_eq!(h.kernel_params, "");
     assert_eq!(h.machine_type, MachineType::Q35);

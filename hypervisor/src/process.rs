@@ -9,6 +9,11 @@
 //!    `fork` and `prctl`.
 //! 3. The backends stop every child explicitly in `stop()`.
 //!
+//! Each child leads its own process group, and stopping it signals the whole group and waits
+//! until the group is empty: a daemon that forks (virtiofsd's namespace sandbox runs its work
+//! in a child process) leaves nothing behind when `stop()` returns. A pgid stays reserved while
+//! any member lives, so signalling the group after the leader was reaped cannot hit a stranger.
+//!
 //! Caveat of PDEATHSIG: it fires when the *thread* that forked the child exits, not the whole
 //! process. Children are spawned from tokio worker threads, which live as long as the runtime,
 //! so this is fine for a shim whose runtime lives as long as the process. Spawning from a
@@ -123,6 +128,7 @@ async fn spawn_with(
     cmd.stdin(Stdio::null())
         .stdout(stdout)
         .stderr(Stdio::from(stderr))
+        .process_group(0)
         .kill_on_drop(true);
     let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
     // SAFETY: the closure runs in the forked child before exec, where only async-signal-safe
@@ -184,14 +190,41 @@ pub async fn terminate(
         return Ok(status);
     }
     if let Ok(raw) = i32::try_from(pid) {
-        // ESRCH means it exited meanwhile; the wait below reaps it.
-        let _ = kill(Pid::from_raw(raw), Signal::SIGTERM);
+        // The whole group; ESRCH means it exited meanwhile, and the wait below reaps it.
+        let _ = kill(Pid::from_raw(-raw), Signal::SIGTERM);
     }
-    if let Ok(res) = tokio::time::timeout(grace, child.wait()).await {
-        return res.map_err(wait_err);
+    let status = match tokio::time::timeout(grace, child.wait()).await {
+        Ok(res) => res.map_err(wait_err)?,
+        Err(_) => {
+            tracing::debug!(name, pid, "did not exit after SIGTERM; sending SIGKILL");
+            kill_and_reap(name, child).await?
+        }
+    };
+    kill_group(name, pid).await?;
+    Ok(status)
+}
+
+/// SIGKILLs what is left of process group `pgid` (the leader already exited) and waits until
+/// the group is empty.
+pub async fn kill_group(name: &'static str, pgid: u32) -> Result<(), SpawnError> {
+    let Ok(raw) = i32::try_from(pgid) else {
+        return Ok(());
+    };
+    let group = Pid::from_raw(-raw);
+    let deadline = tokio::time::Instant::now() + KILL_REAP_TIMEOUT;
+    // Members are not our children (they are the leader's): they are reaped by init, so wait
+    // for the group to vanish rather than for an exit status.
+    while kill(group, Signal::SIGKILL).is_ok() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(SpawnError::Stuck {
+                name,
+                pid: pgid,
+                timeout_ms: duration_ms(KILL_REAP_TIMEOUT),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tracing::debug!(name, pid, "did not exit after SIGTERM; sending SIGKILL");
-    kill_and_reap(name, child).await
+    Ok(())
 }
 
 /// SIGKILLs `child` and waits (bounded) for it to be reaped.
@@ -254,6 +287,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(again, status);
+    }
+
+    #[tokio::test]
+    async fn terminate_leaves_no_forked_grandchild() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        let mut cmd = Command::new("/bin/sh");
+        // The grandchild ignores SIGTERM and outlives its parent unless the group is killed.
+        cmd.arg("-c").arg(format!(
+            "sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 30' & wait",
+            pidfile.display()
+        ));
+        let mut child = spawn("forker", cmd, &dir.path().join("l")).await.unwrap();
+        let grandchild = loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                if let Ok(pid) = text.trim().parse::<i32>() {
+                    break pid;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        terminate("forker", &mut child, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert!(
+            kill(Pid::from_raw(grandchild), None).is_err(),
+            "grandchild {grandchild} survived terminate()"
+        );
     }
 
     #[tokio::test]

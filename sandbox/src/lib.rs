@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use isola_agent_client::{AgentClient, ClientError};
 use isola_config::Config;
-use isola_hypervisor::{Hypervisor, HypervisorError};
+use isola_agent_client::dial::wait_ready;
+use isola_agent_proto::READY_PORT;
+use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError};
 
 pub use console::tail as console_tail;
 pub use vmconfig::{vm_config, SandboxPaths, SHARED_FS_TAG};
@@ -59,7 +61,15 @@ impl BootedVm {
     /// Boots sandbox `id`'s VM and waits for its agent. On failure nothing is left running.
     pub async fn boot(cfg: &Config, id: &str) -> Result<BootedVm, SandboxError> {
         let paths = SandboxPaths::new(&cfg.runtime.state_dir, id);
-        let vm_cfg = vm_config(cfg, id, &paths);
+        let mut vm_cfg = vm_config(cfg, id, &paths);
+        // Over hybrid vsock the agent announces readiness and the host waits for that before
+        // dialing (see isola_agent_proto::READY_PORT for why).
+        let hybrid = cfg.hypervisor.vsock.resolve() != isola_config::Vsock::Vhost;
+        if hybrid {
+            vm_cfg
+                .kernel_params
+                .push_str(&format!(" agent.ready_port={READY_PORT}"));
+        }
         if vm_cfg.shared_fs.is_some() {
             std::fs::create_dir_all(&paths.shared_dir).map_err(|source| SandboxError::Dir {
                 path: paths.shared_dir.clone(),
@@ -74,7 +84,15 @@ impl BootedVm {
         }
         let vmm_ready = started.elapsed();
         let endpoint = vm.agent_endpoint();
-        let agent = match AgentClient::connect(&endpoint, cfg.agent.dial_timeout()).await {
+        let dial_deadline = tokio::time::Instant::now() + cfg.agent.dial_timeout();
+        let connected = async {
+            if let (true, AgentEndpoint::HybridVsock { path, .. }) = (hybrid, &endpoint) {
+                wait_ready(path, READY_PORT, dial_deadline).await?;
+            }
+            let remaining = dial_deadline.saturating_duration_since(tokio::time::Instant::now());
+            AgentClient::connect(&endpoint, remaining).await
+        };
+        let agent = match connected.await {
             Ok(agent) => agent,
             Err(source) => {
                 let console = vm.console_log();

@@ -178,8 +178,8 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
 mod tests {
     use super::*;
 
-    const CMDLINE: &str = "console=ttyS0 panic=-1 quiet reboot=t no_timer_check noreplace-smp \
-                           i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd agent.log=debug";
+    const CMDLINE: &str = "console=ttyS0 quiet panic=-1 cryptomgr.notests noreplace-smp \
+                           hpet=disable noapictimer tsc=reliable no_timer_check agent.log=debug";
 
     fn plan() -> QemuPlan {
         QemuPlan {
