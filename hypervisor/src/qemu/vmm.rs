@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 
-use super::qmp::{QmpClient, DEFAULT_TIMEOUT};
+use super::qmp::{QmpClient, QmpError, DEFAULT_TIMEOUT};
 use crate::process::{self, duration_ms};
 use crate::{HypervisorError, VmExit};
 
@@ -172,6 +172,15 @@ impl VmmProcess {
                     Ok(mut client) => {
                         client.set_timeout(DEFAULT_TIMEOUT);
                         Ok(client)
+                    }
+                    // QEMU binds the socket before it listens on it: not yet, poll again.
+                    Err(QmpError::Connect { source, .. })
+                        if source.kind() == std::io::ErrorKind::ConnectionRefused =>
+                    {
+                        let mut rx = self.exit_rx.clone();
+                        let _ = tokio::time::timeout(POLL_INTERVAL, rx.wait_for(Option::is_some))
+                            .await;
+                        continue;
                     }
                     Err(e) => match self.wait_exit(EXIT_GRACE).await {
                         Some(exit) => Err(self.early_exit_error(exit).await),

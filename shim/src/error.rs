@@ -1,0 +1,194 @@
+//! The shim's errors and their one mapping to ttrpc status codes ([`to_ttrpc`]).
+//!
+//! containerd reacts to codes (NotFound on Kill of an exited process is ignored, AlreadyExists
+//! on Create is reported as such, ...), so every failure names its kind here and the message
+//! says what failed and, where there is something to do, what to do about it.
+
+use std::path::PathBuf;
+
+use ttrpc::Code;
+
+/// Everything that can go wrong in the shim.
+#[derive(Debug, thiserror::Error)]
+pub enum ShimError {
+    /// An unknown container or exec id.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A container or exec id that is already in use.
+    #[error("{0} already exists: choose another id or delete the existing one first")]
+    AlreadyExists(String),
+    /// The request does not fit the current state (start of a started process, ...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// The request itself is malformed (bad spec, missing rootfs, bad id, ...).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A Task API call the isola shim does not implement.
+    #[error("{0} is not implemented by the isola shim")]
+    Unimplemented(String),
+    /// The guest agent answered an RPC with an error; `code` is the agent's own code.
+    #[error("guest agent {rpc} failed: {message}")]
+    Agent {
+        rpc: &'static str,
+        code: Code,
+        message: String,
+    },
+    /// A host file operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A host mount operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Mount {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// The runtime configuration could not be loaded.
+    #[error("isola configuration: {0} (fix the file named by the runtime option ConfigPath, $ISOLA_CONFIG or /etc/isola/configuration.toml)")]
+    Config(Box<isola_config::ConfigError>),
+    /// The sandbox VM could not be booted or stopped.
+    #[error("sandbox VM: {0} (run `isola check` to diagnose the host)")]
+    Sandbox(Box<isola_sandbox::SandboxError>),
+    /// Anything else.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<isola_config::ConfigError> for ShimError {
+    fn from(e: isola_config::ConfigError) -> Self {
+        ShimError::Config(Box::new(e))
+    }
+}
+
+impl From<isola_sandbox::SandboxError> for ShimError {
+    fn from(e: isola_sandbox::SandboxError) -> Self {
+        ShimError::Sandbox(Box::new(e))
+    }
+}
+
+/// The shim's result type.
+pub type Result<T, E = ShimError> = std::result::Result<T, E>;
+
+impl ShimError {
+    /// An I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> ShimError {
+        ShimError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A failed agent RPC, keeping the agent's status code when it sent one.
+    pub fn agent(rpc: &'static str, err: ttrpc::Error) -> ShimError {
+        match err {
+            ttrpc::Error::RpcStatus(status) => ShimError::Agent {
+                rpc,
+                code: status.code(),
+                message: status.message,
+            },
+            other => ShimError::Agent {
+                rpc,
+                code: Code::INTERNAL,
+                message: format!(
+                    "{other} (the guest agent or the VM may have died: see the guest console log)"
+                ),
+            },
+        }
+    }
+
+    /// The ttrpc status code this error maps to (see [`to_ttrpc`]).
+    pub fn code(&self) -> Code {
+        match self {
+            ShimError::NotFound(_) => Code::NOT_FOUND,
+            ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            ShimError::FailedPrecondition(_) | ShimError::Config(_) => Code::FAILED_PRECONDITION,
+            ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
+            ShimError::Agent { code, .. } => *code,
+            ShimError::Io { .. }
+            | ShimError::Mount { .. }
+            | ShimError::Sandbox(_)
+            | ShimError::Internal(_) => Code::INTERNAL,
+        }
+    }
+}
+
+/// The one mapping from shim errors to what containerd receives.
+pub fn to_ttrpc(err: ShimError) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(err.code(), err.to_string()))
+}
+
+impl From<ShimError> for ttrpc::Error {
+    fn from(err: ShimError) -> Self {
+        to_ttrpc(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(err: ShimError) -> Code {
+        match to_ttrpc(err) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn each_kind_has_its_code() {
+        assert_eq!(
+            code_of(ShimError::NotFound("container c".into())),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            code_of(ShimError::AlreadyExists("c".into())),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code_of(ShimError::FailedPrecondition("x".into())),
+            Code::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            code_of(ShimError::InvalidArgument("x".into())),
+            Code::INVALID_ARGUMENT
+        );
+        assert_eq!(
+            code_of(ShimError::Unimplemented("Pause".into())),
+            Code::UNIMPLEMENTED
+        );
+        assert_eq!(code_of(ShimError::Internal("x".into())), Code::INTERNAL);
+        assert_eq!(
+            code_of(ShimError::io("reading", std::io::Error::other("boom"))),
+            Code::INTERNAL
+        );
+    }
+
+    #[test]
+    fn agent_codes_are_preserved() {
+        let remote =
+            ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "no such container"));
+        let err = ShimError::agent("StartContainer", remote);
+        assert_eq!(err.code(), Code::NOT_FOUND);
+        let msg = err.to_string();
+        assert!(
+            msg.contains("StartContainer") && msg.contains("no such container"),
+            "{msg}"
+        );
+        let transport = ShimError::agent("WaitProcess", ttrpc::Error::RemoteClosed);
+        assert_eq!(transport.code(), Code::INTERNAL);
+    }
+
+    #[test]
+    fn messages_say_what_to_do() {
+        let msg = ShimError::AlreadyExists("container c1".into()).to_string();
+        assert!(msg.contains("delete the existing one"), "{msg}");
+        let msg = ShimError::Unimplemented("Checkpoint".into()).to_string();
+        assert!(msg.starts_with("Checkpoint"), "{msg}");
+    }
+}

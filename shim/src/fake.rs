@@ -1,0 +1,546 @@
+//! Test doubles: a fake agent, a fake VM and its factory, a recording event sink, and a test
+//! environment wiring them to a [`Service`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim::ExitSignal;
+use containerd_shim_protos::events::task::TaskExit;
+use containerd_shim_protos::shim::shim::CreateTaskRequest;
+use isola_agent_proto::agent::{
+    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, StdioConfig,
+};
+use isola_config::Config;
+use protobuf::MessageDyn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::sync::watch;
+use ttrpc::Code;
+
+use crate::agent::{AgentApi, BoxStream, GuestProcess, ProcessExit, StdioKind};
+use crate::error::{Result, ShimError};
+use crate::events::EventSink;
+use crate::mounts::{HostBind, RootfsMount};
+use crate::options::RuntimeOptions;
+use crate::sandbox::{Sandbox, SandboxFactory};
+use crate::service::Service;
+
+type Key = (String, String);
+
+struct FakeProc {
+    exit: watch::Sender<Option<u32>>,
+    stdio: StdioConfig,
+    guest: HashMap<StdioKind, DuplexStream>,
+    started: bool,
+    cat_running: bool,
+}
+
+/// A fake agent: records calls, fails on request, and can run processes that behave like
+/// `cat` (stdin copied to stdout, exit 0 at stdin EOF).
+#[derive(Default)]
+pub struct FakeAgent {
+    calls: Mutex<Vec<String>>,
+    failures: Mutex<HashMap<&'static str, (Code, String)>>,
+    procs: Mutex<HashMap<Key, FakeProc>>,
+    /// Started processes behave like `cat`.
+    pub cat: AtomicBool,
+    pub sandbox: Mutex<Option<CreateSandboxRequest>>,
+    pub containers: Mutex<HashMap<String, CreateContainerRequest>>,
+    dead: Mutex<Option<watch::Sender<bool>>>,
+}
+
+impl FakeAgent {
+    /// The calls so far, as "Rpc id[/exec]" strings.
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Makes `rpc` fail with `code` from now on.
+    pub fn fail(&self, rpc: &'static str, code: Code, message: &str) {
+        self.failures
+            .lock()
+            .unwrap()
+            .insert(rpc, (code, message.to_string()));
+    }
+
+    fn call(&self, rpc: &'static str, what: &str) -> Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("{rpc} {what}").trim().to_string());
+        if self.is_dead() {
+            return Err(ShimError::Agent {
+                rpc,
+                code: Code::INTERNAL,
+                message: "ttrpc err: remote stream closed".into(),
+            });
+        }
+        match self.failures.lock().unwrap().get(rpc) {
+            Some((code, message)) => Err(ShimError::Agent {
+                rpc,
+                code: *code,
+                message: message.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn dead_rx(&self) -> watch::Receiver<bool> {
+        let mut slot = self.dead.lock().unwrap();
+        slot.get_or_insert_with(|| watch::channel(false).0)
+            .subscribe()
+    }
+
+    fn is_dead(&self) -> bool {
+        *self.dead_rx().borrow()
+    }
+
+    /// The VM died: pending and future calls fail, guest streams close.
+    pub fn vm_died(&self) {
+        let _ = self.dead_rx();
+        if let Some(tx) = self.dead.lock().unwrap().as_ref() {
+            tx.send_replace(true);
+        }
+        for p in self.procs.lock().unwrap().values_mut() {
+            p.guest.clear();
+        }
+    }
+
+    /// Makes a process exit with `status` (its output streams close).
+    pub fn exit(&self, cid: &str, exec_id: &str, status: u32) {
+        let mut procs = self.procs.lock().unwrap();
+        if let Some(p) = procs.get_mut(&(cid.to_string(), exec_id.to_string())) {
+            p.guest.clear();
+            p.exit.send_replace(Some(status));
+        }
+    }
+
+    /// Takes the guest end of a process's stream (to write "output" or read "input").
+    pub fn take_stream(&self, cid: &str, exec_id: &str, kind: StdioKind) -> Option<DuplexStream> {
+        let mut procs = self.procs.lock().unwrap();
+        procs
+            .get_mut(&(cid.to_string(), exec_id.to_string()))?
+            .guest
+            .remove(&kind)
+    }
+
+    fn register(&self, cid: &str, exec_id: &str, stdio: StdioConfig) {
+        self.procs.lock().unwrap().insert(
+            (cid.to_string(), exec_id.to_string()),
+            FakeProc {
+                exit: watch::channel(None).0,
+                stdio,
+                guest: HashMap::new(),
+                started: false,
+                cat_running: false,
+            },
+        );
+    }
+
+    /// Runs `cat` for a started process once all its expected streams are attached.
+    fn maybe_cat(&self, key: &Key) {
+        if !self.cat.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut procs = self.procs.lock().unwrap();
+        let Some(p) = procs.get_mut(key) else { return };
+        let attached = |k| p.guest.contains_key(&k);
+        let ready = p.started
+            && !p.cat_running
+            && (!p.stdio.stdin || attached(StdioKind::Stdin))
+            && (!p.stdio.stdout || attached(StdioKind::Stdout));
+        if !ready {
+            return;
+        }
+        p.cat_running = true;
+        let input = p.guest.remove(&StdioKind::Stdin);
+        let output = p.guest.remove(&StdioKind::Stdout);
+        let exit = p.exit.clone();
+        tokio::spawn(async move {
+            if let (Some(mut input), Some(mut output)) = (input, output) {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    match input.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if output.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = output.shutdown().await;
+            }
+            exit.send_replace(Some(0));
+        });
+    }
+}
+
+#[async_trait]
+impl AgentApi for FakeAgent {
+    async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
+        self.call("CreateSandbox", &req.sandbox_id)?;
+        *self.sandbox.lock().unwrap() = Some(req);
+        Ok(())
+    }
+
+    async fn destroy_sandbox(&self) -> Result<()> {
+        self.call("DestroySandbox", "")
+    }
+
+    async fn create_container(&self, req: CreateContainerRequest) -> Result<()> {
+        self.call("CreateContainer", &req.container_id)?;
+        self.register(&req.container_id, "", req.stdio.clone().unwrap_or_default());
+        self.containers
+            .lock()
+            .unwrap()
+            .insert(req.container_id.clone(), req);
+        Ok(())
+    }
+
+    async fn start_container(&self, cid: &str) -> Result<()> {
+        self.call("StartContainer", cid)?;
+        let key = (cid.to_string(), String::new());
+        match self.procs.lock().unwrap().get_mut(&key) {
+            Some(p) => p.started = true,
+            None => {
+                return Err(ShimError::Agent {
+                    rpc: "StartContainer",
+                    code: Code::NOT_FOUND,
+                    message: format!("no container {cid}"),
+                })
+            }
+        }
+        self.maybe_cat(&key);
+        Ok(())
+    }
+
+    async fn exec_process(&self, req: ExecProcessRequest) -> Result<()> {
+        self.call(
+            "ExecProcess",
+            &format!("{}/{}", req.container_id, req.exec_id),
+        )?;
+        self.register(
+            &req.container_id,
+            &req.exec_id,
+            req.stdio.clone().unwrap_or_default(),
+        );
+        let key = (req.container_id.clone(), req.exec_id.clone());
+        if let Some(p) = self.procs.lock().unwrap().get_mut(&key) {
+            p.started = true;
+        }
+        self.maybe_cat(&key);
+        Ok(())
+    }
+
+    async fn signal_process(
+        &self,
+        cid: &str,
+        exec_id: &str,
+        signal: u32,
+        _all: bool,
+    ) -> Result<()> {
+        self.call("SignalProcess", &format!("{cid}/{exec_id} {signal}"))?;
+        self.exit(cid, exec_id, 128 + signal);
+        Ok(())
+    }
+
+    async fn wait_process(&self, cid: &str, exec_id: &str) -> Result<ProcessExit> {
+        self.call("WaitProcess", &format!("{cid}/{exec_id}"))?;
+        let mut rx = {
+            let procs = self.procs.lock().unwrap();
+            let Some(p) = procs.get(&(cid.to_string(), exec_id.to_string())) else {
+                return Err(ShimError::Agent {
+                    rpc: "WaitProcess",
+                    code: Code::NOT_FOUND,
+                    message: "no such process".into(),
+                });
+            };
+            p.exit.subscribe()
+        };
+        let mut dead = self.dead_rx();
+        tokio::select! {
+            r = rx.wait_for(Option::is_some) => match r {
+                Ok(status) => Ok(ProcessExit { status: status.expect("waited for Some") }),
+                Err(_) => Err(ShimError::Agent { rpc: "WaitProcess", code: Code::INTERNAL, message: "gone".into() }),
+            },
+            _ = dead.wait_for(|d| *d) => Err(ShimError::Agent { rpc: "WaitProcess", code: Code::INTERNAL, message: "ttrpc err: remote stream closed".into() }),
+        }
+    }
+
+    async fn remove_container(&self, cid: &str, _timeout: u32) -> Result<()> {
+        self.call("RemoveContainer", cid)?;
+        let mut procs = self.procs.lock().unwrap();
+        if procs.remove(&(cid.to_string(), String::new())).is_none() {
+            return Err(ShimError::Agent {
+                rpc: "RemoveContainer",
+                code: Code::NOT_FOUND,
+                message: "no such container".into(),
+            });
+        }
+        procs.retain(|(c, _), _| c != cid);
+        Ok(())
+    }
+
+    async fn list_processes(&self, cid: &str) -> Result<Vec<GuestProcess>> {
+        self.call("ListProcesses", cid)?;
+        Ok(vec![GuestProcess {
+            pid: 1,
+            exec_id: String::new(),
+        }])
+    }
+
+    async fn resize_pty(&self, cid: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
+        self.call("TtyWinResize", &format!("{cid}/{exec_id} {rows}x{cols}"))
+    }
+
+    async fn close_stdin(&self, cid: &str, exec_id: &str) -> Result<()> {
+        self.call("CloseStdin", &format!("{cid}/{exec_id}"))
+    }
+
+    async fn open_stdio(&self, cid: &str, exec_id: &str, kind: StdioKind) -> Result<BoxStream> {
+        self.call("OpenStdio", &format!("{cid}/{exec_id} {kind:?}"))?;
+        let (host, guest) = tokio::io::duplex(64 * 1024);
+        let key = (cid.to_string(), exec_id.to_string());
+        {
+            let mut procs = self.procs.lock().unwrap();
+            let Some(p) = procs.get_mut(&key) else {
+                return Err(ShimError::Agent {
+                    rpc: "OpenStdio",
+                    code: Code::NOT_FOUND,
+                    message: "no such process".into(),
+                });
+            };
+            p.guest.insert(kind, guest);
+        }
+        self.maybe_cat(&key);
+        Ok(Box::new(host))
+    }
+}
+
+/// A fake VM: `kill` makes it "die"; `stop` is recorded.
+pub struct FakeSandbox {
+    pub agent: Arc<FakeAgent>,
+    exit: watch::Sender<Option<String>>,
+    pub stops: AtomicUsize,
+    pub shared: Mutex<Vec<String>>,
+    pub unshared: Mutex<Vec<String>>,
+    pub binds: Mutex<Vec<HostBind>>,
+    dir: PathBuf,
+}
+
+impl FakeSandbox {
+    pub fn new(dir: &Path) -> Arc<FakeSandbox> {
+        Arc::new(FakeSandbox {
+            agent: Arc::new(FakeAgent::default()),
+            exit: watch::channel(None).0,
+            stops: AtomicUsize::new(0),
+            shared: Mutex::new(Vec::new()),
+            unshared: Mutex::new(Vec::new()),
+            binds: Mutex::new(Vec::new()),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The VMM dies on its own.
+    pub fn kill(&self) {
+        self.agent.vm_died();
+        self.exit.send_replace(Some("killed by signal 9".into()));
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stops.load(Ordering::SeqCst) > 0
+    }
+}
+
+#[async_trait]
+impl Sandbox for FakeSandbox {
+    fn agent(&self) -> Arc<dyn AgentApi> {
+        self.agent.clone()
+    }
+    fn pid(&self) -> u32 {
+        4242
+    }
+    fn processes(&self) -> Vec<u32> {
+        vec![std::process::id()]
+    }
+    fn endpoint(&self) -> String {
+        "fake".into()
+    }
+    fn vm_dir(&self) -> PathBuf {
+        self.dir.join("vm")
+    }
+    fn shared_dir(&self) -> PathBuf {
+        self.dir.join("shared")
+    }
+    async fn wait(&self) -> String {
+        let mut rx = self.exit.subscribe();
+        let r = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|v| v.clone().unwrap_or_default());
+        r.unwrap_or_default()
+    }
+    async fn share_container(
+        &self,
+        cid: &str,
+        _rootfs: Vec<RootfsMount>,
+        _bundle_rootfs: PathBuf,
+        binds: Vec<HostBind>,
+    ) -> Result<()> {
+        self.shared.lock().unwrap().push(cid.to_string());
+        self.binds.lock().unwrap().extend(binds);
+        Ok(())
+    }
+    async fn unshare_container(&self, cid: &str) -> Result<()> {
+        self.unshared.lock().unwrap().push(cid.to_string());
+        Ok(())
+    }
+    async fn stop(&self) -> Result<()> {
+        self.stops.fetch_add(1, Ordering::SeqCst);
+        self.agent.vm_died();
+        self.exit.send_replace(Some("stopped".into()));
+        Ok(())
+    }
+}
+
+/// Hands out one [`FakeSandbox`] (made fresh for each boot after a stop).
+pub struct FakeFactory {
+    pub current: Mutex<Arc<FakeSandbox>>,
+    pub boots: AtomicUsize,
+    pub fail: Mutex<Option<String>>,
+    dir: PathBuf,
+}
+
+#[async_trait]
+impl SandboxFactory for FakeFactory {
+    async fn boot(&self, _config: &Config, _id: &str) -> Result<Arc<dyn Sandbox>> {
+        if let Some(msg) = self.fail.lock().unwrap().clone() {
+            return Err(ShimError::Internal(msg));
+        }
+        let mut current = self.current.lock().unwrap();
+        if current.stopped() {
+            let cat = current.agent.cat.load(Ordering::SeqCst);
+            *current = FakeSandbox::new(&self.dir);
+            current.agent.cat.store(cat, Ordering::SeqCst);
+        }
+        self.boots.fetch_add(1, Ordering::SeqCst);
+        Ok(current.clone())
+    }
+}
+
+/// Records events.
+#[derive(Default)]
+pub struct FakeEvents {
+    pub events: Mutex<Vec<(&'static str, Box<dyn MessageDyn>)>>,
+}
+
+impl FakeEvents {
+    pub fn topics(&self) -> Vec<&'static str> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    pub fn exits(&self) -> Vec<TaskExit> {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, e)| e.downcast_ref::<TaskExit>().cloned())
+            .collect()
+    }
+}
+
+#[async_trait]
+impl EventSink for FakeEvents {
+    fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
+        self.events.lock().unwrap().push((topic, event));
+    }
+    async fn flush(&self) {}
+}
+
+/// A service on fakes, with a temporary state directory and bundles.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub service: Arc<Service>,
+    pub factory: Arc<FakeFactory>,
+    pub events: Arc<FakeEvents>,
+    pub exit: Arc<ExitSignal>,
+}
+
+impl Default for Env {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let tmp = tempfile::tempdir().unwrap();
+        let factory = Arc::new(FakeFactory {
+            current: Mutex::new(FakeSandbox::new(tmp.path())),
+            boots: AtomicUsize::new(0),
+            fail: Mutex::new(None),
+            dir: tmp.path().to_path_buf(),
+        });
+        let events = Arc::new(FakeEvents::default());
+        let exit = Arc::new(ExitSignal::default());
+        let state_dir = tmp.path().join("state");
+        let service = Service::new(
+            "default",
+            factory.clone(),
+            events.clone(),
+            Arc::new(move |_o: &RuntimeOptions| {
+                let mut c = Config::default();
+                c.runtime.state_dir = state_dir.clone();
+                Ok(c)
+            }),
+            exit.clone(),
+        );
+        Env {
+            tmp,
+            service,
+            factory,
+            events,
+            exit,
+        }
+    }
+
+    /// The current fake VM.
+    pub fn vm(&self) -> Arc<FakeSandbox> {
+        self.factory.current.lock().unwrap().clone()
+    }
+
+    /// The current fake agent.
+    pub fn agent(&self) -> Arc<FakeAgent> {
+        self.vm().agent.clone()
+    }
+
+    /// A bundle for container `id` with the given annotations (JSON object) and a rootfs dir.
+    pub fn bundle(&self, id: &str, annotations: &str) -> PathBuf {
+        let b = self.tmp.path().join("bundles").join(id);
+        std::fs::create_dir_all(b.join("rootfs")).unwrap();
+        let spec = format!(
+            r#"{{"ociVersion":"1.0.2","process":{{"user":{{"uid":0,"gid":0}},"args":["true"],"cwd":"/"}},
+               "root":{{"path":"rootfs"}},"hostname":"h-{id}","annotations":{annotations},
+               "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]}}}}"#
+        );
+        std::fs::write(b.join("config.json"), spec).unwrap();
+        b
+    }
+
+    /// A CreateTaskRequest for `id` in a fresh bundle, no stdio.
+    pub fn request(&self, id: &str, annotations: &str) -> CreateTaskRequest {
+        CreateTaskRequest {
+            id: id.to_string(),
+            bundle: self.bundle(id, annotations).display().to_string(),
+            ..Default::default()
+        }
+    }
+}

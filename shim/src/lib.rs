@@ -1,0 +1,28 @@
+//! isola's containerd shim v2 (`containerd-shim-isola-v2`): one shim and one VM per pod.
+//!
+//! containerd starts the shim with `start`; the shim serves containerd's Task API over ttrpc
+//! and forwards container lifecycle and stdio to `isola-agent` in the pod's VM.
+
+pub mod agent;
+pub mod cleanup;
+pub mod error;
+pub mod events;
+pub mod logging;
+pub mod mountinfo;
+pub mod mounts;
+pub mod options;
+pub mod persist;
+pub mod queries;
+pub mod sandbox;
+pub mod serve;
+pub mod service;
+pub mod start;
+pub mod state;
+pub mod stdio;
+pub mod task;
+pub mod translate;
+
+#[cfg(test)]
+pub mod fake;
+#[cfg(test)]
+mod service_tests;

@@ -1,0 +1,126 @@
+//! The task service's smaller calls: State, Wait, Pids, ResizePty, CloseIO, Connect.
+
+use std::sync::atomic::Ordering;
+
+use containerd_shim_protos::shim::shim::StateResponse;
+use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
+use ttrpc::Code;
+
+use crate::error::{Result, ShimError};
+use crate::service::Service;
+use crate::state::{ExitInfo, Status};
+
+impl Service {
+    /// State of a process.
+    pub fn state(&self, id: &str, exec_id: &str) -> Result<StateResponse> {
+        let containers = self.containers.lock().unwrap();
+        let c = containers.get(id)?;
+        let p = c.process(exec_id)?;
+        let status = match p.status {
+            Status::Created => TaskStatus::CREATED,
+            Status::Running => TaskStatus::RUNNING,
+            Status::Stopped => TaskStatus::STOPPED,
+        };
+        let exit = p.exit();
+        Ok(StateResponse {
+            id: id.to_string(),
+            bundle: c.bundle.display().to_string(),
+            pid: c.pid,
+            status: status.into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or(0),
+            exited_at: exit
+                .map(|e| protobuf::well_known_types::timestamp::Timestamp::from(e.at))
+                .into(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        })
+    }
+
+    /// Waits until a process has exited (and its output has been copied).
+    pub async fn wait(&self, id: &str, exec_id: &str) -> Result<ExitInfo> {
+        let mut rx = {
+            let containers = self.containers.lock().unwrap();
+            containers.get(id)?.process(exec_id)?.subscribe()
+        };
+        let exit = rx.wait_for(Option::is_some).await.map_err(|_| {
+            ShimError::NotFound(format!("process {id}/{exec_id}: deleted while waiting"))
+        })?;
+        Ok(exit.expect("waited for Some"))
+    }
+
+    /// The container's processes: as the agent lists them (guest pids), or just the task's
+    /// pid when the agent cannot list.
+    pub async fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
+        let pid = self.containers.lock().unwrap().get(id)?.pid;
+        let basic = vec![ProcessInfo {
+            pid,
+            ..Default::default()
+        }];
+        let Some(sandbox) = self
+            .current_sandbox()
+            .await
+            .filter(|s| !s.dead.load(Ordering::SeqCst))
+        else {
+            return Ok(basic);
+        };
+        match sandbox.agent.list_processes(id).await {
+            Ok(list) => Ok(list
+                .into_iter()
+                .map(|p| ProcessInfo {
+                    pid: p.pid,
+                    ..Default::default()
+                })
+                .collect()),
+            Err(ShimError::Agent {
+                code: Code::UNIMPLEMENTED,
+                ..
+            }) => Ok(basic),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resizes a process's terminal.
+    pub async fn resize_pty(&self, id: &str, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        {
+            let containers = self.containers.lock().unwrap();
+            let p = containers.get(id)?.process(exec_id)?;
+            if !p.stdio.terminal {
+                return Err(ShimError::FailedPrecondition(format!(
+                    "process {id}/{exec_id} has no terminal to resize"
+                )));
+            }
+            if p.status == Status::Stopped {
+                return Err(ShimError::NotFound(format!(
+                    "process {id}/{exec_id}: it has exited"
+                )));
+            }
+        }
+        let sandbox = self
+            .current_sandbox()
+            .await
+            .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))?;
+        sandbox.agent.resize_pty(id, exec_id, height, width).await
+    }
+
+    /// Closes a process's stdin once the client's writer is closed too.
+    pub fn close_io(&self, id: &str, exec_id: &str, stdin: bool) -> Result<()> {
+        let mut containers = self.containers.lock().unwrap();
+        let p = containers.get_mut(id)?.process_mut(exec_id)?;
+        if stdin {
+            p.stdin_closed = true;
+            if let Some(io) = &p.io {
+                io.close_stdin();
+            }
+        }
+        Ok(())
+    }
+
+    /// The task pid for Connect: the VMM's, 0 before a VM runs.
+    pub fn task_pid(&self, id: &str) -> Result<u32> {
+        Ok(self.containers.lock().unwrap().get(id)?.pid)
+    }
+}

@@ -1,0 +1,225 @@
+//! From the OCI spec containerd wrote for the host to the spec the guest agent runs (pure).
+//!
+//! - `root.path` becomes the container's rootfs in the guest's view of the shared directory;
+//! - bind mounts become binds of `<shared>/<cid>/mounts/<n>` (shared by the host, see
+//!   [`crate::mounts`]), destinations and options kept; device nodes are never shared;
+//! - host-only parts are dropped or mapped: `linux.cgroupsPath` becomes `/isola/<cid>`,
+//!   `linux.devices` (host device numbers), namespace `path`s (host namespaces; the types are
+//!   kept), hooks (host binaries), AppArmor/SELinux labels (host policy), Intel RDT, host
+//!   network devices, and per-device block I/O limits (host device numbers).
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{Mount, MountBuilder, Spec};
+
+use crate::error::{Result, ShimError};
+use crate::mounts::{HostBind, SourceKind};
+
+/// Where the guest agent mounts the sandbox's shared directory.
+pub const GUEST_SHARED_DIR: &str = "/run/isola/shared";
+
+/// The guest path of container `cid`'s rootfs.
+pub fn guest_rootfs(cid: &str) -> PathBuf {
+    Path::new(GUEST_SHARED_DIR).join(cid).join("rootfs")
+}
+
+/// The guest path of container `cid`'s shared bind number `index`.
+pub fn guest_bind(cid: &str, index: usize) -> PathBuf {
+    Path::new(GUEST_SHARED_DIR)
+        .join(cid)
+        .join("mounts")
+        .join(index.to_string())
+}
+
+/// The guest cgroup of container `cid`.
+pub fn guest_cgroup(cid: &str) -> PathBuf {
+    Path::new("/isola").join(cid)
+}
+
+/// The result of [`translate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Translated {
+    /// The spec for the guest.
+    pub spec: Spec,
+    /// Host paths the host must share for the spec's binds.
+    pub binds: Vec<HostBind>,
+    /// What was left out, one line each, for the log.
+    pub dropped: Vec<String>,
+}
+
+/// Whether an OCI mount is a bind mount.
+pub fn is_bind(m: &Mount) -> bool {
+    m.typ().as_deref() == Some("bind")
+        || m.options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"))
+}
+
+/// Translates `spec` (from `bundle`) for container `cid`. `classify` tells what a bind source
+/// on the host is ([`SourceKind::of`] in production).
+pub fn translate(
+    spec: &Spec,
+    cid: &str,
+    bundle: &Path,
+    classify: &dyn Fn(&Path) -> SourceKind,
+) -> Result<Translated> {
+    let mut spec = spec.clone();
+    let mut dropped = Vec::new();
+    if spec.process().is_none() {
+        return Err(ShimError::InvalidArgument(format!(
+            "the spec of container {cid} has no process: nothing to run"
+        )));
+    }
+    let Some(root) = spec.root_mut() else {
+        return Err(ShimError::InvalidArgument(format!(
+            "the spec of container {cid} has no root: a container needs a root filesystem"
+        )));
+    };
+    root.set_path(guest_rootfs(cid));
+
+    let binds = translate_mounts(&mut spec, cid, bundle, classify, &mut dropped)?;
+
+    if spec.hooks().is_some() {
+        dropped.push("hooks (host binaries cannot run in the guest)".into());
+        spec.set_hooks(None);
+    }
+    if let Some(process) = spec.process_mut() {
+        if let Some(profile) = process.apparmor_profile().clone() {
+            dropped.push(format!("AppArmor profile {profile} (host policy)"));
+            process.set_apparmor_profile(None);
+        }
+        if process.selinux_label().is_some() {
+            dropped.push("SELinux process label (host policy)".into());
+            process.set_selinux_label(None);
+        }
+    }
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_cgroups_path(Some(guest_cgroup(cid)));
+        if let Some(devices) = linux.devices().as_ref().filter(|d| !d.is_empty()) {
+            dropped.push(format!(
+                "{} linux.devices (host device numbers)",
+                devices.len()
+            ));
+        }
+        linux.set_devices(None);
+        if let Some(namespaces) = linux.namespaces_mut() {
+            for ns in namespaces.iter_mut() {
+                if let Some(path) = ns.path().clone() {
+                    dropped.push(format!("{:?} namespace path {}", ns.typ(), path.display()));
+                    ns.set_path(None);
+                }
+            }
+        }
+        if linux.intel_rdt().is_some() {
+            dropped.push("Intel RDT (host resource)".into());
+            linux.set_intel_rdt(None);
+        }
+        if linux.net_devices().is_some() {
+            dropped.push("linux.netDevices (host interfaces)".into());
+            linux.set_net_devices(None);
+        }
+        if linux.mount_label().is_some() {
+            dropped.push("SELinux mount label (host policy)".into());
+            linux.set_mount_label(None);
+        }
+        if let Some(io) = linux
+            .resources_mut()
+            .as_mut()
+            .and_then(|r| r.block_io_mut().as_mut())
+        {
+            let per_device = io.weight_device().is_some()
+                || io.throttle_read_bps_device().is_some()
+                || io.throttle_write_bps_device().is_some()
+                || io.throttle_read_iops_device().is_some()
+                || io.throttle_write_iops_device().is_some();
+            if per_device {
+                dropped.push("per-device block I/O limits (host device numbers)".into());
+                io.set_weight_device(None);
+                io.set_throttle_read_bps_device(None);
+                io.set_throttle_write_bps_device(None);
+                io.set_throttle_read_iops_device(None);
+                io.set_throttle_write_iops_device(None);
+            }
+        }
+    }
+    Ok(Translated {
+        spec,
+        binds,
+        dropped,
+    })
+}
+
+fn translate_mounts(
+    spec: &mut Spec,
+    cid: &str,
+    bundle: &Path,
+    classify: &dyn Fn(&Path) -> SourceKind,
+    dropped: &mut Vec<String>,
+) -> Result<Vec<HostBind>> {
+    let Some(mounts) = spec.mounts().clone() else {
+        return Ok(Vec::new());
+    };
+    let mut binds = Vec::new();
+    let mut out = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        if !is_bind(&m) {
+            out.push(m);
+            continue;
+        }
+        let dest = m.destination().display().to_string();
+        let Some(source) = m.source().clone() else {
+            return Err(ShimError::InvalidArgument(format!(
+                "bind mount to {dest} in container {cid} has no source"
+            )));
+        };
+        let source = if source.is_relative() {
+            bundle.join(source)
+        } else {
+            source
+        };
+        let kind = classify(&source);
+        match kind {
+            SourceKind::Missing => {
+                return Err(ShimError::InvalidArgument(format!(
+                "bind mount source {} (for {dest} in container {cid}) does not exist on the host",
+                source.display()
+            )))
+            }
+            SourceKind::Device => {
+                dropped.push(format!(
+                    "bind of device {} to {dest} (host device numbers)",
+                    source.display()
+                ));
+                continue;
+            }
+            SourceKind::Dir | SourceKind::File => {}
+        }
+        let options = m.options().clone().unwrap_or_default();
+        let index = binds.len();
+        binds.push(HostBind {
+            index,
+            source,
+            kind,
+            recursive: options.iter().any(|o| o == "rbind"),
+            readonly: options.iter().any(|o| o == "ro"),
+        });
+        let mut guest = MountBuilder::default()
+            .destination(m.destination().clone())
+            .typ("bind")
+            .source(guest_bind(cid, index))
+            .options(options)
+            .build()
+            .map_err(|e| {
+                ShimError::Internal(format!("building the guest mount for {dest}: {e}"))
+            })?;
+        guest.set_uid_mappings(m.uid_mappings().clone());
+        guest.set_gid_mappings(m.gid_mappings().clone());
+        out.push(guest);
+    }
+    spec.set_mounts(Some(out));
+    Ok(binds)
+}
+
+#[cfg(test)]
+#[path = "translate_tests.rs"]
+mod tests;
