@@ -114,10 +114,11 @@ pub async fn wait_ready(path: &Path, port: u32, deadline: Instant) -> Result<(),
     use isola_agent_proto::READY_LINE;
     let socket = guest_initiated_socket(path, port);
     let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|source| DialError::Connect {
-        path: socket.clone(),
-        source,
-    })?;
+    let listener =
+        tokio::net::UnixListener::bind(&socket).map_err(|source| DialError::Connect {
+            path: socket.clone(),
+            source,
+        })?;
     let started = Instant::now();
     let mut last = "no connection from the guest yet".to_string();
     let result = loop {
@@ -151,7 +152,10 @@ pub async fn wait_ready(path: &Path, port: u32, deadline: Instant) -> Result<(),
         if read.is_ok() && &buf[..got] == READY_LINE {
             break Ok(());
         }
-        last = format!("a readiness connection sent {:?}", String::from_utf8_lossy(&buf[..got]));
+        last = format!(
+            "a readiness connection sent {:?}",
+            String::from_utf8_lossy(&buf[..got])
+        );
     };
     let _ = std::fs::remove_file(&socket);
     result
@@ -395,7 +399,10 @@ mod ready_tests {
             stream.write_all(b"HELLO!\n").await.unwrap();
             drop(stream);
             let mut stream = tokio::net::UnixStream::connect(&s).await.unwrap();
-            stream.write_all(isola_agent_proto::READY_LINE).await.unwrap();
+            stream
+                .write_all(isola_agent_proto::READY_LINE)
+                .await
+                .unwrap();
         });
         wait_ready(&path, 1026, Instant::now() + Duration::from_secs(5))
             .await
@@ -410,6 +417,9 @@ mod ready_tests {
         let err = wait_ready(&path, 1026, Instant::now() + Duration::from_millis(200))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("did not announce readiness"), "{err}");
+        assert!(
+            err.to_string().contains("did not announce readiness"),
+            "{err}"
+        );
     }
 }

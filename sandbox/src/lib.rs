@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isola_agent_client::{AgentClient, ClientError};
-use isola_config::Config;
 use isola_agent_client::dial::wait_ready;
+use isola_agent_client::{AgentClient, ClientError};
 use isola_agent_proto::READY_PORT;
+use isola_config::Config;
 use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError};
 
 pub use console::tail as console_tail;

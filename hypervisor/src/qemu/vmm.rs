@@ -178,8 +178,8 @@ impl VmmProcess {
                         if source.kind() == std::io::ErrorKind::ConnectionRefused =>
                     {
                         let mut rx = self.exit_rx.clone();
-                        let _ = tokio::time::timeout(POLL_INTERVAL, rx.wait_for(Option::is_some))
-                            .await;
+                        let _ =
+                            tokio::time::timeout(POLL_INTERVAL, rx.wait_for(Option::is_some)).await;
                         continue;
                     }
                     Err(e) => match self.wait_exit(EXIT_GRACE).await {
