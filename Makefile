@@ -1,47 +1,63 @@
 # isola — run every pod in its own lightweight VM.
 #
-#   make demo      set up this machine, build everything, boot a VM and talk to its agent
+#   make demo      set up this machine, build everything, run a container in its own VM
+#                  through containerd (ctr run --runtime io.containerd.isola.v2)
 #   make test      set up, build, and run every check and test (what CI runs)
 #   make bench     side-by-side benchmarks (ratios)
-#   make install   install binaries, guest image and default config under $(PREFIX)
+#   make install   install binaries (isola, the containerd shim), guest image and default
+#                  config under $(PREFIX)
+#   make images    the local test image (build/images/busybox.tar; no registry needed)
 
 PREFIX      ?= /usr/local
 CARGO       ?= cargo
 GUEST_TARGET := x86_64-unknown-linux-gnu
 GUEST_OUT   := build/guest
+IMAGES_OUT  := build/images
+SHIM        := containerd-shim-isola-v2
 STATIC_DIR  := target/$(GUEST_TARGET)/release
 BENCH_RUNS  ?= 5
 export ISOLA_PREFIX := $(PREFIX)
 
-.PHONY: all setup build agent guest demo test lint unit bench install uninstall clean
+.PHONY: all setup build agent guest images demo test lint unit bench install uninstall clean
 
-all: build guest
+all: build guest images
 
 setup:
 	bash scripts/setup.sh
 
 build:
-	$(CARGO) build --release -p isola
+	$(CARGO) build --release -p isola -p $(SHIM)
 
 # The guest binaries are static: an explicit --target keeps +crt-static off proc-macros.
+# libseccomp is linked statically too (the guest has no dynamic loader), so containers get
+# their seccomp profiles enforced.
 agent:
+	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
-	  --target $(GUEST_TARGET) -p isola-agent -p isola-floor-init
+	  --target $(GUEST_TARGET) -p isola-agent --features isola-agent/seccomp -p isola-floor-init
 
 guest: agent
 	guest/build.sh --agent $(STATIC_DIR)/isola-agent \
 	  --floor-init $(STATIC_DIR)/isola-floor-init --out $(GUEST_OUT)
 
-# The main job: a VM booted and its agent answering (isola check with a boot).
-demo: setup build guest
+# The test image, built locally from Debian's busybox-static (cached: rebuilt only when the
+# script or /bin/busybox change).
+images:
+	scripts/build-test-image.sh $(IMAGES_OUT)/busybox.tar
+
+# The main job: a private containerd (scripts/containerd-dev.sh) runs a container in its own VM
+# with ctr run --runtime io.containerd.isola.v2, then stops again.
+demo: setup build guest images
 	scripts/dev-config.sh $(CURDIR) > build/isola-dev.toml
-	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml target/release/isola check
+	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml ISOLA_SHIM_DIR=$(CURDIR)/target/release scripts/demo.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-test: setup guest lint
+# nextest builds every workspace binary, the shim the ctr tests run included
+# (target/debug/containerd-shim-isola-v2).
+test: setup guest images lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 bench: setup build guest
@@ -51,13 +67,15 @@ bench: setup build guest
 
 install: build guest
 	install -D -m 0755 target/release/isola $(DESTDIR)$(PREFIX)/bin/isola
-	install -D -m 0644 $(GUEST_OUT)/vmlinuz $(DESTDIR)$(PREFIX)/share/isola/vmlinuz
+	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
+	install -D -m 0644 $(GUEST_OUT)/vmlinux $(DESTDIR)$(PREFIX)/share/isola/vmlinux
 	install -D -m 0644 $(GUEST_OUT)/initrd.img $(DESTDIR)$(PREFIX)/share/isola/initrd.img
 	sed 's|"/usr/local/share/isola/|"$(PREFIX)/share/isola/|' config/configuration.toml > build/configuration.toml
 	install -D -m 0644 build/configuration.toml $(DESTDIR)$(PREFIX)/share/isola/configuration.toml
+	@echo "installed; to add the runtime to containerd's CRI: $(PREFIX)/bin/isola install containerd"
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/bin/isola
+	rm -f $(DESTDIR)$(PREFIX)/bin/isola $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	rm -rf $(DESTDIR)$(PREFIX)/share/isola
 
 clean:

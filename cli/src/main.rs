@@ -3,10 +3,13 @@
 //! - `isola check [--no-boot]`: is this host ready to run pods? Boots a throwaway VM unless told
 //!   not to; exits 0 only when everything needed works (with a boot: when the agent answered).
 //! - `isola bench boot`: boot-time benchmark against the bare-kernel floor.
+//! - `isola install containerd` / `isola uninstall containerd`: the runtime in containerd's
+//!   configuration.
 
 mod bench;
 mod check;
 mod host;
+mod install;
 mod report;
 
 use std::path::PathBuf;
@@ -45,6 +48,16 @@ enum Command {
         #[command(subcommand)]
         which: bench::Which,
     },
+    /// Hook isola into the host's software
+    Install {
+        #[command(subcommand)]
+        what: install::Install,
+    },
+    /// Undo `isola install`
+    Uninstall {
+        #[command(subcommand)]
+        what: install::Uninstall,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +80,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Check { no_boot } => check::run(cli.config.as_deref(), !no_boot).await,
             Command::Bench { which } => bench::run(cli.config.as_deref(), which).await,
+            Command::Install { what } => install::install(what),
+            Command::Uninstall { what } => install::uninstall(what),
         }
     });
     match result {

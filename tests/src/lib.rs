@@ -4,6 +4,8 @@
 //! They need the guest image from `make guest` (build/guest/); a missing image is a test
 //! failure with a message saying so, never a silent pass.
 
+pub mod containerd;
+
 use std::path::{Path, PathBuf};
 
 use isola_config::Config;
@@ -45,7 +47,7 @@ impl TestEnv {
             .tempdir_in("/tmp")
             .expect("creating a temporary directory");
         let mut config = Config::default();
-        config.hypervisor.kernel = guest_file("KERNEL", "vmlinuz");
+        config.hypervisor.kernel = guest_file("KERNEL", "vmlinux");
         config.hypervisor.initrd = guest_file("INITRD", "initrd.img");
         config.runtime.state_dir = dir.path().to_path_buf();
         config.agent.dial_timeout_ms = 60_000;

@@ -617,3 +617,37 @@ async fn vm_container_stdin_and_terminals() {
     // DestroySandbox (in finish) removes what is left.
     pod.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_probe_tty() {
+    let pod = Pod::boot("t-probe").await;
+    pod.rootfs("p");
+    pod.create("p", &["sh"], stdio(true, true, false, true))
+        .await
+        .unwrap();
+    let mut out = pod.stream("p", "", Stream::STDOUT).await;
+    let mut input = pod.stream("p", "", Stream::STDIN).await;
+    pod.start("p").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    input.write_all(b"echo hi\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    pod.exec("p", "x", &["sh"], stdio(true, true, false, true))
+        .await
+        .unwrap();
+    let mut xout = pod.stream("p", "x", Stream::STDOUT).await;
+    let mut xin = pod.stream("p", "x", Stream::STDIN).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    xin.write_all(b"echo xx; exit\n").await.unwrap();
+    assert_eq!(pod.wait("p", "x").await.unwrap(), 0);
+    let mut bytes = Vec::new();
+    xout.read_to_end(&mut bytes).await.unwrap();
+    eprintln!("exec raw {:?}", bytes);
+    eprintln!("exec raw {:?}", String::from_utf8_lossy(&bytes));
+    input.write_all(b"exit\n").await.unwrap();
+    let st = pod.wait("p", "").await.unwrap();
+    let mut bytes = Vec::new();
+    out.read_to_end(&mut bytes).await.unwrap();
+    eprintln!("status {st} raw {:?}", bytes);
+    eprintln!("status {st} raw {:?}", String::from_utf8_lossy(&bytes));
+    pod.finish().await;
+}

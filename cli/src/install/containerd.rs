@@ -1,0 +1,637 @@
+//! `isola install containerd` / `isola uninstall containerd`: the isola runtime in a containerd
+//! configuration, edited with `toml_edit` so that everything else in the file (comments, order,
+//! formatting, other runtimes) stays as it was.
+//!
+//! The runtime is the CRI plugin's runtime `isola`:
+//!
+//! ```toml
+//! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
+//! runtime_type = "io.containerd.isola.v2"
+//!
+//! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
+//! ConfigPath = "/usr/local/share/isola/configuration.toml"
+//! ```
+//!
+//! in a version 2 file (containerd 1.3 to 1.7), or under
+//! `plugins."io.containerd.cri.v1.runtime"` in a version 3 file (containerd 2). Version 1 files
+//! (and files without `version`, which containerd reads as version 1) are refused. Installing
+//! twice changes nothing the second time; uninstalling removes exactly the `isola` table again,
+//! giving back the file as it was before the install.
+
+use std::fmt;
+use std::path::Path;
+
+use toml_edit::{DocumentMut, Item, Table};
+
+/// The runtime's name in containerd's configuration (and a Kubernetes RuntimeClass handler).
+pub const RUNTIME_NAME: &str = "isola";
+/// The shim's runtime type: containerd runs `containerd-shim-isola-v2` for it.
+pub const RUNTIME_TYPE: &str = "io.containerd.isola.v2";
+/// containerd's configuration file.
+pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
+
+/// The comment on the runc entry isola adds to a file that relied on containerd's built-in
+/// runtime list (see [`install`]); uninstall removes a runc entry only when it carries this.
+const RUNC_MARKER: &str = "# runc, as containerd has it built in: a runtimes table in this file \
+replaces containerd's built-in list.\n# Added by `isola install containerd`, removed by \
+`isola uninstall containerd`.\n";
+
+/// Why a containerd configuration could not be edited.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Not TOML.
+    Parse(String),
+    /// `version = 1`, or no version in a non-empty file.
+    Version1 { explicit: bool },
+    /// A version this code does not know.
+    UnknownVersion(String),
+    /// A key on the way to the runtimes table is not a table (or is an inline table).
+    NotATable { key: String, found: &'static str },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Parse(e) => write!(f, "not a valid TOML file: {e}"),
+            Error::Version1 { explicit } => {
+                if *explicit {
+                    write!(
+                        f,
+                        "this is a version 1 containerd configuration (version = 1)"
+                    )?;
+                } else {
+                    write!(
+                        f,
+                        "this containerd configuration has no `version` key, so containerd reads \
+                         it as version 1"
+                    )?;
+                }
+                write!(
+                    f,
+                    "; isola only edits version 2 (containerd 1.3 to 1.7) and version 3 \
+                     (containerd 2) files. Migrate the file to version 2 (`containerd config \
+                     default` shows the layout), or add the runtime by hand as \
+                     [plugins.cri.containerd.runtimes.{RUNTIME_NAME}] with runtime_type = \
+                     \"{RUNTIME_TYPE}\""
+                )
+            }
+            Error::UnknownVersion(v) => write!(
+                f,
+                "unknown containerd configuration version {v}; isola edits versions 2 and 3"
+            ),
+            Error::NotATable { key, found } => write!(
+                f,
+                "`{key}` is {found}, not a table; isola cannot add its runtime under it, \
+                 edit the file by hand"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The result of an edit: the new text, and whether it differs from the old one.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Edit {
+    pub text: String,
+    pub changed: bool,
+}
+
+/// The keys of the CRI runtimes table in a configuration of this version.
+fn runtimes_path(version: i64) -> Result<[&'static str; 4], Error> {
+    match version {
+        1 => Err(Error::Version1 { explicit: true }),
+        2 => Ok([
+            "plugins",
+            "io.containerd.grpc.v1.cri",
+            "containerd",
+            "runtimes",
+        ]),
+        3 => Ok([
+            "plugins",
+            "io.containerd.cri.v1.runtime",
+            "containerd",
+            "runtimes",
+        ]),
+        v => Err(Error::UnknownVersion(v.to_string())),
+    }
+}
+
+/// The configuration's version; `None` for a file without any key or table (empty, or only
+/// comments), which isola may turn into a version 2 file.
+fn version(doc: &DocumentMut) -> Result<Option<i64>, Error> {
+    match doc.get("version") {
+        Some(item) => match item.as_integer() {
+            Some(v) => Ok(Some(v)),
+            None => Err(Error::UnknownVersion(item.to_string().trim().to_string())),
+        },
+        None if doc.as_table().is_empty() => Ok(None),
+        None => Err(Error::Version1 { explicit: false }),
+    }
+}
+
+fn parse(text: &str) -> Result<DocumentMut, Error> {
+    text.parse::<DocumentMut>()
+        .map_err(|e| Error::Parse(e.to_string().trim().to_string()))
+}
+
+fn kind(item: &Item) -> &'static str {
+    match item {
+        Item::None => "nothing",
+        Item::Value(v) if v.is_inline_table() => "an inline table",
+        Item::Value(_) => "a value",
+        Item::Table(_) => "a table",
+        Item::ArrayOfTables(_) => "an array of tables",
+    }
+}
+
+fn dotted(path: &[&str]) -> String {
+    path.iter()
+        .map(|k| {
+            if k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                k.to_string()
+            } else {
+                format!("\"{k}\"")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The table at `path` under `root`, created (as implicit tables, which print no header of
+/// their own) where missing.
+fn table_at<'a>(root: &'a mut Table, path: &[&str]) -> Result<&'a mut Table, Error> {
+    let mut table = root;
+    for (i, key) in path.iter().enumerate() {
+        let item = table.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        let found = kind(item);
+        table = item.as_table_mut().ok_or_else(|| Error::NotATable {
+            key: dotted(&path[..=i]),
+            found,
+        })?;
+    }
+    Ok(table)
+}
+
+/// The largest document position of the tables in `table`, recursively.
+fn max_position(table: &Table) -> Option<isize> {
+    let mut max = table.position();
+    for (_, item) in table.iter() {
+        let inner = match item {
+            Item::Table(t) => max_position(t),
+            Item::ArrayOfTables(a) => a.iter().filter_map(max_position).max(),
+            _ => None,
+        };
+        max = max.max(inner);
+    }
+    max
+}
+
+/// Sets `table[key]` to the string `value` unless it already is that string (so that an
+/// unchanged value keeps its formatting and comments).
+fn set_string(table: &mut Table, key: &str, value: &str) {
+    if table.get(key).and_then(Item::as_str) != Some(value) {
+        table.insert(key, toml_edit::value(value));
+    }
+}
+
+/// Adds (or updates) the isola runtime with `ConfigPath = isola_config` in the configuration
+/// `text` (empty for a file that does not exist yet).
+///
+/// A file that names no runtime relies on containerd's built-in list, `runc` only; naming one
+/// replaces that list, and the CRI plugin then refuses to start for want of its default runtime
+/// (`default_runtime_name = "runc"`). So when the file names no other runtime and the default is
+/// runc, runc is added as well, marked as isola's doing.
+pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
+    let mut doc = parse(text)?;
+    let version = match version(&doc)? {
+        Some(v) => v,
+        None => {
+            // Comments of an otherwise empty file stay at its top.
+            let comments = doc.trailing().as_str().unwrap_or_default().to_string();
+            doc.set_trailing("");
+            doc.insert("version", toml_edit::value(2));
+            if let Some(mut key) = doc.key_mut("version") {
+                key.leaf_decor_mut().set_prefix(comments);
+            }
+            2
+        }
+    };
+    let path = runtimes_path(version)?;
+    let end = max_position(doc.as_table()).map_or(0, |p| p + 1);
+    let default_runtime = path[..3]
+        .iter()
+        .try_fold(doc.as_item(), |item, key| item.get(key))
+        .and_then(|containerd| containerd.get("default_runtime_name"))
+        .and_then(Item::as_str)
+        .unwrap_or("runc")
+        .to_string();
+    let runtimes = table_at(doc.as_table_mut(), &path)?;
+    // A new entry goes after the other runtimes when there are any (a table without a position
+    // prints right after the tables before it), else at the end of the file.
+    let has_runtimes = runtimes.iter().any(|(_, item)| item.is_table());
+    let is_new = !runtimes.contains_key(RUNTIME_NAME);
+    let others = runtimes
+        .iter()
+        .any(|(name, item)| name != RUNTIME_NAME && item.is_table_like());
+    if !others && default_runtime == "runc" {
+        let mut runc = Table::new();
+        runc.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
+        runc.decor_mut().set_prefix(format!("\n{RUNC_MARKER}"));
+        if !has_runtimes {
+            runc.set_position(Some(end));
+        }
+        runtimes.insert("runc", Item::Table(runc));
+    }
+    let mut runtime_path = path.to_vec();
+    runtime_path.push(RUNTIME_NAME);
+    let runtime = table_at(runtimes, &[RUNTIME_NAME]).map_err(|e| match e {
+        Error::NotATable { found, .. } => Error::NotATable {
+            key: dotted(&runtime_path),
+            found,
+        },
+        e => e,
+    })?;
+    runtime.set_implicit(false);
+    if is_new && !has_runtimes {
+        runtime.set_position(Some(end));
+    }
+    set_string(runtime, "runtime_type", RUNTIME_TYPE);
+    runtime_path.push("options");
+    let options = table_at(runtime, &["options"]).map_err(|e| match e {
+        Error::NotATable { found, .. } => Error::NotATable {
+            key: dotted(&runtime_path),
+            found,
+        },
+        e => e,
+    })?;
+    options.set_implicit(false);
+    set_string(options, "ConfigPath", &isola_config.to_string_lossy());
+    let new = doc.to_string();
+    Ok(Edit {
+        changed: new != text,
+        text: new,
+    })
+}
+
+/// Removes the isola runtime table from the configuration `text`; unchanged when it is not there.
+pub fn uninstall(text: &str) -> Result<Edit, Error> {
+    let mut doc = parse(text)?;
+    let unchanged = || Edit {
+        text: text.to_string(),
+        changed: false,
+    };
+    let Some(version) = version(&doc)? else {
+        return Ok(unchanged());
+    };
+    let path = runtimes_path(version)?;
+    let mut table = doc.as_table_mut();
+    for key in path {
+        match table.get_mut(key).and_then(Item::as_table_mut) {
+            Some(t) => table = t,
+            None => return Ok(unchanged()),
+        }
+    }
+    if table.remove(RUNTIME_NAME).is_none() {
+        return Ok(unchanged());
+    }
+    let added_runc = table
+        .get("runc")
+        .and_then(Item::as_table)
+        .and_then(|t| t.decor().prefix())
+        .and_then(|p| p.as_str())
+        .is_some_and(|p| p.contains(RUNC_MARKER));
+    if added_runc {
+        table.remove("runc");
+    }
+    let new = doc.to_string();
+    Ok(Edit {
+        changed: new != text,
+        text: new,
+    })
+}
+
+/// The isola configuration file containerd's runtime entry points at, if the configuration
+/// `text` has one.
+pub fn installed_config_path(text: &str) -> Option<String> {
+    let doc = parse(text).ok()?;
+    let path = runtimes_path(version(&doc).ok()??).ok()?;
+    let mut item = doc.as_item();
+    for key in path.iter().chain(&[RUNTIME_NAME, "options", "ConfigPath"]) {
+        item = item.get(key)?;
+    }
+    item.as_str().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CFG: &str = "/usr/local/share/isola/configuration.toml";
+
+    fn install_ok(text: &str) -> String {
+        let e = install(text, Path::new(CFG)).expect("install");
+        assert!(e.changed);
+        e.text
+    }
+
+    #[test]
+    fn a_fresh_file_gets_version_2_and_the_runtime() {
+        let out = install_ok("");
+        assert_eq!(
+            out,
+            format!(
+                r#"version = 2
+
+{RUNC_MARKER}[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+runtime_type = "io.containerd.runc.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
+runtime_type = "io.containerd.isola.v2"
+
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
+ConfigPath = "/usr/local/share/isola/configuration.toml"
+"#
+            )
+        );
+        let v: toml::Value = toml::from_str(&out).unwrap();
+        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        // containerd's built-in runc stays (the CRI plugin's default runtime).
+        assert_eq!(
+            runtimes["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        let isola = &runtimes["isola"];
+        assert_eq!(isola["runtime_type"].as_str(), Some(RUNTIME_TYPE));
+        assert_eq!(isola["options"]["ConfigPath"].as_str(), Some(CFG));
+        assert_eq!(installed_config_path(&out).as_deref(), Some(CFG));
+    }
+
+    #[test]
+    fn a_comment_only_file_is_a_fresh_file_and_keeps_its_comments() {
+        let text = "# containerd configuration, managed by hand\n";
+        let out = install_ok(text);
+        assert!(
+            out.starts_with("# containerd configuration, managed by hand\nversion = 2\n"),
+            "{out}"
+        );
+        assert_eq!(installed_config_path(&out).as_deref(), Some(CFG));
+    }
+
+    /// A configuration like Debian's, with comments, another runtime, and other plugins.
+    const EXISTING: &str = r#"# /etc/containerd/config.toml: hand-edited, keep the comments!
+version = 2
+root = "/var/lib/containerd"   # where images live
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    sandbox_image = "registry.k8s.io/pause:3.9"
+    restrict_oom_score_adj = true
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+    [plugins."io.containerd.grpc.v1.cri".containerd]
+      default_runtime_name = "runc"
+      # runc stays the default runtime
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+        runtime_type = "io.containerd.runc.v2"
+        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+          SystemdCgroup = false
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+
+# trailing comment
+"#;
+
+    #[test]
+    fn an_existing_config_keeps_comments_and_other_runtimes() {
+        let out = install_ok(EXISTING);
+        // Everything that was there is still there, in order, byte for byte.
+        let mut rest = out.as_str();
+        for line in EXISTING.lines() {
+            let at = rest
+                .find(line)
+                .unwrap_or_else(|| panic!("line {line:?} is missing or out of order in:\n{out}"));
+            rest = &rest[at + line.len()..];
+        }
+        let v: toml::Value = toml::from_str(&out).unwrap();
+        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert_eq!(
+            runtimes["isola"]["runtime_type"].as_str(),
+            Some(RUNTIME_TYPE)
+        );
+        assert_eq!(
+            runtimes["isola"]["options"]["ConfigPath"].as_str(),
+            Some(CFG)
+        );
+        assert_eq!(
+            v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["default_runtime_name"]
+                .as_str(),
+            Some("runc")
+        );
+        // The new tables come right after the other runtime's.
+        let runc = out.find("runtimes.runc.options]").unwrap();
+        let isola = out.find("runtimes.isola]").unwrap();
+        let opt = out.find("io.containerd.internal.v1.opt").unwrap();
+        assert!(runc < isola && isola < opt, "{out}");
+    }
+
+    #[test]
+    fn without_other_runtimes_the_entry_goes_at_the_end() {
+        let debian = r#"version = 2
+
+[plugins]
+  [plugins."io.containerd.grpc.v1.cri"]
+    [plugins."io.containerd.grpc.v1.cri".cni]
+      bin_dir = "/usr/lib/cni"
+      conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.internal.v1.opt"]
+    path = "/var/lib/containerd/opt"
+"#;
+        let out = install_ok(debian);
+        assert_eq!(
+            out,
+            format!(
+                "{debian}
+{RUNC_MARKER}[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
+runtime_type = \"io.containerd.runc.v2\"
+
+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola]
+runtime_type = \"io.containerd.isola.v2\"
+
+[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola.options]
+ConfigPath = \"{CFG}\"
+"
+            )
+        );
+        assert_eq!(uninstall(&out).unwrap().text, debian);
+    }
+
+    #[test]
+    fn a_second_install_changes_nothing() {
+        for text in ["", EXISTING] {
+            let once = install_ok(text);
+            let twice = install(&once, Path::new(CFG)).unwrap();
+            assert!(!twice.changed);
+            assert_eq!(twice.text, once);
+        }
+    }
+
+    #[test]
+    fn install_with_another_isola_config_updates_the_path_only() {
+        let once = install_ok(EXISTING);
+        let other = install(&once, Path::new("/etc/isola/configuration.toml")).unwrap();
+        assert!(other.changed);
+        assert_eq!(
+            installed_config_path(&other.text).as_deref(),
+            Some("/etc/isola/configuration.toml")
+        );
+        assert_eq!(
+            other.text.replace("/etc/isola/configuration.toml", CFG),
+            once
+        );
+    }
+
+    #[test]
+    fn uninstall_gives_back_the_original_text() {
+        for text in [EXISTING, "version = 2\n", "version = 2\n# only a comment\n"] {
+            let installed = install_ok(text);
+            let removed = uninstall(&installed).unwrap();
+            assert!(removed.changed);
+            assert_eq!(removed.text, text, "after install + uninstall");
+        }
+        // A file isola created keeps only its version line.
+        let removed = uninstall(&install_ok("")).unwrap();
+        assert_eq!(removed.text, "version = 2\n");
+    }
+
+    #[test]
+    fn uninstall_without_the_runtime_changes_nothing() {
+        for text in [EXISTING, "", "version = 2\n"] {
+            let e = uninstall(text).unwrap();
+            assert!(!e.changed);
+            assert_eq!(e.text, text);
+        }
+    }
+
+    #[test]
+    fn uninstall_removes_a_hand_written_entry_with_extra_keys() {
+        let text = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
+  runtime_type = "io.containerd.isola.v2"
+  pod_annotations = ["io.isola.*"]
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
+  ConfigPath = "/etc/isola/configuration.toml"
+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
+  runtime_type = "io.containerd.kata.v2"
+"#;
+        let e = uninstall(text).unwrap();
+        assert!(e.changed);
+        assert!(!e.text.contains("isola"), "{}", e.text);
+        assert!(e.text.contains("runtimes.kata]"));
+        // Installing over a hand-written entry keeps its extra keys and formatting.
+        let again = install(text, Path::new("/etc/isola/configuration.toml")).unwrap();
+        assert!(!again.changed, "{}", again.text);
+    }
+
+    #[test]
+    fn dotted_keys_are_understood() {
+        let text = r#"version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+containerd.default_runtime_name = "runc"
+containerd.runtimes.runc.runtime_type = "io.containerd.runc.v2"
+"#;
+        let out = install_ok(text);
+        let v: toml::Value = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
+        assert_eq!(
+            runtimes["isola"]["runtime_type"].as_str(),
+            Some(RUNTIME_TYPE)
+        );
+        assert_eq!(
+            runtimes["runc"]["runtime_type"].as_str(),
+            Some("io.containerd.runc.v2")
+        );
+        assert_eq!(uninstall(&out).unwrap().text, text);
+    }
+
+    #[test]
+    fn version_3_uses_the_containerd_2_plugin() {
+        let out = install_ok("version = 3\n");
+        let v: toml::Value = toml::from_str(&out).unwrap();
+        assert_eq!(
+            v["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["isola"]
+                ["runtime_type"]
+                .as_str(),
+            Some(RUNTIME_TYPE)
+        );
+        assert_eq!(uninstall(&out).unwrap().text, "version = 3\n");
+    }
+
+    #[test]
+    fn version_1_is_refused_with_a_clear_message() {
+        let v1 = "version = 1\n[plugins.cri]\n  sandbox_image = \"pause\"\n";
+        let e = install(v1, Path::new(CFG)).unwrap_err();
+        assert_eq!(e, Error::Version1 { explicit: true });
+        let msg = e.to_string();
+        assert!(msg.contains("version 1"), "{msg}");
+        assert!(msg.contains("version 2"), "{msg}");
+        assert!(
+            msg.contains("plugins.cri.containerd.runtimes.isola"),
+            "{msg}"
+        );
+        assert_eq!(
+            uninstall(v1).unwrap_err(),
+            Error::Version1 { explicit: true }
+        );
+        // No version key in a non-empty file is version 1 to containerd.
+        let implicit = "[plugins.cri]\n  sandbox_image = \"pause\"\n";
+        let e = install(implicit, Path::new(CFG)).unwrap_err();
+        assert_eq!(e, Error::Version1 { explicit: false });
+        assert!(e.to_string().contains("no `version` key"), "{e}");
+    }
+
+    #[test]
+    fn odd_files_are_errors_not_damage() {
+        assert!(matches!(
+            install("version = 2\n[plugins\n", Path::new(CFG)),
+            Err(Error::Parse(_))
+        ));
+        assert_eq!(
+            install("version = 7\n", Path::new(CFG)).unwrap_err(),
+            Error::UnknownVersion("7".into())
+        );
+        assert!(matches!(
+            install("version = \"2\"\n", Path::new(CFG)),
+            Err(Error::UnknownVersion(_))
+        ));
+        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = { runc = { runtime_type = \"io.containerd.runc.v2\" } }\n";
+        let e = install(inline, Path::new(CFG)).unwrap_err();
+        assert_eq!(
+            e,
+            Error::NotATable {
+                key: "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes".into(),
+                found: "an inline table"
+            }
+        );
+        assert!(e.to_string().contains("edit the file by hand"));
+        let scalar = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes]\nisola = \"x\"\n";
+        assert!(matches!(
+            install(scalar, Path::new(CFG)),
+            Err(Error::NotATable {
+                found: "a value",
+                ..
+            })
+        ));
+    }
+}

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# make bench, the containerd part: `ctr run --rm <image> true` start-to-exit for isola and for
+# runc side by side (alternating runs, one private containerd), next to the bare VM boot floor
+# measured by `isola bench boot` in the same run; then the host memory of one idle pod.
+#
+#   scripts/bench-ctr.sh [runs]        (after make build guest images)
+set -euo pipefail
+
+runs=${1:-5}
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export ISOLA_SHIM_DIR=${ISOLA_SHIM_DIR:-$root/target/release}
+export ISOLA_CONFIG=${ISOLA_CONFIG:-$root/build/isola-dev.toml}
+export CONTAINERD_DIR=$root/build/containerd-bench
+export CTR_NAMESPACE=isola-bench
+image=localhost/isola/busybox:latest
+dev=scripts/containerd-dev.sh
+[ -f "$ISOLA_CONFIG" ] || scripts/dev-config.sh "$root" >"$ISOLA_CONFIG"
+
+now() { date +%s.%N; }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# The VM floor and isola's own boot, from the foundation benchmark.
+boot_out=$("$root/target/release/isola" --log error bench boot --runs "$runs" \
+  --floor-initrd build/guest/floor-initrd.img)
+echo "$boot_out"
+floor=$(echo "$boot_out" | awk '/floor/ { for (i = 1; i <= NF; i++) if ($i == "median") print $(i + 1) }')
+
+$dev start >/dev/null
+trap '$dev stop >/dev/null' EXIT
+$dev ctr images import build/images/busybox.tar >/dev/null
+
+run_once() { # <runtime> <name>
+  local t0 t1
+  t0=$(now)
+  $dev ctr run --rm --runtime "$1" "$image" "$2" true >/dev/null
+  t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+# One unmeasured run of each warms caches.
+run_once io.containerd.runc.v2 warm-r >/dev/null
+run_once io.containerd.isola.v2 warm-i >/dev/null
+isola_t="" runc_t=""
+for n in $(seq 1 "$runs"); do
+  runc_t="$runc_t $(run_once io.containerd.runc.v2 bench-r-$n)"
+  isola_t="$isola_t $(run_once io.containerd.isola.v2 bench-i-$n)"
+done
+mi=$(echo "$isola_t" | median)
+mr=$(echo "$runc_t" | median)
+echo "bench-ctr: ctr run --rm $image true, $runs runs each (alternating)"
+printf '  runc   median %6.3f s   [%s ]\n' "$mr" "$runc_t"
+printf '  isola  median %6.3f s   [%s ]\n' "$mi" "$isola_t"
+printf '  ratio isola/VM floor: %s  (aim <= 1.25)   ratio isola/runc: %s\n' "$(ratio "$mi" "$floor")" "$(ratio "$mi" "$mr")"
+
+# Host memory of one idle pod: PSS of the shim, qemu and the helper daemons.
+$dev ctr run -d --runtime io.containerd.isola.v2 "$image" bench-idle sleep 3600 >/dev/null
+sleep 3
+shim=$(pgrep -f -- "containerd-shim-isola-v2 .*-id bench-idle" | head -n 1)
+pss() { awk '/^Pss:/ { print $2 }' "/proc/$1/smaps_rollup" 2>/dev/null || echo 0; }
+total=0
+line=""
+for pid in $shim $(pgrep -P "$shim") $(for c in $(pgrep -P "$shim"); do pgrep -P "$c"; done); do
+  kb=$(pss "$pid")
+  total=$((total + kb))
+  line="$line $(cat "/proc/$pid/comm" 2>/dev/null || echo "?")=$((kb / 1024))MiB"
+done
+echo "bench-mem: one idle pod (PSS):$line  total $((total / 1024)) MiB"
+$dev ctr tasks kill -s SIGKILL bench-idle >/dev/null 2>&1 || true
+sleep 1
+$dev ctr tasks rm -f bench-idle >/dev/null 2>&1 || true
+$dev ctr containers rm bench-idle >/dev/null 2>&1 || true

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Builds isola's test image locally (there is no registry here): a busybox image named
+# localhost/isola/busybox:latest, from Debian's busybox-static, packed with umoci and written as
+# an OCI image-layout tarball that `ctr images import` takes as is.
+#
+#   scripts/build-test-image.sh build/images/busybox.tar
+#   ctr -n <ns> images import build/images/busybox.tar      # -> localhost/isola/busybox:latest
+#
+# Cached: rebuilt only when this script or /bin/busybox changes (a hash of both is kept next to
+# the tarball in <out>.inputs). Set IMAGE_NAME to name the image differently.
+set -euo pipefail
+
+out=${1:?usage: build-test-image.sh <out.tar>}
+name=${IMAGE_NAME:-localhost/isola/busybox:latest}
+busybox=${BUSYBOX:-/bin/busybox}
+
+log() { printf '\033[1m[image]\033[0m %s\n' "$*"; }
+
+for tool in umoci skopeo; do
+  command -v "$tool" >/dev/null || { echo "$tool is missing: run make setup" >&2; exit 1; }
+done
+[ -x "$busybox" ] || { echo "$busybox is missing: run make setup (busybox-static)" >&2; exit 1; }
+if ! file_type=$(od -An -c -N4 "$busybox" | tr -d ' ') || [ "$file_type" != '177ELF' ]; then
+  echo "$busybox is not an ELF binary" >&2
+  exit 1
+fi
+if ldd "$busybox" >/dev/null 2>&1; then
+  echo "$busybox is dynamically linked: the image needs busybox-static's binary" >&2
+  exit 1
+fi
+
+inputs=$( { sha256sum "$0" "$busybox" | cut -d' ' -f1; echo "$name"; } | sha256sum | cut -d' ' -f1)
+if [ -f "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$inputs" ]; then
+  log "$out is up to date ($name)"
+  exit 0
+fi
+
+mkdir -p "$(dirname "$out")"
+work=$(mktemp -d /tmp/isola-image.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+layout=$work/oci
+bundle=$work/bundle
+
+log "building $name from $busybox"
+umoci init --layout "$layout"
+umoci new --image "$layout:latest"
+umoci unpack --image "$layout:latest" "$bundle" >/dev/null
+rootfs=$bundle/rootfs
+
+install -d -m 0755 "$rootfs"/{bin,sbin,usr/bin,usr/sbin,etc,root,dev,proc,sys,run,var}
+install -d -m 1777 "$rootfs/tmp"
+install -m 0755 "$busybox" "$rootfs/bin/busybox"
+# Every applet as a symlink to /bin/busybox, where busybox itself would install it.
+while read -r applet; do
+  if [ -z "$applet" ] || [ "$applet" = bin/busybox ]; then continue; fi
+  mkdir -p "$rootfs/$(dirname "$applet")"
+  ln -sf /bin/busybox "$rootfs/$applet"
+done < <("$busybox" --list-full)
+cat >"$rootfs/etc/passwd" <<'EOF'
+root:x:0:0:root:/root:/bin/sh
+daemon:x:1:1:daemon:/usr/sbin:/bin/false
+nobody:x:65534:65534:nobody:/nonexistent:/bin/false
+EOF
+cat >"$rootfs/etc/group" <<'EOF'
+root:x:0:
+daemon:x:1:
+nogroup:x:65534:
+EOF
+echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+
+# Fixed timestamps so that the same inputs give the same layer and image digests.
+created=2024-01-01T00:00:00Z
+find "$rootfs" -exec touch -h -d "$created" {} +
+
+umoci repack --image "$layout:latest" --history.created "$created" \
+  --history.created_by "scripts/build-test-image.sh" "$bundle"
+umoci config --image "$layout:latest" --created "$created" --history.created "$created" \
+  --os linux --architecture amd64 \
+  --config.cmd sh \
+  --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  --config.workingdir / \
+  --config.label org.opencontainers.image.title=isola-test-busybox
+umoci gc --layout "$layout"
+
+# An OCI layout archive whose index names the image in full
+# (org.opencontainers.image.ref.name = $name), which ctr images import uses as the image name.
+rm -f "$out.tmp"
+skopeo --insecure-policy copy --quiet "oci:$layout:latest" "oci-archive:$out.tmp:$name"
+mv "$out.tmp" "$out"
+echo "$inputs" >"$out.inputs"
+log "wrote $out ($(du -h "$out" | cut -f1), $name)"
