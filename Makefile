@@ -60,10 +60,11 @@ lint:
 test: setup guest images lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-bench: setup build guest
+# Boot (spawn -> agent ready vs the bare-kernel floor), then ctr run --rm start-to-exit for
+# isola vs runc vs that floor, then the host memory of one idle pod: all in one run.
+bench: setup build guest images
 	scripts/dev-config.sh $(CURDIR) > build/isola-dev.toml
-	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml target/release/isola bench boot --runs $(BENCH_RUNS) \
-	  --floor-initrd $(GUEST_OUT)/floor-initrd.img
+	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml scripts/bench-ctr.sh $(BENCH_RUNS)
 
 install: build guest
 	install -D -m 0755 target/release/isola $(DESTDIR)$(PREFIX)/bin/isola
