@@ -389,8 +389,13 @@ impl Service {
     }
 
     /// Stops the VM and removes everything it left on the host. Idempotent.
+    ///
+    /// The sandbox lock is held until the teardown is complete, so every other caller (a
+    /// Delete or Shutdown racing with the teardown after a VM crash) waits for it: the shim can
+    /// never answer the last Delete, or exit, with mounts or processes still being removed.
     pub async fn stop_sandbox(&self) {
-        let Some(state) = self.sandbox.lock().await.take() else {
+        let mut slot = self.sandbox.lock().await;
+        let Some(state) = slot.take() else {
             return;
         };
         state.stopping.store(true, Ordering::SeqCst);
@@ -399,6 +404,7 @@ impl Service {
             tracing::warn!(error = %e, "stopping the sandbox");
         }
         persist::remove_file_quietly(&state.record);
+        drop(slot);
     }
 
     async fn unshare(&self, sandbox: &SandboxState, cid: &str) {
