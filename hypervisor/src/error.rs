@@ -101,6 +101,56 @@ pub enum HypervisorError {
     #[error("VM {0} is not running")]
     NotRunning(String),
 
+    /// A hotplug would go past a ceiling fixed when the VM was started.
+    #[error("cannot grow VM {vm} to {requested} {resource}: its ceiling is {limit} ({hint})")]
+    HotplugLimit {
+        /// The sandbox id.
+        vm: String,
+        /// What ran out: "vCPUs", "MiB of memory", "memory slots".
+        resource: &'static str,
+        /// What was asked for (after rounding to the hotplug granularity).
+        requested: u64,
+        /// The ceiling.
+        limit: u64,
+        /// What to do about it.
+        hint: &'static str,
+    },
+
+    /// Hot-unplug is not supported: the VM can only grow.
+    #[error(
+        "cannot shrink VM {vm} from {current} to {requested} {resource}: hot-unplug is not \
+         supported (resources only grow while the VM runs; restart the pod to shrink it, or \
+         treat this as \"already large enough\")"
+    )]
+    ShrinkUnsupported {
+        /// The sandbox id.
+        vm: String,
+        /// "vCPUs" or "MiB of memory".
+        resource: &'static str,
+        /// What the VM has now.
+        current: u64,
+        /// What was asked for.
+        requested: u64,
+    },
+
+    /// A QMP command of a hotplug sequence failed; resources added before it stay plugged.
+    #[error(
+        "hot-plugging {what} into VM {vm} failed (the VM now has {reached} {resource}): {source}"
+    )]
+    HotplugFailed {
+        /// The sandbox id.
+        vm: String,
+        /// What was being plugged, e.g. "vCPU cpu-2 (socket 0 core 2 thread 0)".
+        what: String,
+        /// "vCPUs" or "MiB of memory".
+        resource: &'static str,
+        /// The amount the VM has after the failure.
+        reached: u64,
+        /// The QMP failure (boxed: it is large and this variant is rare).
+        #[source]
+        source: Box<QmpError>,
+    },
+
     /// The backend does not implement this operation (yet).
     #[error("unsupported operation: {0}")]
     Unsupported(String),

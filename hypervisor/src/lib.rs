@@ -42,8 +42,86 @@ pub use error::HypervisorError;
 /// `cryptomgr.notests` skips the crypto self-tests, `noreplace-smp` the SMP-to-UP text patching
 /// that costs TCG its translated code, `hpet=disable` and `noapictimer` two timer calibrations,
 /// `tsc=reliable` and `no_timer_check` clock and timer-routing checks a VM does not need.
+///
+/// Two more serve memory hotplug ([`Hypervisor::hotplug_memory`]):
+/// - `memhp_default_state=online` makes the guest kernel online hot-plugged memory blocks as
+///   they arrive: the Debian cloud kernel is built without `CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE`
+///   and the guest has no udev to do it. (Hot-plugged CPUs still arrive offline; the agent's
+///   `OnlineCPUMem` onlines them.)
+/// - `swiotlb=noforce`: hotplug room (`maxmem`) puts possible RAM above 4 GiB, and x86 then
+///   sets up a 64 MiB bounce buffer for 32-bit DMA devices at boot. Measured under TCG: it
+///   costs ~0.2-0.3 s of boot and 64 MiB of guest RAM. The guest has no device that needs it:
+///   virtio rings bypass the DMA API (no `VIRTIO_F_ACCESS_PLATFORM`) and virtio-pci does 64-bit
+///   DMA. Drop it for confidential guests (SEV/TDX need bounce buffers) or 32-bit-DMA
+///   passthrough devices.
 pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0 quiet panic=-1 cryptomgr.notests \
-     noreplace-smp hpet=disable noapictimer tsc=reliable no_timer_check";
+     noreplace-smp hpet=disable noapictimer tsc=reliable no_timer_check \
+     memhp_default_state=online swiotlb=noforce";
+
+/// The guest's memory block size on x86_64 (`/sys/devices/system/memory/block_size_bytes`
+/// for guests below 64 GiB): the granularity of memory hotplug. Smaller DIMMs, or DIMMs not
+/// aligned to it, would leave memory the guest cannot online.
+pub const MEMORY_BLOCK_MIB: u32 = 128;
+
+/// Upper bound of the default [`VmConfig::max_vcpus`]. QEMU's q35 takes up to 288 CPUs, but
+/// above 255 APIC ids it needs x2APIC with interrupt remapping (a split irqchip under KVM);
+/// 240 is the same conservative cap Kata Containers uses.
+pub const MAX_VCPUS_CAP: u32 = 240;
+
+/// Upper bound of the default [`VmConfig::max_memory_mib`] (256 GiB). `maxmem` reserves
+/// guest-physical address space (plus 1 GiB of alignment per slot), and a guest CPU model
+/// with 40 physical address bits (TCG's qemu64) has only 1 TiB of it.
+pub const MAX_MEMORY_CAP_MIB: u32 = 256 * 1024;
+
+/// Default [`VmConfig::memory_slots`]: how many DIMMs can be hot-plugged (one per
+/// [`Hypervisor::hotplug_memory`] call that grows memory).
+///
+/// Each DIMM is one more memory region the vhost-user daemons (virtiofsd, vhost-device-vsock)
+/// must map, and QEMU 7.2 allows them 8 regions (neither daemon negotiates more): boot RAM
+/// takes 1, or 2 on q35 once it is large enough to be split around the 32-bit PCI hole
+/// (above 2.75 GiB). Measured: the 8th DIMM next to 512 MiB of boot RAM fails with "a used
+/// vhost backend has no free memory slots left"; 6 DIMMs next to 3 GiB of boot RAM work.
+/// 6 fits every boot size.
+pub const DEFAULT_MEMORY_SLOTS: u32 = 6;
+
+/// The host's online CPU count (1 if unknown).
+pub fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .ok()
+        .and_then(|n| u32::try_from(n.get()).ok())
+        .unwrap_or(1)
+}
+
+/// The host's physical memory in MiB (0 if unknown).
+pub fn host_memory_mib() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    match (u64::try_from(pages), u64::try_from(page)) {
+        (Ok(pages), Ok(page)) => pages.saturating_mul(page) / (1024 * 1024),
+        _ => 0,
+    }
+}
+
+/// The default vCPU ceiling for a VM booting with `vcpus`: the host's CPU count (a guest
+/// cannot usefully run more vCPUs than the host has), capped at [`MAX_VCPUS_CAP`], and never
+/// below `vcpus`. Pure: the host's count is a parameter.
+pub fn default_max_vcpus(vcpus: u32, host_cpus: u32) -> u32 {
+    host_cpus.min(MAX_VCPUS_CAP).max(vcpus).max(1)
+}
+
+/// The default memory ceiling in MiB for a VM booting with `memory_mib`: the host's memory
+/// rounded down to whole GiB (what Kata Containers uses: a pod may grow to any size the host
+/// could hold), capped at [`MAX_MEMORY_CAP_MIB`], and never below `memory_mib`. Pure: the
+/// host's memory is a parameter.
+pub fn default_max_memory_mib(memory_mib: u32, host_memory_mib: u64) -> u32 {
+    let host = u32::try_from(host_memory_mib / 1024 * 1024).unwrap_or(u32::MAX);
+    host.min(MAX_MEMORY_CAP_MIB).max(memory_mib)
+}
 
 /// How the host reaches the guest agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,6 +217,15 @@ pub struct VmConfig {
     pub vcpus: u32,
     /// Guest memory at boot, in MiB.
     pub memory_mib: u32,
+    /// The most vCPUs [`Hypervisor::hotplug_vcpus`] can reach (QEMU's `maxcpus`). Values
+    /// below `vcpus` count as `vcpus` (no CPU hotplug). Default: [`default_max_vcpus`].
+    pub max_vcpus: u32,
+    /// The most memory, in MiB, [`Hypervisor::hotplug_memory`] can reach (QEMU's `maxmem`).
+    /// Values up to `memory_mib` disable memory hotplug. Default: [`default_max_memory_mib`].
+    pub max_memory_mib: u32,
+    /// How many memory DIMMs can be hot-plugged (QEMU's `slots`); 0 disables memory hotplug.
+    /// Default: [`DEFAULT_MEMORY_SLOTS`].
+    pub memory_slots: u32,
     /// Optional virtio-fs share.
     pub shared_fs: Option<SharedFsConfig>,
     /// Which vsock transport to use.
@@ -165,6 +252,9 @@ impl Default for VmConfig {
             accelerator: AcceleratorChoice::Auto,
             vcpus: 1,
             memory_mib: 512,
+            max_vcpus: default_max_vcpus(1, host_cpus()),
+            max_memory_mib: default_max_memory_mib(512, host_memory_mib()),
+            memory_slots: DEFAULT_MEMORY_SLOTS,
             shared_fs: None,
             vsock: VsockChoice::Auto,
             vhost_user_vsock_path: PathBuf::from("vhost-device-vsock"),
@@ -221,10 +311,20 @@ pub trait Hypervisor: Send + Sync {
     /// Resumes vCPUs paused by [`Hypervisor::pause`].
     async fn resume(&self) -> Result<(), HypervisorError>;
 
-    /// Sets the number of online vCPUs to `total`; returns the resulting count.
+    /// Grows the VM to `total` vCPUs by hot-plugging CPUs; returns the resulting count
+    /// (`total`, or the current count when it is already there). Up to
+    /// [`VmConfig::max_vcpus`], else [`HypervisorError::HotplugLimit`]; shrinking is refused
+    /// with [`HypervisorError::ShrinkUnsupported`] (callers that only want "at least" can
+    /// treat that as success). The new CPUs arrive *offline* in the guest: online them there
+    /// (the agent's `OnlineCPUMem`).
     async fn hotplug_vcpus(&self, total: u32) -> Result<u32, HypervisorError>;
 
-    /// Grows guest memory to `total_mib`; returns the resulting size in MiB.
+    /// Grows guest memory to `total_mib` by hot-plugging one DIMM for the difference, rounded
+    /// up to [`MEMORY_BLOCK_MIB`]; returns the resulting size in MiB (at least `total_mib`).
+    /// Up to [`VmConfig::max_memory_mib`] and [`VmConfig::memory_slots`] DIMMs, else
+    /// [`HypervisorError::HotplugLimit`]; shrinking is refused with
+    /// [`HypervisorError::ShrinkUnsupported`]. The guest onlines the memory itself
+    /// (`memhp_default_state=online` in [`DEFAULT_KERNEL_PARAMS`]).
     async fn hotplug_memory(&self, total_mib: u32) -> Result<u32, HypervisorError>;
 
     /// Where the host connects to reach the guest agent. Known before `start` (the vsock
@@ -245,4 +345,25 @@ pub trait Hypervisor: Send + Sync {
 /// Creates a QEMU-backed VM. Nothing is started until [`Hypervisor::start`].
 pub fn new_qemu(cfg: VmConfig) -> Arc<dyn Hypervisor> {
     Arc::new(qemu::QemuHypervisor::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_ceilings() {
+        assert_eq!(default_max_vcpus(1, 2), 2);
+        assert_eq!(default_max_vcpus(4, 2), 4, "never below the boot vCPUs");
+        assert_eq!(default_max_vcpus(1, 1024), MAX_VCPUS_CAP);
+        assert_eq!(default_max_vcpus(0, 0), 1);
+        // 24105 MiB of host memory: whole GiB only.
+        assert_eq!(default_max_memory_mib(512, 24_105), 23 * 1024);
+        assert_eq!(default_max_memory_mib(2048, 1000), 2048);
+        assert_eq!(default_max_memory_mib(512, 4 << 20), MAX_MEMORY_CAP_MIB);
+        let d = VmConfig::default();
+        assert!(d.max_vcpus >= d.vcpus && d.max_memory_mib >= d.memory_mib);
+        assert_eq!(d.memory_slots, DEFAULT_MEMORY_SLOTS);
+        assert!(DEFAULT_KERNEL_PARAMS.contains("memhp_default_state=online swiotlb=noforce"));
+    }
 }

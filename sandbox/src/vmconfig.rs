@@ -35,6 +35,7 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
         kernel_params.push(' ');
         kernel_params.push_str(h.kernel_params.trim());
     }
+    let memory_mib = u32::try_from(h.memory_mib).unwrap_or(u32::MAX);
     VmConfig {
         id: id.to_string(),
         state_dir: paths.vm_dir.clone(),
@@ -50,7 +51,15 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
             Accelerator::Tcg => AcceleratorChoice::Tcg,
         },
         vcpus: h.vcpus,
-        memory_mib: u32::try_from(h.memory_mib).unwrap_or(u32::MAX),
+        memory_mib,
+        // The configuration has no hotplug keys (yet): the hypervisor's defaults, sized to
+        // this host and never below the boot size.
+        max_vcpus: isola_hypervisor::default_max_vcpus(h.vcpus, isola_hypervisor::host_cpus()),
+        max_memory_mib: isola_hypervisor::default_max_memory_mib(
+            memory_mib,
+            isola_hypervisor::host_memory_mib(),
+        ),
+        memory_slots: isola_hypervisor::DEFAULT_MEMORY_SLOTS,
         shared_fs: match h.shared_fs {
             SharedFs::VirtioFs => Some(SharedFsConfig {
                 virtiofsd_path: h.virtiofsd_path.clone(),
@@ -91,6 +100,8 @@ mod tests {
         assert_eq!(vm.accelerator, AcceleratorChoice::Auto);
         assert_eq!(vm.vsock, VsockChoice::Auto);
         assert_eq!((vm.vcpus, vm.memory_mib), (1, 512));
+        assert!(vm.max_vcpus >= 1 && vm.max_memory_mib >= 512);
+        assert_eq!(vm.memory_slots, isola_hypervisor::DEFAULT_MEMORY_SLOTS);
         let fs = vm.shared_fs.expect("virtio-fs by default");
         assert_eq!(fs.shared_dir, Path::new("/run/isola/shared/abc"));
         assert_eq!(fs.tag, SHARED_FS_TAG);
@@ -121,6 +132,7 @@ mod tests {
         assert_eq!(vm.vsock, VsockChoice::VhostUser);
         assert!(vm.shared_fs.is_none());
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 1024));
+        assert!(vm.max_vcpus >= 2 && vm.max_memory_mib >= 1024);
         assert!(vm.debug);
     }
 }

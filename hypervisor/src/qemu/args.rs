@@ -13,6 +13,11 @@
 //! - `-no-reboot` with the guest's `panic=-1 reboot=t` makes a guest reboot or panic end the
 //!   QEMU process, which is how the backend notices it.
 //! - microvm has no PCI bus by default, so its devices are the virtio-mmio variants.
+//! - Hotplug ceilings: `-smp <n>,maxcpus=<max>` adds possible-but-absent CPUs that QMP
+//!   `device_add` plugs later; `-m <N>M,slots=<s>,maxmem=<max>M` reserves room for `s` DIMMs.
+//!   Boot RAM stays the `mem` memfd backend (`-M ...,memory-backend=mem` works together with
+//!   `maxmem` in QEMU 7.2); each hot-plugged DIMM gets its own shared memfd backend so
+//!   vhost-user daemons can map it too. microvm has neither (no ACPI CPU or DIMM hotplug).
 //! - Values inside QEMU option strings (`key=value,...`) have commas doubled, QEMU's escape.
 
 use std::path::{Path, PathBuf};
@@ -43,6 +48,56 @@ pub struct FsPlan {
     pub tag: String,
 }
 
+/// Memory hotplug room, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryHotplug {
+    /// DIMM slots (`slots=`), at least 1.
+    pub slots: u32,
+    /// The ceiling in MiB (`maxmem=`), above the boot memory.
+    pub max_mib: u32,
+}
+
+/// The hotplug ceilings a VM is started with (pure: see [`HotplugLimits::resolve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotplugLimits {
+    /// Whether the machine type supports CPU and memory hotplug at all.
+    pub supported: bool,
+    /// `maxcpus`: at least the boot vCPUs; equal to them = no CPU hotplug.
+    pub max_vcpus: u32,
+    /// Memory hotplug room, or None when memory cannot be hot-plugged.
+    pub memory: Option<MemoryHotplug>,
+}
+
+impl HotplugLimits {
+    /// The ceilings for a VM booting with `vcpus` and `memory_mib`: `max_vcpus` below `vcpus`
+    /// counts as `vcpus`; memory hotplug needs `slots > 0` and `max_memory_mib > memory_mib`;
+    /// microvm supports neither.
+    pub fn resolve(
+        machine_type: &str,
+        vcpus: u32,
+        memory_mib: u32,
+        max_vcpus: u32,
+        max_memory_mib: u32,
+        slots: u32,
+    ) -> Self {
+        if machine_type == "microvm" {
+            return Self {
+                supported: false,
+                max_vcpus: vcpus,
+                memory: None,
+            };
+        }
+        Self {
+            supported: true,
+            max_vcpus: max_vcpus.max(vcpus),
+            memory: (slots > 0 && max_memory_mib > memory_mib).then_some(MemoryHotplug {
+                slots,
+                max_mib: max_memory_mib,
+            }),
+        }
+    }
+}
+
 /// Every decision the command line depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuPlan {
@@ -58,6 +113,8 @@ pub struct QemuPlan {
     pub vcpus: u32,
     /// Guest RAM in MiB.
     pub memory_mib: u32,
+    /// CPU and memory hotplug ceilings.
+    pub hotplug: HotplugLimits,
     /// Kernel image.
     pub kernel: PathBuf,
     /// Initrd.
@@ -107,13 +164,22 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
         Accelerator::Tcg => push(&["-accel", "tcg"]),
     }
     let mem = format!("{}M", plan.memory_mib);
+    let m = match plan.hotplug.memory {
+        Some(h) => format!("{mem},slots={},maxmem={}M", h.slots, h.max_mib),
+        None => mem.clone(),
+    };
+    let smp = if plan.hotplug.supported {
+        format!("{},maxcpus={}", plan.vcpus, plan.hotplug.max_vcpus)
+    } else {
+        plan.vcpus.to_string()
+    };
     push(&[
         "-object",
         &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
         "-m",
-        &mem,
+        &m,
         "-smp",
-        &plan.vcpus.to_string(),
+        &smp,
     ]);
     push(&[
         "-kernel",
@@ -179,7 +245,8 @@ mod tests {
     use super::*;
 
     const CMDLINE: &str = "console=ttyS0 quiet panic=-1 cryptomgr.notests noreplace-smp \
-                           hpet=disable noapictimer tsc=reliable no_timer_check agent.log=debug";
+                           hpet=disable noapictimer tsc=reliable no_timer_check \
+                           memhp_default_state=online swiotlb=noforce agent.log=debug";
 
     fn plan() -> QemuPlan {
         QemuPlan {
@@ -189,6 +256,7 @@ mod tests {
             accelerator: Accelerator::Tcg,
             vcpus: 1,
             memory_mib: 512,
+            hotplug: HotplugLimits::resolve("q35", 1, 512, 2, 2048, 8),
             kernel: "/k/vmlinuz".into(),
             initrd: "/k/initrd.img".into(),
             kernel_params: "agent.log=debug".into(),
@@ -205,13 +273,21 @@ mod tests {
 
     /// The arguments every plan() variant shares after the accelerator.
     fn common_tail() -> Vec<&'static str> {
-        vec![
+        let mut v = vec![
             "-object",
             "memory-backend-memfd,id=mem,size=512M,share=on",
             "-m",
-            "512M",
+            "512M,slots=8,maxmem=2048M",
             "-smp",
-            "1",
+            "1,maxcpus=2",
+        ];
+        v.extend(common_rest());
+        v
+    }
+
+    /// The arguments every plan() variant shares after `-smp`.
+    fn common_rest() -> Vec<&'static str> {
+        vec![
             "-kernel",
             "/k/vmlinuz",
             "-initrd",
@@ -323,6 +399,7 @@ mod tests {
         let p = QemuPlan {
             machine_type: "microvm".into(),
             firmware: None,
+            hotplug: HotplugLimits::resolve("microvm", 1, 512, 2, 2048, 8),
             ..plan()
         };
         let mut want = vec![
@@ -332,8 +409,15 @@ mod tests {
             "microvm,memory-backend=mem",
             "-accel",
             "tcg",
+            // microvm: no hotplug, so no maxcpus/slots/maxmem.
+            "-object",
+            "memory-backend-memfd,id=mem,size=512M,share=on",
+            "-m",
+            "512M",
+            "-smp",
+            "1",
         ];
-        want.extend(common_tail());
+        want.extend(common_rest());
         want.extend([
             "-chardev",
             "socket,id=vsock0,path=/run/sb1/vhost-vsock.sock",
@@ -355,6 +439,56 @@ mod tests {
             build(&kernel_vsock).last().unwrap(),
             "vhost-vsock-device,guest-cid=7"
         );
+    }
+
+    /// The `-m` and `-smp` values of `plan`.
+    fn mem_and_smp(p: &QemuPlan) -> (String, String) {
+        let a = build(p);
+        let after = |flag: &str| {
+            let i = a.iter().position(|x| x == flag).unwrap();
+            a[i + 1].clone()
+        };
+        (after("-m"), after("-smp"))
+    }
+
+    #[test]
+    fn golden_hotplug_ceilings() {
+        let with = |h: HotplugLimits| {
+            mem_and_smp(&QemuPlan {
+                vcpus: 2,
+                memory_mib: 1024,
+                hotplug: h,
+                ..plan()
+            })
+        };
+        // Ceilings above the boot size.
+        assert_eq!(
+            with(HotplugLimits::resolve("q35", 2, 1024, 4, 8192, 8)),
+            ("1024M,slots=8,maxmem=8192M".into(), "2,maxcpus=4".into())
+        );
+        // Ceilings below the boot size are raised to it; no memory room = plain -m.
+        assert_eq!(
+            with(HotplugLimits::resolve("q35", 2, 1024, 1, 512, 8)),
+            ("1024M".into(), "2,maxcpus=2".into())
+        );
+        // No slots = no memory hotplug, whatever maxmem says.
+        assert_eq!(
+            with(HotplugLimits::resolve("q35", 2, 1024, 2, 4096, 0)),
+            ("1024M".into(), "2,maxcpus=2".into())
+        );
+        // The pc machine type supports hotplug as q35 does.
+        assert_eq!(
+            HotplugLimits::resolve("pc", 1, 512, 3, 1024, 2),
+            HotplugLimits {
+                supported: true,
+                max_vcpus: 3,
+                memory: Some(MemoryHotplug {
+                    slots: 2,
+                    max_mib: 1024
+                }),
+            }
+        );
+        assert!(!HotplugLimits::resolve("microvm", 1, 512, 3, 1024, 2).supported);
     }
 
     #[test]

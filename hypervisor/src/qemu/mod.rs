@@ -22,6 +22,7 @@ use crate::{
 };
 
 pub mod args;
+pub mod hotplug;
 mod paths;
 pub mod qmp;
 mod vmm;
@@ -29,7 +30,7 @@ mod vmm;
 pub use paths::StatePaths;
 pub use qmp::VmStatus;
 
-use args::{FsPlan, QemuPlan, VsockPlan};
+use args::{FsPlan, HotplugLimits, QemuPlan, VsockPlan};
 use qmp::QmpClient;
 use vmm::VmmProcess;
 
@@ -120,6 +121,8 @@ pub struct QemuHypervisor {
     cfg: VmConfig,
     paths: StatePaths,
     vsock: VsockMode,
+    /// The hotplug ceilings the command line sets.
+    limits: HotplugLimits,
     /// Serializes start and stop.
     phase: Mutex<Phase>,
     qmp: Mutex<Option<QmpClient>>,
@@ -168,8 +171,17 @@ impl QemuHypervisor {
             cid: cid_candidate(&cfg.id, 0),
             ..Info::default()
         };
+        let limits = HotplugLimits::resolve(
+            &cfg.machine_type,
+            cfg.vcpus,
+            cfg.memory_mib,
+            cfg.max_vcpus,
+            cfg.max_memory_mib,
+            cfg.memory_slots,
+        );
         Self {
             paths: StatePaths::new(&cfg.state_dir),
+            limits,
             cfg,
             vsock,
             phase: Mutex::new(Phase::New),
@@ -330,6 +342,7 @@ impl QemuHypervisor {
             accelerator,
             vcpus: c.vcpus,
             memory_mib: c.memory_mib,
+            hotplug: self.limits,
             kernel: c.kernel.clone(),
             initrd: c.initrd.clone(),
             kernel_params: c.kernel_params.clone(),
@@ -588,16 +601,21 @@ impl Hypervisor for QemuHypervisor {
         Ok(())
     }
 
-    async fn hotplug_vcpus(&self, _total: u32) -> Result<u32, HypervisorError> {
-        Err(HypervisorError::Unsupported(
-            "CPU hotplug is not implemented yet in the QEMU backend".into(),
-        ))
+    async fn hotplug_vcpus(&self, total: u32) -> Result<u32, HypervisorError> {
+        let mut qmp = self.qmp_client().await?;
+        hotplug::plug_vcpus(&mut qmp, self.id(), &self.limits, total).await
     }
 
-    async fn hotplug_memory(&self, _total_mib: u32) -> Result<u32, HypervisorError> {
-        Err(HypervisorError::Unsupported(
-            "memory hotplug is not implemented yet in the QEMU backend".into(),
-        ))
+    async fn hotplug_memory(&self, total_mib: u32) -> Result<u32, HypervisorError> {
+        let mut qmp = self.qmp_client().await?;
+        hotplug::plug_memory(
+            &mut qmp,
+            self.id(),
+            &self.limits,
+            self.cfg.memory_mib,
+            total_mib,
+        )
+        .await
     }
 
     fn agent_endpoint(&self) -> AgentEndpoint {
@@ -689,15 +707,13 @@ mod tests {
                 port: 1024
             }
         );
-        let err = vm.hotplug_vcpus(2).await.unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("CPU hotplug is not implemented yet"),
-            "{err}"
-        );
+        assert!(matches!(
+            vm.hotplug_vcpus(2).await,
+            Err(HypervisorError::NotStarted(_))
+        ));
         assert!(matches!(
             vm.hotplug_memory(1024).await,
-            Err(HypervisorError::Unsupported(_))
+            Err(HypervisorError::NotStarted(_))
         ));
         // stop() before start() is a no-op.
         vm.stop().await.unwrap();

@@ -1,7 +1,9 @@
 //! A small QMP (QEMU Machine Protocol) client over a tokio Unix socket.
 //!
-//! Decision: hand-written rather than the `qapi` crate. We need five commands
-//! (`qmp_capabilities`, `query-status`, `stop`, `cont`, `quit`); `qapi`'s QMP support brings
+//! Decision: hand-written rather than the `qapi` crate. We need a handful of commands
+//! (`qmp_capabilities`, `query-status`, `stop`, `cont`, `quit`, and for hotplug
+//! `query-hotpluggable-cpus`, `query-memory-devices`, `device_add`, `object-add`,
+//! `object-del`); `qapi`'s QMP support brings
 //! the whole generated QEMU schema (`qapi-qmp`: thousands of types compiled into the crate) and
 //! its async feature stack, which is a lot of build time on a 2-core machine for five untyped
 //! calls. We would still have had to wrap it to get what we must guarantee here: a cap on the
@@ -113,6 +115,45 @@ pub struct VmStatus {
     pub running: bool,
     /// QEMU's run state: "running", "paused", "prelaunch", "shutdown", ...
     pub status: String,
+}
+
+/// One entry of `query-hotpluggable-cpus`: a possible CPU, plugged or not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HotpluggableCpu {
+    /// The device driver to `device_add`, e.g. "qemu64-x86_64-cpu".
+    pub driver: String,
+    /// Its topology properties (socket-id, core-id, thread-id, node-id, ...), passed back
+    /// verbatim to `device_add`.
+    pub props: Map<String, Value>,
+    /// Set when the CPU is present; "/machine/peripheral/<id>" for hot-plugged ones.
+    pub qom_path: Option<String>,
+    /// How many vCPUs the entry stands for (1 on x86).
+    pub vcpus_count: u32,
+}
+
+impl HotpluggableCpu {
+    /// A topology property as a number (missing = 0), for ordering.
+    pub fn prop(&self, key: &str) -> u64 {
+        self.props.get(key).and_then(Value::as_u64).unwrap_or(0)
+    }
+
+    /// The `device_add` id of a hot-plugged CPU (None for boot CPUs and free slots).
+    pub fn device_id(&self) -> Option<&str> {
+        self.qom_path
+            .as_deref()?
+            .strip_prefix("/machine/peripheral/")
+    }
+}
+
+/// One entry of `query-memory-devices`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryDevice {
+    /// "dimm", "nvdimm", "virtio-mem", ...
+    pub kind: String,
+    /// The device id, if it has one.
+    pub id: Option<String>,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// Reads lines of at most `max` bytes; cancellation-safe (partial data stays buffered).
@@ -370,6 +411,80 @@ impl<S: AsyncRead + AsyncWrite> QmpClient<S> {
     /// `cont`: resume the vCPUs.
     pub async fn cont(&mut self) -> Result<(), QmpError> {
         self.execute("cont", None).await.map(drop)
+    }
+
+    /// `query-hotpluggable-cpus`: every possible CPU, present or not.
+    pub async fn query_hotpluggable_cpus(&mut self) -> Result<Vec<HotpluggableCpu>, QmpError> {
+        const CMD: &str = "query-hotpluggable-cpus";
+        let ret = self.execute(CMD, None).await?;
+        let bad = |detail: &str| malformed(CMD, detail, &ret.to_string());
+        let Some(list) = ret.as_array() else {
+            return Err(bad("not an array"));
+        };
+        list.iter()
+            .map(|e| {
+                let driver = e.get("type").and_then(Value::as_str);
+                let props = e.get("props").and_then(Value::as_object);
+                let (Some(driver), Some(props)) = (driver, props) else {
+                    return Err(bad("an entry without type/props"));
+                };
+                Ok(HotpluggableCpu {
+                    driver: driver.to_owned(),
+                    props: props.clone(),
+                    qom_path: e.get("qom-path").and_then(Value::as_str).map(str::to_owned),
+                    vcpus_count: e
+                        .get("vcpus-count")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .unwrap_or(1),
+                })
+            })
+            .collect()
+    }
+
+    /// `query-memory-devices`: the plugged DIMMs (boot RAM is not listed).
+    pub async fn query_memory_devices(&mut self) -> Result<Vec<MemoryDevice>, QmpError> {
+        const CMD: &str = "query-memory-devices";
+        let ret = self.execute(CMD, None).await?;
+        let bad = |detail: &str| malformed(CMD, detail, &ret.to_string());
+        let Some(list) = ret.as_array() else {
+            return Err(bad("not an array"));
+        };
+        list.iter()
+            .map(|e| {
+                let kind = e.get("type").and_then(Value::as_str);
+                let data = e.get("data");
+                let size = data.and_then(|d| d.get("size")).and_then(Value::as_u64);
+                let (Some(kind), Some(size)) = (kind, size) else {
+                    return Err(bad("an entry without type/data.size"));
+                };
+                Ok(MemoryDevice {
+                    kind: kind.to_owned(),
+                    id: data
+                        .and_then(|d| d.get("id"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
+                    size,
+                })
+            })
+            .collect()
+    }
+
+    /// `device_add` with `arguments` (driver, id, properties).
+    pub async fn device_add(&mut self, arguments: Value) -> Result<(), QmpError> {
+        self.execute("device_add", Some(arguments)).await.map(drop)
+    }
+
+    /// `object-add` with `arguments` (qom-type, id, properties).
+    pub async fn object_add(&mut self, arguments: Value) -> Result<(), QmpError> {
+        self.execute("object-add", Some(arguments)).await.map(drop)
+    }
+
+    /// `object-del` of object `id`.
+    pub async fn object_del(&mut self, id: &str) -> Result<(), QmpError> {
+        self.execute("object-del", Some(json!({ "id": id })))
+            .await
+            .map(drop)
     }
 
     /// `quit`: make QEMU exit. QEMU may close the connection right after (or instead of)

@@ -214,3 +214,49 @@ async fn connect_to_missing_socket() {
         .unwrap_err();
     assert!(matches!(err, QmpError::Connect { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn hotplug_queries_parse_and_reject_malformed_replies() {
+    fn hp(cmd: &str, id: &Value) -> Vec<String> {
+        match cmd {
+            "query-hotpluggable-cpus" if id == "isola-2" => vec![ret(
+                id,
+                r#"[{"props": {"core-id": 1, "thread-id": 0, "socket-id": 0}, "vcpus-count": 1, "type": "qemu64-x86_64-cpu"},
+                    {"props": {"core-id": 0, "thread-id": 0, "socket-id": 0}, "vcpus-count": 1, "qom-path": "/machine/peripheral/cpu-0", "type": "qemu64-x86_64-cpu"}]"#
+                    .replace('\n', "")
+                    .as_str(),
+            )],
+            "query-hotpluggable-cpus" => vec![ret(id, r#"[{"props": {}}]"#)],
+            "query-memory-devices" if id == "isola-4" => vec![ret(
+                id,
+                r#"[{"type": "dimm", "data": {"id": "dimm-0", "size": 268435456, "slot": 0}}]"#,
+            )],
+            "query-memory-devices" => vec![ret(id, r#"{"not": "a list"}"#)],
+            _ => standard(cmd, id),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = fake_server(&dir, GREETING, hp);
+    let mut c = QmpClient::connect(&path, T, "t").await.unwrap();
+    let cpus = c.query_hotpluggable_cpus().await.unwrap();
+    assert_eq!(cpus.len(), 2);
+    assert_eq!(cpus[0].driver, "qemu64-x86_64-cpu");
+    assert_eq!(
+        (cpus[0].prop("core-id"), cpus[0].qom_path.as_deref()),
+        (1, None)
+    );
+    assert_eq!(cpus[1].device_id(), Some("cpu-0"));
+    let err = c.query_hotpluggable_cpus().await.unwrap_err();
+    assert!(matches!(err, QmpError::Malformed { .. }), "{err:?}");
+    let mem = c.query_memory_devices().await.unwrap();
+    assert_eq!(
+        mem,
+        [MemoryDevice {
+            kind: "dimm".into(),
+            id: Some("dimm-0".into()),
+            size: 256 << 20
+        }]
+    );
+    let err = c.query_memory_devices().await.unwrap_err();
+    assert!(err.to_string().contains("not an array"), "{err}");
+}
