@@ -108,12 +108,8 @@ async fn vm_hotplug_one_vcpu_and_256_mib() {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        // ... and the CPU arrives offline; the agent's OnlineCPUMem onlines
-        // it. That RPC is being implemented concurrently: while the guest image's agent still
-        // answers UNIMPLEMENTED, the host-side check above (QEMU reports 2 plugged vCPUs) is
-        // what this test can assert, and the guest-side assertion is skipped, saying so.
-        let online = vm
-            .agent
+        // ... and the CPU arrives offline: the agent's OnlineCPUMem onlines it.
+        vm.agent
             .agent
             .online_cpu_mem(
                 isola_agent_client::context(RPC),
@@ -122,21 +118,10 @@ async fn vm_hotplug_one_vcpu_and_256_mib() {
                     ..Default::default()
                 },
             )
-            .await;
-        match online {
-            Err(e) if format!("{e:?}").contains("UNIMPLEMENTED") => {
-                eprintln!(
-                    "SKIPPED guest-side vCPU check: this agent does not implement OnlineCPUMem \
-                     yet (QEMU reports the vCPU plugged)"
-                );
-            }
-            Err(e) => panic!("OnlineCPUMem: {e:?}"),
-            Ok(_) => {
-                let d = details_until(&vm, Duration::from_secs(20), |d| d.online_cpus == 2).await;
-                assert_eq!(d.online_cpus, 2, "online vCPUs after OnlineCPUMem");
-                eprintln!("guest-side vCPU check: 2 CPUs online after OnlineCPUMem");
-            }
-        }
+            .await
+            .expect("OnlineCPUMem");
+        let d = details_until(&vm, Duration::from_secs(20), |d| d.online_cpus == 2).await;
+        assert_eq!(d.online_cpus, 2, "online vCPUs after OnlineCPUMem");
     }
     vm.stop().await.expect("stop");
 }
