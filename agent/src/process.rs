@@ -162,7 +162,7 @@ impl Process {
         }
     }
 
-    /// TtyWinResize.
+    /// TtyWinResize. A size with a zero dimension is ignored (see [`crate::pty`]).
     pub fn resize(&self, rows: u32, columns: u32) -> Result<()> {
         let master = self.master.get().ok_or_else(|| {
             AgentError::FailedPrecondition(format!(
@@ -178,6 +178,11 @@ impl Process {
                 )))
             }
         };
+        if !pty::usable_size(rows, columns) {
+            tracing::debug!(container_id = %self.container_id, exec_id = %self.exec_id, rows, columns,
+                "ignoring a terminal size with a zero dimension; keeping the current one");
+            return Ok(());
+        }
         pty::resize(master.as_fd(), rows, columns)
             .map_err(|e| AgentError::sys("setting the terminal size", e))
     }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use isola_agent_client::AgentClient;
 use isola_agent_proto::agent::{ContainerRequest, GuestDetailsRequest, StartContainerRequest};
+use isola_agent_proto::types::Empty;
 use isola_hypervisor::AgentEndpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -117,14 +118,14 @@ async fn unbuilt_rpcs_answer_unimplemented_and_the_agent_survives() {
         .unwrap();
     let err = client
         .agent
-        .stats_container(
+        .list_interfaces(
             isola_agent_client::context(Duration::from_secs(2)),
-            &ContainerRequest::default(),
+            &Empty::default(),
         )
         .await
         .unwrap_err();
     assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED);
-    assert!(format!("{err:?}").contains("StatsContainer"));
+    assert!(format!("{err:?}").contains("ListInterfaces"));
     client.check(Duration::from_secs(2)).await.unwrap();
 }
 
@@ -147,6 +148,40 @@ async fn container_rpcs_answer_with_status_codes() {
         .unwrap_err();
     assert_eq!(code(&err), ttrpc::Code::NOT_FOUND);
     assert!(format!("{err:?}").contains("nope"), "{err:?}");
+    let ctx = || isola_agent_client::context(Duration::from_secs(2));
+    let nope = ContainerRequest {
+        container_id: "nope".into(),
+        ..Default::default()
+    };
+    let stats = client
+        .agent
+        .stats_container(ctx(), &nope)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&stats), ttrpc::Code::NOT_FOUND, "{stats:?}");
+    let pause = client
+        .agent
+        .pause_container(ctx(), &nope)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&pause), ttrpc::Code::NOT_FOUND, "{pause:?}");
+    let state = client
+        .agent
+        .get_container_state(ctx(), &nope)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&state), ttrpc::Code::NOT_FOUND, "{state:?}");
+    // No OOM event: the long poll answers before the caller's timeout, taking nothing.
+    let oom = client
+        .agent
+        .get_oom_event(
+            isola_agent_client::context(Duration::from_secs(1)),
+            &Empty::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&oom), ttrpc::Code::DEADLINE_EXCEEDED, "{oom:?}");
+    assert!(format!("{oom:?}").contains("GetOOMEvent"), "{oom:?}");
     client.check(Duration::from_secs(2)).await.unwrap();
 }
 

@@ -2,18 +2,24 @@
 //!
 //! ```text
 //! CreateContainer ──> Created ──StartContainer──> Running ──(init exits)──> stopped
-//!        │               │                                                    │
-//!        └─(failure: everything undone)      RemoveContainer (kills a created one; a running
-//!                                            one only with a timeout) ──> gone
+//!        │               │                         │  ▲                         │
+//!        └─(failure: everything undone)   Pause    ▼  │ Resume    RemoveContainer (kills a
+//!                                               (paused)          created one; a running one
+//!                                                                 only with a timeout) ──> gone
 //! ```
 //!
 //! A container is its bundle (`/run/isola/containers/<id>/config.json`, the spec as checked by
 //! [`spec`]), libcontainer's state (`/run/isola/libcontainer/<id>`), its cgroup, the storages
 //! mounted for it, and its processes: the init and the execs, each a [`Process`]. Lifecycle
 //! operations on one container (create, start, exec, remove) are serialized by a per-container
-//! lock; signals, waits, stdio and resizes never take it.
+//! lock; signals, waits, stdio and resizes never take it. The Task queries and controls on an
+//! existing container (processes, pause/resume, stats, resource updates, state) are in
+//! [`task`]; each container's OOM kills are watched from creation to removal ([`OomWatcher`]).
 
 pub mod spec;
+mod task;
+
+pub use task::{unix_nanos, ContainerStatus};
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -28,6 +34,7 @@ use tokio::sync::watch;
 use crate::cgroups;
 use crate::error::{AgentError, Result};
 use crate::libct::{Op, Runtime};
+use crate::oom::OomWatcher;
 use crate::process::{ExitInfo, Process};
 use crate::pty::ConsoleSocket;
 use crate::reaper::Reaper;
@@ -83,6 +90,8 @@ struct State {
     execs: HashMap<String, Arc<Process>>,
     /// Storages mounted for this container, in mount order.
     mounts: Vec<PathBuf>,
+    /// Frozen by PauseContainer.
+    paused: bool,
 }
 
 /// One container.
@@ -123,11 +132,17 @@ impl Container {
             })
     }
 
-    /// SIGKILLs everything in the container (best effort).
+    /// SIGKILLs everything in the container (best effort), and thaws a paused one so that
+    /// nothing stays frozen (frozen processes die of SIGKILL anyway).
     fn kill_all(&self) {
         if let Some(dir) = self.cgroup_dir.as_ref().filter(|d| d.exists()) {
             if let Err(e) = cgroups::signal_all(dir, libc::SIGKILL) {
                 tracing::warn!(container_id = %self.id, error = %e, "killing the container's cgroup failed");
+            }
+            if std::mem::take(&mut self.lock().paused) {
+                if let Err(e) = std::fs::write(dir.join("cgroup.freeze"), "0") {
+                    tracing::warn!(container_id = %self.id, error = %e, "thawing the container failed");
+                }
             }
         }
         let _ = self.init.signal(libc::SIGKILL);
@@ -151,6 +166,7 @@ pub struct Containers {
     runtime: Runtime,
     reaper: Reaper,
     bundles_dir: PathBuf,
+    oom: OomWatcher,
 }
 
 impl Containers {
@@ -161,7 +177,13 @@ impl Containers {
             runtime,
             reaper,
             bundles_dir: bundles_dir.into(),
+            oom: OomWatcher::new(),
         }
+    }
+
+    /// The OOM events of all containers (GetOOMEvent).
+    pub fn oom(&self) -> &OomWatcher {
+        &self.oom
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -224,6 +246,7 @@ impl Containers {
                 phase: Phase::Creating,
                 execs: HashMap::new(),
                 mounts: Vec::new(),
+                paused: false,
             }),
             op: tokio::sync::Mutex::new(()),
         });
@@ -242,6 +265,9 @@ impl Containers {
         match self.create_inner(&container, cs, &req.storages, side).await {
             Ok(()) => {
                 container.lock().phase = Phase::Created;
+                if let Some(dir) = &container.cgroup_dir {
+                    self.oom.watch(&req.id, dir);
+                }
                 tracing::info!(container_id = %req.id, pid = container.init.pid().map(|p| p.as_raw()), "container created");
                 Ok(())
             }
@@ -343,6 +369,7 @@ impl Containers {
                 std::mem::take(&mut st.execs),
             )
         };
+        self.oom.unwatch(&c.id);
         for m in mounts.iter().rev() {
             storage::unmount(m);
         }
@@ -417,6 +444,11 @@ impl Containers {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {id:?} has stopped (status {})",
                 exit.code
+            )));
+        }
+        if c.lock().paused {
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id:?} is paused; resume it first"
             )));
         }
         let taken = || {
@@ -549,9 +581,12 @@ impl Containers {
                         "container {id:?} is running; stop it first or remove it with a timeout"
                     )));
                 }
-                c.init
-                    .exited_within(Duration::from_secs(u64::from(timeout)))
-                    .await;
+                // A paused container cannot exit by itself.
+                if !c.lock().paused {
+                    c.init
+                        .exited_within(Duration::from_secs(u64::from(timeout)))
+                        .await;
+                }
             }
             if c.init.exit().is_none() {
                 tracing::info!(
@@ -568,9 +603,15 @@ impl Containers {
         }
         // Whatever outlived the init (execs in a shared PID namespace) goes too; libcontainer's
         // delete removes the cgroup.
-        if let Some(dir) = c.cgroup_dir.as_ref().filter(|d| cgroups::is_populated(d)) {
-            let _ = cgroups::signal_all(dir, libc::SIGKILL);
+        if c.cgroup_dir
+            .as_ref()
+            .is_some_and(|d| cgroups::is_populated(d))
+            || c.lock().paused
+        {
+            c.kill_all();
         }
+        // Its last OOM kills are counted before libcontainer removes the cgroup.
+        self.oom.unwatch(id);
         match self
             .runtime
             .run(Op::Delete { id: id.to_string() }, &[])

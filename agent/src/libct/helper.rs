@@ -19,6 +19,7 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
 use tracing_subscriber::EnvFilter;
 
+use super::executor::TerminalExecutor;
 use super::{FailureKind, Op, Request, Response, LOG_ENV, MAX_MESSAGE};
 use crate::fdpass;
 
@@ -138,6 +139,9 @@ fn builder(
     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)?
         .with_console_socket(console_socket);
+    if console_socket.is_some() {
+        b = b.with_executor(TerminalExecutor);
+    }
     if stdio {
         let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
             LibcontainerError::InvalidInput(format!("expected 3 stdio fds, got {}", fds.len()))

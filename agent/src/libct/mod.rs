@@ -16,7 +16,8 @@
 //! Container processes inherit the helper's ignored signals across `exec`, so the helper is
 //! started with fork+exec (not posix_spawn, which leaves glibc's internal signals ignored) and
 //! restores SIGPIPE (which every Rust program ignores) before anything else: containers start
-//! with no signal ignored, as under runc.
+//! with no signal ignored, as under runc. Terminal processes get libcontainer's default executor
+//! wrapped so that their pty has a window size before the program runs (see [`executor`]).
 //!
 //! The agent and the helper talk over a `SOCK_SEQPACKET` socket pair on the helper's stdin: one
 //! JSON [`Request`] (with the container's stdio fds attached by SCM_RIGHTS), one JSON
@@ -24,6 +25,7 @@
 //! forks it, waits for its exit, and only then reads the answer without blocking: the container
 //! process inherits the socket until it execs, so end-of-file cannot mark the end of the answer.
 
+mod executor;
 pub mod helper;
 
 use std::os::fd::{AsFd, BorrowedFd};

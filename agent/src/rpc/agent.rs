@@ -1,16 +1,18 @@
 //! `Agent`: the sandbox, container and guest-management RPCs.
 //!
 //! Implemented: the sandbox (CreateSandbox, DestroySandbox), containers and processes
-//! (create, start, exec, signal, wait, remove, tty resize, close stdin), guest details and guest
-//! time. Every other RPC answers UNIMPLEMENTED with a message naming it (ttrpc's generated
-//! default would say NOT_FOUND, which misleads callers into thinking an object is missing).
+//! (create, start, exec, signal, wait, remove, tty resize, close stdin), the Task queries and
+//! controls (ListProcesses, Pause/ResumeContainer, StatsContainer, UpdateContainer,
+//! GetContainerState), GetOOMEvent, OnlineCPUMem, guest details and guest time. Every other RPC
+//! answers UNIMPLEMENTED with a message naming it (ttrpc's generated default would say
+//! NOT_FOUND, which misleads callers into thinking an object is missing).
 //! Handlers only translate between protobuf and [`crate::container`] / [`crate::sandbox`];
 //! errors become status codes in one place ([`crate::error`]).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use isola_agent_proto::agent::*;
@@ -25,7 +27,8 @@ use ttrpc::Code;
 
 use super::guard::{guarded, rpc_error, unimplemented};
 use super::sysinfo;
-use crate::container::{Containers, CreateRequest};
+use crate::container::{ContainerStatus, Containers, CreateRequest};
+use crate::hotplug;
 use crate::sandbox::Sandbox;
 use crate::stdio::StdioWanted;
 
@@ -42,6 +45,14 @@ impl AgentService {
             containers,
         }
     }
+}
+
+/// How long GetOOMEvent may wait for a call with ttrpc timeout `timeout_nano` (0: none): a
+/// little less than the timeout (a tenth, at most a second), so that it answers
+/// DEADLINE_EXCEEDED, taking no event, before the caller gives up on it.
+fn oom_wait(timeout_nano: i64) -> Option<Duration> {
+    let timeout = Duration::from_nanos(u64::try_from(timeout_nano).ok().filter(|t| *t > 0)?);
+    Some(timeout - (timeout / 10).min(Duration::from_secs(1)))
 }
 
 fn wanted(stdio: &MessageField<StdioConfig>) -> StdioWanted {
@@ -253,14 +264,9 @@ impl agent_ttrpc::Agent for AgentService {
                 .containers
                 .wait(&req.container_id, &req.exec_id)
                 .await?;
-            let nanos = exit
-                .at
-                .duration_since(UNIX_EPOCH)
-                .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-                .unwrap_or(0);
             Ok(WaitProcessResponse {
                 status: exit.code,
-                exited_at_unix_nanos: nanos,
+                exited_at_unix_nanos: crate::container::unix_nanos(exit.at),
                 ..Default::default()
             })
         })
@@ -298,19 +304,162 @@ impl agent_ttrpc::Agent for AgentService {
         .await
     }
 
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        guarded("ListProcesses", async {
+            Ok(ListProcessesResponse {
+                processes: self.containers.list_processes(&req.container_id)?,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("PauseContainer", container_id = %req.container_id);
+        guarded("PauseContainer", async {
+            self.containers.pause(&req.container_id).await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("ResumeContainer", container_id = %req.container_id);
+        guarded("ResumeContainer", async {
+            self.containers.resume(&req.container_id).await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        guarded("StatsContainer", async {
+            Ok(self.containers.stats(&req.container_id)?)
+        })
+        .await
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        let span = tracing::info_span!("UpdateContainer", container_id = %req.container_id);
+        guarded("UpdateContainer", async {
+            self.containers
+                .update(&req.container_id, &req.resources_json)
+                .await?;
+            Ok(Empty::default())
+        })
+        .instrument(span)
+        .await
+    }
+
+    async fn get_container_state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<ContainerStateResponse> {
+        use container_state_response::Status;
+        guarded("GetContainerState", async {
+            let (status, pid) = self.containers.state(&req.container_id)?;
+            let mut resp = ContainerStateResponse {
+                pid: pid.and_then(|p| u32::try_from(p).ok()).unwrap_or(0),
+                ..Default::default()
+            };
+            resp.status = match status {
+                ContainerStatus::Creating => Status::UNKNOWN,
+                ContainerStatus::Created => Status::CREATED,
+                ContainerStatus::Running => Status::RUNNING,
+                ContainerStatus::Paused => Status::PAUSED,
+                ContainerStatus::Stopped(exit) => {
+                    resp.exit_status = exit.code;
+                    resp.exited_at_unix_nanos = crate::container::unix_nanos(exit.at);
+                    Status::STOPPED
+                }
+            }
+            .into();
+            Ok(resp)
+        })
+        .await
+    }
+
+    async fn get_oom_event(&self, ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OOMEvent> {
+        guarded("GetOOMEvent", async {
+            let next = self.containers.oom().next();
+            let container_id = match oom_wait(ctx.timeout_nano) {
+                None => next.await,
+                Some(wait) => tokio::time::timeout(wait, next).await.map_err(|_| {
+                    rpc_error(
+                        Code::DEADLINE_EXCEEDED,
+                        format!("GetOOMEvent: no container was OOM-killed within {wait:?}"),
+                    )
+                })?,
+            };
+            Ok(OOMEvent {
+                container_id,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        req: OnlineCPUMemRequest,
+    ) -> ttrpc::Result<Empty> {
+        guarded("OnlineCPUMem", async {
+            hotplug::online(
+                std::path::Path::new(hotplug::SYSFS),
+                req.nb_cpus,
+                req.cpu_only,
+                hotplug::CPU_WAIT,
+            )
+            .await?;
+            Ok(Empty::default())
+        })
+        .await
+    }
+
     not_yet! {
-        stats_container(ContainerRequest) -> StatsContainerResponse = "StatsContainer";
-        pause_container(ContainerRequest) -> Empty = "PauseContainer";
-        resume_container(ContainerRequest) -> Empty = "ResumeContainer";
-        update_container(UpdateContainerRequest) -> Empty = "UpdateContainer";
-        list_processes(ListProcessesRequest) -> ListProcessesResponse = "ListProcesses";
         update_interface(UpdateInterfaceRequest) -> Interface = "UpdateInterface";
         list_interfaces(Empty) -> Interfaces = "ListInterfaces";
         update_routes(UpdateRoutesRequest) -> Routes = "UpdateRoutes";
         list_routes(Empty) -> Routes = "ListRoutes";
         add_arp_neighbors(AddARPNeighborsRequest) -> Empty = "AddARPNeighbors";
-        online_cpu_mem(OnlineCPUMemRequest) -> Empty = "OnlineCPUMem";
-        get_oom_event(Empty) -> OOMEvent = "GetOOMEvent";
         copy_file(CopyFileRequest) -> Empty = "CopyFile";
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_waits_answer_before_the_callers_timeout() {
+        assert_eq!(oom_wait(0), None);
+        assert_eq!(oom_wait(-5), None);
+        assert_eq!(oom_wait(10_000_000_000), Some(Duration::from_secs(9)));
+        assert_eq!(oom_wait(60_000_000_000), Some(Duration::from_secs(59)));
+        assert_eq!(oom_wait(500_000_000), Some(Duration::from_millis(450)));
     }
 }

@@ -1,4 +1,10 @@
-//! The guest's cgroup v2 hierarchy: controllers for containers, signalling a container's cgroup.
+//! The guest's cgroup v2 hierarchy: controllers for containers, a container's processes and
+//! signalling them; its statistics ([`stats`]), freezer ([`freezer`]) and resource updates
+//! ([`update`]).
+
+pub mod freezer;
+pub mod stats;
+pub mod update;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -73,21 +79,27 @@ pub fn signal_all(dir: &Path, signal: i32) -> std::io::Result<usize> {
             return Ok(0);
         }
     }
-    let mut count = 0;
+    Ok(all_pids(dir)?
+        .into_iter()
+        .filter(|pid| send_signal(*pid, signal).is_ok())
+        .count())
+}
+
+/// Every process in the cgroup at `dir` and below (`cgroup.procs` of each), parents first.
+pub fn all_pids(dir: &Path) -> std::io::Result<Vec<Pid>> {
+    let mut pids = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(d) = dirs.pop() {
-        for pid in parse_procs(&std::fs::read_to_string(d.join("cgroup.procs"))?) {
-            if send_signal(pid, signal).is_ok() {
-                count += 1;
-            }
-        }
+        pids.extend(parse_procs(&std::fs::read_to_string(
+            d.join("cgroup.procs"),
+        )?));
         for entry in std::fs::read_dir(&d)?.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 dirs.push(entry.path());
             }
         }
     }
-    Ok(count)
+    Ok(pids)
 }
 
 /// Whether any process is left in the cgroup at `dir` (a missing cgroup has none).
@@ -146,5 +158,7 @@ mod tests {
         std::fs::create_dir(d.path().join("sub")).unwrap();
         std::fs::write(d.path().join("sub/cgroup.procs"), "2147483646\n").unwrap();
         assert_eq!(signal_all(d.path(), 0).unwrap(), 0);
+        assert_eq!(all_pids(d.path()).unwrap(), [Pid::from_raw(2147483646)]);
+        assert!(all_pids(&d.path().join("gone")).is_err());
     }
 }
