@@ -11,6 +11,7 @@
 //! panicking handler answers INTERNAL, and a fatal start-up failure powers the VM off so the
 //! host sees the VM end rather than a silent hang.
 
+mod boot;
 mod cgroups;
 mod cmdline;
 mod container;
@@ -31,7 +32,6 @@ mod server;
 mod stdio;
 mod storage;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -61,17 +61,8 @@ fn main() {
     }
 
     if is_init {
-        match modules::load_all(
-            Path::new(modules::MODULE_LIST),
-            Path::new(modules::MODULE_DIR),
-        ) {
-            Ok(n) => tracing::info!(
-                modules = n,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "kernel modules loaded"
-            ),
-            Err(e) => tracing::error!(error = %e, "loading kernel modules failed"),
-        }
+        // The vsock modules now; the rest of the boot work in the background (see boot.rs).
+        boot::start(started);
     }
 
     let result = tokio::runtime::Builder::new_multi_thread()
@@ -91,12 +82,7 @@ fn main() {
 }
 
 async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> anyhow::Result<()> {
-    if is_init {
-        match cgroups::enable_controllers(Path::new(cgroups::CGROUP_ROOT)) {
-            Ok(enabled) => tracing::debug!(?enabled, "cgroup controllers enabled for containers"),
-            Err(e) => tracing::warn!(error = %e, "cannot enable cgroup controllers"),
-        }
-    } else {
+    if !is_init {
         // Outside a VM, container processes orphaned by the libcontainer helper must still
         // come to us (not to the real init) so that we can reap them.
         nix::sys::prctl::set_child_subreaper(true).context("becoming a child subreaper")?;

@@ -64,10 +64,20 @@ pub fn parse_list(text: &str, origin: &Path) -> Result<Vec<String>, ModuleError>
 
 /// Loads every listed module in order. A missing list means "nothing to load".
 /// Returns the number of modules loaded (already-present ones count as loaded).
+#[cfg(test)]
 pub fn load_all(list: &Path, dir: &Path) -> Result<usize, ModuleError> {
+    let names = read_list(list)?;
+    for name in &names {
+        load_one(dir, name)?;
+    }
+    Ok(names.len())
+}
+
+/// Reads and parses the load-order list; a missing list means "nothing to load".
+pub fn read_list(list: &Path) -> Result<Vec<String>, ModuleError> {
     let text = match std::fs::read_to_string(list) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(source) => {
             return Err(ModuleError::ReadList {
                 path: list.to_path_buf(),
@@ -75,11 +85,7 @@ pub fn load_all(list: &Path, dir: &Path) -> Result<usize, ModuleError> {
             })
         }
     };
-    let names = parse_list(&text, list)?;
-    for name in &names {
-        load_one(dir, name)?;
-    }
-    Ok(names.len())
+    parse_list(&text, list)
 }
 
 /// Loads modules named by the host (CreateSandbox's `kernel_modules`): plain module names
@@ -102,7 +108,8 @@ pub fn load_named(dir: &Path, names: &[String]) -> Result<usize, ModuleError> {
     Ok(files.len())
 }
 
-fn load_one(dir: &Path, name: &str) -> Result<(), ModuleError> {
+/// Loads one module file from `dir` (already-loaded counts as success).
+pub fn load_one(dir: &Path, name: &str) -> Result<(), ModuleError> {
     let path = dir.join(name);
     let started = Instant::now();
     let file = File::open(&path).map_err(|source| ModuleError::Open {

@@ -145,6 +145,7 @@ impl agent_ttrpc::Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         let span = tracing::info_span!("CreateSandbox", sandbox = %req.sandbox_id);
         guarded("CreateSandbox", async {
+            crate::boot::settled().await;
             self.sandbox.create(&req)?;
             Ok(Empty::default())
         })
@@ -171,6 +172,7 @@ impl agent_ttrpc::Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         let span = tracing::info_span!("CreateContainer", container_id = %req.container_id);
         guarded("CreateContainer", async {
+            crate::boot::settled().await;
             let stdio = wanted(&req.stdio);
             self.containers
                 .create(CreateRequest {
