@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make bench, the containerd part: `ctr run --rm <image> true` start-to-exit for isola and for
 # runc side by side (alternating runs, one private containerd), next to the bare VM boot floor
-# measured by `isola bench boot` in the same run; then the host memory of one idle pod.
+# measured by `isola bench boot` in the same run; then the host memory of one idle pod; then the
+# exec round trip (`ctr task exec <running container> true`) into that pod and into a runc
+# container.
 #
 #   scripts/bench-ctr.sh [runs]        (after make build guest images)
 set -euo pipefail
@@ -66,7 +68,34 @@ for pid in $shim $(pgrep -P "$shim") $(for c in $(pgrep -P "$shim"); do pgrep -P
   line="$line $(cat "/proc/$pid/comm" 2>/dev/null || echo "?")=$((kb / 1024))MiB"
 done
 echo "bench-mem: one idle pod (PSS):$line  total $((total / 1024)) MiB"
+
+# Exec round trip: `ctr task exec --exec-id e<n> <ctr> true`, start to exit, into the idle pod
+# and into a running runc container (alternating; one unmeasured exec each first).
+$dev ctr run -d --runtime io.containerd.runc.v2 "$image" bench-exec-r sleep 3600 >/dev/null
+exec_once() { # <container> <exec id>
+  local t0 t1
+  t0=$(now)
+  $dev ctr task exec --exec-id "$2" "$1" true >/dev/null
+  t1=$(now)
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
+}
+exec_once bench-exec-r ew >/dev/null
+exec_once bench-idle ew >/dev/null
+exec_i="" exec_r=""
+for n in $(seq 1 "$runs"); do
+  exec_r="$exec_r $(exec_once bench-exec-r "e$n")"
+  exec_i="$exec_i $(exec_once bench-idle "e$n")"
+done
+mei=$(echo "$exec_i" | median)
+mer=$(echo "$exec_r" | median)
+echo "bench-exec: ctr task exec <running container> true, $runs runs each (alternating)"
+printf '  runc   median %6.3f s   [%s ]\n' "$mer" "$exec_r"
+printf '  isola  median %6.3f s   [%s ]\n' "$mei" "$exec_i"
+printf '  ratio isola/runc: %s\n' "$(ratio "$mei" "$mer")"
+$dev ctr tasks kill -s SIGKILL bench-exec-r >/dev/null 2>&1 || true
 $dev ctr tasks kill -s SIGKILL bench-idle >/dev/null 2>&1 || true
 sleep 1
 $dev ctr tasks rm -f bench-idle >/dev/null 2>&1 || true
 $dev ctr containers rm bench-idle >/dev/null 2>&1 || true
+$dev ctr tasks rm -f bench-exec-r >/dev/null 2>&1 || true
+$dev ctr containers rm bench-exec-r >/dev/null 2>&1 || true

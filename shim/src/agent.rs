@@ -6,12 +6,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use isola_agent_client::dial::{self, DialError};
 use isola_agent_proto::agent::{
-    stdio_stream_header::Stream, CloseStdinRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, ExecProcessRequest, ListProcessesRequest, RemoveContainerRequest,
-    SignalProcessRequest, StartContainerRequest, StdioStreamHeader, TtyWinResizeRequest,
+    stdio_stream_header::Stream, CloseStdinRequest, ContainerRequest, CreateContainerRequest,
+    CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, ListProcessesRequest,
+    OnlineCPUMemRequest, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest,
+    StatsContainerResponse, StdioStreamHeader, TtyWinResizeRequest, UpdateContainerRequest,
     WaitProcessRequest,
 };
 use isola_agent_proto::agent_ttrpc::AgentClient as AgentRpc;
+use isola_agent_proto::types::Empty;
 use isola_hypervisor::AgentEndpoint;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -105,6 +107,19 @@ pub trait AgentApi: Send + Sync {
         exec_id: &str,
         kind: StdioKind,
     ) -> Result<BoxStream>;
+    /// Freezes every process of a container (cgroup freezer in the guest).
+    async fn pause_container(&self, container_id: &str) -> Result<()>;
+    /// Thaws a container frozen by [`pause_container`](Self::pause_container).
+    async fn resume_container(&self, container_id: &str) -> Result<()>;
+    /// The container's cgroup v2 statistics in the guest.
+    async fn stats_container(&self, container_id: &str) -> Result<StatsContainerResponse>;
+    /// Applies new resource limits (OCI `LinuxResources` as JSON) to a container's cgroup.
+    async fn update_container(&self, container_id: &str, resources_json: Vec<u8>) -> Result<()>;
+    /// Onlines hot-plugged CPUs (`nb_cpus`, 0 = all offline ones) and, unless `cpu_only`,
+    /// memory blocks in the guest.
+    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<()>;
+    /// Blocks until a container of the sandbox is OOM-killed; returns its id. No deadline.
+    async fn get_oom_event(&self) -> Result<String>;
 }
 
 /// The first frame of a stdio connection (framing shared with the agent, see
@@ -344,6 +359,76 @@ impl AgentApi for TtrpcAgent {
             .await
             .map_err(|e| ShimError::io(format!("sending the {kind:?} stream header"), e))?;
         Ok(stream)
+    }
+
+    async fn pause_container(&self, container_id: &str) -> Result<()> {
+        self.container_call("PauseContainer", container_id).await
+    }
+
+    async fn resume_container(&self, container_id: &str) -> Result<()> {
+        self.container_call("ResumeContainer", container_id).await
+    }
+
+    async fn stats_container(&self, container_id: &str) -> Result<StatsContainerResponse> {
+        let req = ContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        self.rpc
+            .stats_container(ctx(), &req)
+            .await
+            .map_err(|e| ShimError::agent("StatsContainer", e))
+    }
+
+    async fn update_container(&self, container_id: &str, resources_json: Vec<u8>) -> Result<()> {
+        let req = UpdateContainerRequest {
+            container_id: container_id.to_string(),
+            resources_json,
+            ..Default::default()
+        };
+        self.rpc
+            .update_container(ctx(), &req)
+            .await
+            .map_err(|e| ShimError::agent("UpdateContainer", e))?;
+        Ok(())
+    }
+
+    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<()> {
+        let req = OnlineCPUMemRequest {
+            nb_cpus,
+            cpu_only,
+            ..Default::default()
+        };
+        self.rpc
+            .online_cpu_mem(ctx(), &req)
+            .await
+            .map_err(|e| ShimError::agent("OnlineCPUMem", e))?;
+        Ok(())
+    }
+
+    async fn get_oom_event(&self) -> Result<String> {
+        // No deadline: this long-polls for as long as the sandbox lives.
+        let resp = self
+            .rpc
+            .get_oom_event(ttrpc::context::Context::default(), &Empty::default())
+            .await
+            .map_err(|e| ShimError::agent("GetOOMEvent", e))?;
+        Ok(resp.container_id)
+    }
+}
+
+impl TtrpcAgent {
+    async fn container_call(&self, rpc: &'static str, container_id: &str) -> Result<()> {
+        let req = ContainerRequest {
+            container_id: container_id.to_string(),
+            ..Default::default()
+        };
+        let result = match rpc {
+            "PauseContainer" => self.rpc.pause_container(ctx(), &req).await,
+            _ => self.rpc.resume_container(ctx(), &req).await,
+        };
+        result.map_err(|e| ShimError::agent(rpc, e))?;
+        Ok(())
     }
 }
 

@@ -23,8 +23,9 @@ pub enum ShimError {
     /// The request itself is malformed (bad spec, missing rootfs, bad id, ...).
     #[error("{0}")]
     InvalidArgument(String),
-    /// A Task API call the isola shim does not implement.
-    #[error("{0} is not implemented by the isola shim")]
+    /// Something isola does not support (checkpoint/restore, growing a VM whose hypervisor
+    /// cannot hotplug, ...); the message says what.
+    #[error("{0}")]
     Unimplemented(String),
     /// The guest agent answered an RPC with an error; `code` is the agent's own code.
     #[error("guest agent {rpc} failed: {message}")]
@@ -188,7 +189,7 @@ mod tests {
     fn messages_say_what_to_do() {
         let msg = ShimError::AlreadyExists("container c1".into()).to_string();
         assert!(msg.contains("delete the existing one"), "{msg}");
-        let msg = ShimError::Unimplemented("Checkpoint".into()).to_string();
-        assert!(msg.starts_with("Checkpoint"), "{msg}");
+        let msg = ShimError::Unimplemented("Checkpoint: not supported".into()).to_string();
+        assert_eq!(msg, "Checkpoint: not supported");
     }
 }

@@ -1,7 +1,7 @@
 //! Test doubles: a fake agent, a fake VM and its factory, a recording event sink, and a test
 //! environment wiring them to a [`Service`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,12 +11,13 @@ use containerd_shim::ExitSignal;
 use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use isola_agent_proto::agent::{
-    CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, StdioConfig,
+    CpuStats, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, MemoryStats,
+    PidsStats, StatsContainerResponse, StdioConfig,
 };
 use isola_config::Config;
 use protobuf::MessageDyn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use ttrpc::Code;
 
 use crate::agent::{AgentApi, BoxStream, GuestProcess, ProcessExit, StdioKind};
@@ -30,6 +31,7 @@ use crate::service::Service;
 type Key = (String, String);
 
 struct FakeProc {
+    pid: u32,
     exit: watch::Sender<Option<u32>>,
     stdio: StdioConfig,
     guest: HashMap<StdioKind, DuplexStream>,
@@ -49,6 +51,13 @@ pub struct FakeAgent {
     pub sandbox: Mutex<Option<CreateSandboxRequest>>,
     pub containers: Mutex<HashMap<String, CreateContainerRequest>>,
     dead: Mutex<Option<watch::Sender<bool>>>,
+    next_pid: AtomicUsize,
+    /// Containers frozen by PauseContainer.
+    pub paused: Mutex<HashSet<String>>,
+    /// UpdateContainer's resources, as JSON, in order.
+    pub updates: Mutex<Vec<(String, String)>>,
+    oom_queue: Mutex<VecDeque<String>>,
+    oom_ready: Notify,
 }
 
 impl FakeAgent {
@@ -126,10 +135,19 @@ impl FakeAgent {
             .remove(&kind)
     }
 
+    /// The guest OOM-kills container `cid`: GetOOMEvent names it and the init exits 137.
+    pub fn oom(&self, cid: &str) {
+        self.oom_queue.lock().unwrap().push_back(cid.to_string());
+        self.oom_ready.notify_one();
+        self.exit(cid, "", 137);
+    }
+
     fn register(&self, cid: &str, exec_id: &str, stdio: StdioConfig) {
+        let pid = self.next_pid.fetch_add(1, Ordering::SeqCst) as u32 + 1;
         self.procs.lock().unwrap().insert(
             (cid.to_string(), exec_id.to_string()),
             FakeProc {
+                pid,
                 exit: watch::channel(None).0,
                 stdio,
                 guest: HashMap::new(),
@@ -286,10 +304,17 @@ impl AgentApi for FakeAgent {
 
     async fn list_processes(&self, cid: &str) -> Result<Vec<GuestProcess>> {
         self.call("ListProcesses", cid)?;
-        Ok(vec![GuestProcess {
-            pid: 1,
-            exec_id: String::new(),
-        }])
+        let procs = self.procs.lock().unwrap();
+        let mut list: Vec<GuestProcess> = procs
+            .iter()
+            .filter(|((c, _), p)| c == cid && p.exit.borrow().is_none())
+            .map(|((_, e), p)| GuestProcess {
+                pid: p.pid,
+                exec_id: e.clone(),
+            })
+            .collect();
+        list.sort_by_key(|p| p.pid);
+        Ok(list)
     }
 
     async fn resize_pty(&self, cid: &str, exec_id: &str, rows: u32, cols: u32) -> Result<()> {
@@ -318,6 +343,75 @@ impl AgentApi for FakeAgent {
         self.maybe_cat(&key);
         Ok(Box::new(host))
     }
+
+    async fn pause_container(&self, cid: &str) -> Result<()> {
+        self.call("PauseContainer", cid)?;
+        self.paused.lock().unwrap().insert(cid.to_string());
+        Ok(())
+    }
+
+    async fn resume_container(&self, cid: &str) -> Result<()> {
+        self.call("ResumeContainer", cid)?;
+        self.paused.lock().unwrap().remove(cid);
+        Ok(())
+    }
+
+    async fn stats_container(&self, cid: &str) -> Result<StatsContainerResponse> {
+        self.call("StatsContainer", cid)?;
+        Ok(StatsContainerResponse {
+            cpu: Some(CpuStats {
+                usage_usec: 1234,
+                user_usec: 1000,
+                system_usec: 234,
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStats {
+                usage: 3 << 20,
+                usage_limit: 64 << 20,
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStats {
+                current: 1,
+                limit: 0,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        })
+    }
+
+    async fn update_container(&self, cid: &str, resources_json: Vec<u8>) -> Result<()> {
+        self.call("UpdateContainer", cid)?;
+        self.updates.lock().unwrap().push((
+            cid.to_string(),
+            String::from_utf8_lossy(&resources_json).into_owned(),
+        ));
+        Ok(())
+    }
+
+    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<()> {
+        self.call("OnlineCPUMem", &format!("{nb_cpus} cpu_only={cpu_only}"))
+    }
+
+    async fn get_oom_event(&self) -> Result<String> {
+        self.call("GetOOMEvent", "")?;
+        let mut dead = self.dead_rx();
+        loop {
+            if let Some(cid) = self.oom_queue.lock().unwrap().pop_front() {
+                return Ok(cid);
+            }
+            tokio::select! {
+                _ = self.oom_ready.notified() => {}
+                _ = dead.wait_for(|d| *d) => return Err(ShimError::Agent {
+                    rpc: "GetOOMEvent",
+                    code: Code::INTERNAL,
+                    message: "ttrpc err: remote stream closed".into(),
+                }),
+            }
+        }
+    }
 }
 
 /// A fake VM: `kill` makes it "die"; `stop` is recorded.
@@ -328,6 +422,10 @@ pub struct FakeSandbox {
     pub shared: Mutex<Vec<String>>,
     pub unshared: Mutex<Vec<String>>,
     pub binds: Mutex<Vec<HostBind>>,
+    /// The VM can hotplug (else hotplug answers Unimplemented, as QEMU's backend does today).
+    pub can_hotplug: AtomicBool,
+    /// Hotplug requests: ("vcpus" | "memory", total).
+    pub hotplugs: Mutex<Vec<(&'static str, u32)>>,
     dir: PathBuf,
 }
 
@@ -340,6 +438,8 @@ impl FakeSandbox {
             shared: Mutex::new(Vec::new()),
             unshared: Mutex::new(Vec::new()),
             binds: Mutex::new(Vec::new()),
+            can_hotplug: AtomicBool::new(false),
+            hotplugs: Mutex::new(Vec::new()),
             dir: dir.to_path_buf(),
         })
     }
@@ -403,6 +503,24 @@ impl Sandbox for FakeSandbox {
         self.agent.vm_died();
         self.exit.send_replace(Some("stopped".into()));
         Ok(())
+    }
+    async fn hotplug_vcpus(&self, total: u32) -> Result<u32> {
+        self.hotplugs.lock().unwrap().push(("vcpus", total));
+        if !self.can_hotplug.load(Ordering::SeqCst) {
+            return Err(ShimError::Unimplemented(
+                "CPU hotplug: not implemented in the fake".into(),
+            ));
+        }
+        Ok(total)
+    }
+    async fn hotplug_memory(&self, total_mib: u32) -> Result<u32> {
+        self.hotplugs.lock().unwrap().push(("memory", total_mib));
+        if !self.can_hotplug.load(Ordering::SeqCst) {
+            return Err(ShimError::Unimplemented(
+                "memory hotplug: not implemented in the fake".into(),
+            ));
+        }
+        Ok(total_mib)
     }
 }
 

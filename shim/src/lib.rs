@@ -5,9 +5,11 @@
 
 pub mod agent;
 pub mod cleanup;
+pub mod control;
 pub mod error;
 pub mod events;
 pub mod logging;
+pub mod metrics;
 pub mod mountinfo;
 pub mod mounts;
 pub mod options;
@@ -22,6 +24,8 @@ pub mod stdio;
 pub mod task;
 pub mod translate;
 
+#[cfg(test)]
+mod control_tests;
 #[cfg(test)]
 pub mod fake;
 #[cfg(test)]

@@ -6,6 +6,8 @@ use containerd_shim_protos::shim::shim::StateResponse;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
 use ttrpc::Code;
 
+use protobuf::well_known_types::any::Any;
+
 use crate::error::{Result, ShimError};
 use crate::service::Service;
 use crate::state::{ExitInfo, Status};
@@ -18,6 +20,8 @@ impl Service {
         let p = c.process(exec_id)?;
         let status = match p.status {
             Status::Created => TaskStatus::CREATED,
+            // A paused container's running processes are all frozen.
+            Status::Running if c.paused => TaskStatus::PAUSED,
             Status::Running => TaskStatus::RUNNING,
             Status::Stopped => TaskStatus::STOPPED,
         };
@@ -52,8 +56,9 @@ impl Service {
         Ok(exit.expect("waited for Some"))
     }
 
-    /// The container's processes: as the agent lists them (guest pids), or just the task's
-    /// pid when the agent cannot list.
+    /// The container's processes: as the agent lists them, or just the task's pid when the
+    /// agent cannot list. The pids are the guest's (see the README), an exec's `info` names
+    /// its exec id as runc's shim does (`containerd.runc.v1.ProcessDetails`).
     pub async fn pids(&self, id: &str) -> Result<Vec<ProcessInfo>> {
         let pid = self.containers.lock().unwrap().get(id)?.pid;
         let basic = vec![ProcessInfo {
@@ -72,6 +77,9 @@ impl Service {
                 .into_iter()
                 .map(|p| ProcessInfo {
                     pid: p.pid,
+                    info: (!p.exec_id.is_empty())
+                        .then(|| process_details(&p.exec_id))
+                        .into(),
                     ..Default::default()
                 })
                 .collect()),
@@ -122,5 +130,42 @@ impl Service {
     /// The task pid for Connect: the VMM's, 0 before a VM runs.
     pub fn task_pid(&self, id: &str) -> Result<u32> {
         Ok(self.containers.lock().unwrap().get(id)?.pid)
+    }
+}
+
+/// containerd's type URL for the per-process details runc's shim returns from Pids (`ctr task
+/// ps` decodes it; the message is in every containerd build).
+pub const PROCESS_DETAILS_TYPE_URL: &str = "containerd.runc.v1.ProcessDetails";
+
+/// `containerd.runc.v1.ProcessDetails { string exec_id = 1; }`, encoded by hand (one field).
+pub fn process_details(exec_id: &str) -> Any {
+    let mut value = vec![0x0a];
+    let mut len = exec_id.len();
+    while len >= 0x80 {
+        value.push((len as u8 & 0x7f) | 0x80);
+        len >>= 7;
+    }
+    value.push(len as u8);
+    value.extend_from_slice(exec_id.as_bytes());
+    Any {
+        type_url: PROCESS_DETAILS_TYPE_URL.to_string(),
+        value,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protobuf::Message;
+
+    #[test]
+    fn process_details_is_a_string_field_one() {
+        let any = process_details("e1");
+        assert_eq!(any.value, [0x0a, 2, b'e', b'1']);
+        // Same bytes as any one-string-field message, e.g. an Any whose type_url is the id.
+        let long = "x".repeat(200);
+        let parsed = Any::parse_from_bytes(&process_details(&long).value).unwrap();
+        assert_eq!(parsed.type_url, long);
     }
 }

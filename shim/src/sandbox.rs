@@ -44,6 +44,23 @@ pub trait Sandbox: Send + Sync {
     /// Stops the VM and removes what it left on the host: helper daemons, sockets, mounts,
     /// directories. Idempotent; also right after the VM died on its own.
     async fn stop(&self) -> Result<()>;
+    /// Grows the VM to `total` vCPUs; returns the resulting count.
+    /// [`ShimError::Unimplemented`] when the hypervisor cannot (yet).
+    async fn hotplug_vcpus(&self, total: u32) -> Result<u32>;
+    /// Grows the VM's memory to `total_mib`; returns the resulting size in MiB.
+    /// [`ShimError::Unimplemented`] when the hypervisor cannot (yet).
+    async fn hotplug_memory(&self, total_mib: u32) -> Result<u32>;
+}
+
+/// A hypervisor error from hotplug: Unsupported becomes [`ShimError::Unimplemented`] (the
+/// caller decides what that means), anything else is internal.
+fn hotplug_error(what: &str, e: isola_hypervisor::HypervisorError) -> ShimError {
+    match e {
+        isola_hypervisor::HypervisorError::Unsupported(msg) => {
+            ShimError::Unimplemented(format!("{what}: {msg}"))
+        }
+        other => ShimError::Internal(format!("{what}: {other}")),
+    }
 }
 
 /// Boots sandboxes.
@@ -172,6 +189,22 @@ impl Sandbox for VmSandbox {
             })
             .await;
         Ok(())
+    }
+
+    async fn hotplug_vcpus(&self, total: u32) -> Result<u32> {
+        self.vm
+            .vm
+            .hotplug_vcpus(total)
+            .await
+            .map_err(|e| hotplug_error("CPU hotplug", e))
+    }
+
+    async fn hotplug_memory(&self, total_mib: u32) -> Result<u32> {
+        self.vm
+            .vm
+            .hotplug_memory(total_mib)
+            .await
+            .map_err(|e| hotplug_error("memory hotplug", e))
     }
 }
 

@@ -21,6 +21,7 @@ use oci_spec::runtime::Spec;
 use ttrpc::Code;
 
 use crate::agent::AgentApi;
+use crate::control::VmSize;
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::mounts::{RootfsMount, SourceKind};
@@ -48,6 +49,8 @@ pub(crate) struct SandboxState {
     pub dead: AtomicBool,
     /// We are stopping it (its exit is expected).
     pub stopping: AtomicBool,
+    /// What the VM has: as booted, then grown by hotplug.
+    pub size: Mutex<VmSize>,
     record: PathBuf,
 }
 
@@ -55,7 +58,7 @@ pub(crate) struct SandboxState {
 pub struct Service {
     namespace: String,
     factory: Arc<dyn SandboxFactory>,
-    events: Arc<dyn EventSink>,
+    pub(crate) events: Arc<dyn EventSink>,
     load_config: ConfigLoader,
     exit: Arc<ExitSignal>,
     pub(crate) containers: Mutex<Containers>,
@@ -108,7 +111,7 @@ impl Service {
     }
 
     /// The sandbox for calls on existing processes: it must be there and alive.
-    async fn live_sandbox(&self) -> Result<Arc<SandboxState>> {
+    pub(crate) async fn live_sandbox(&self) -> Result<Arc<SandboxState>> {
         match self.current_sandbox().await {
             Some(s) if !s.dead.load(Ordering::SeqCst) => Ok(s),
             _ => Err(ShimError::FailedPrecondition(
@@ -124,9 +127,11 @@ impl Service {
     pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32> {
         options::validate_id("container id", &req.id)?;
         if !req.checkpoint.is_empty() {
-            return Err(ShimError::Unimplemented(
-                "restoring a container from a checkpoint".into(),
-            ));
+            return Err(ShimError::Unimplemented(format!(
+                "restoring container {} from a checkpoint: {}",
+                req.id,
+                crate::task::CHECKPOINT_UNSUPPORTED
+            )));
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = load_spec(&bundle)?;
@@ -323,9 +328,14 @@ impl Service {
             agent,
             dead: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
+            size: Mutex::new(VmSize {
+                vcpus: config.hypervisor.vcpus,
+                memory_mib: config.hypervisor.memory_mib,
+            }),
             record: record_path,
         });
         self.watch_vm(state.clone());
+        self.watch_oom(state.clone());
         *slot = Some(state.clone());
         Ok(state)
     }
@@ -367,7 +377,7 @@ impl Service {
         }
     }
 
-    fn publish_exit(&self, cid: &str, exec_id: &str, pid: u32, exit: Option<ExitInfo>) {
+    pub(crate) fn publish_exit(&self, cid: &str, exec_id: &str, pid: u32, exit: Option<ExitInfo>) {
         let Some(exit) = exit else { return };
         tracing::info!(
             container_id = cid,
@@ -488,8 +498,16 @@ impl Service {
             stdio: Some(stdio.config()).into(),
             ..Default::default()
         };
+        let t0 = std::time::Instant::now();
         sandbox.agent.exec_process(req).await?;
-        match ProcessIo::attach(sandbox.agent.as_ref(), id, exec_id, &stdio).await {
+        let t1 = std::time::Instant::now();
+        let attached = ProcessIo::attach(sandbox.agent.as_ref(), id, exec_id, &stdio).await;
+        tracing::debug!(
+            exec_process_ms = (t1 - t0).as_millis() as u64,
+            attach_ms = t1.elapsed().as_millis() as u64,
+            "exec started"
+        );
+        match attached {
             Ok(io) => Ok((sandbox, Some(Arc::new(io)))),
             Err(e) => {
                 let _ = sandbox.agent.signal_process(id, exec_id, 9, false).await;
@@ -566,6 +584,11 @@ impl Service {
         if c.init.status != Status::Running {
             return Err(ShimError::FailedPrecondition(format!(
                 "container {id} is not running: exec needs a running container"
+            )));
+        }
+        if c.paused {
+            return Err(ShimError::FailedPrecondition(format!(
+                "container {id} is paused: resume it before exec"
             )));
         }
         if c.execs.contains_key(exec_id) {
@@ -650,6 +673,7 @@ impl Service {
             let info = p.delete_info();
             let pid = c.pid;
             c.execs.remove(exec_id);
+            tracing::info!(status = info.status, "exec deleted");
             return Ok((pid, info));
         }
         {

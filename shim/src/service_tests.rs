@@ -384,7 +384,7 @@ async fn pids_and_connect() {
     let env = Env::new();
     let s = &env.service;
     s.create(env.request("c1", NONE)).await.unwrap();
-    assert_eq!(s.pids("c1").await.unwrap()[0].pid, 1);
+    assert_eq!(s.pids("c1").await.unwrap()[0].pid, 1, "the guest pid");
     env.agent()
         .fail("ListProcesses", Code::UNIMPLEMENTED, "later");
     assert_eq!(s.pids("c1").await.unwrap()[0].pid, 4242);

@@ -112,6 +112,8 @@ pub struct Container {
     pub pid: u32,
     /// Create has not finished yet (or Delete has begun): invisible to other calls.
     pub busy: bool,
+    /// Frozen by Pause (until Resume, or until its init process exits).
+    pub paused: bool,
     pub init: Process,
     pub execs: HashMap<String, Process>,
 }
@@ -158,6 +160,7 @@ impl Containers {
                 bundle,
                 pid: 0,
                 busy: true,
+                paused: false,
                 init,
                 execs: HashMap::new(),
             },

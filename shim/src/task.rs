@@ -52,11 +52,8 @@ pub fn services(task: Arc<TaskService>) -> HashMap<String, ttrpc::r#async::Servi
 
 type TtResult<T> = ttrpc::Result<T>;
 
-fn unimplemented<T>(what: &str) -> TtResult<T> {
-    Err(to_ttrpc(ShimError::Unimplemented(format!(
-        "{what} (planned with the next isola issue)"
-    ))))
-}
+/// What Checkpoint (and Create from a checkpoint) answer.
+pub const CHECKPOINT_UNSUPPORTED: &str = "checkpoint/restore is not supported by isola: a container's processes live in its pod's VM, which isola does not snapshot";
 
 impl TaskService {
     /// Runs one request in a span carrying the sandbox, container and exec ids (Create
@@ -153,20 +150,24 @@ impl Task for TaskService {
         })
     }
 
-    async fn pause(&self, _ctx: &TtrpcContext, _req: PauseRequest) -> TtResult<Empty> {
-        unimplemented("Pause")
+    async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> TtResult<Empty> {
+        self.call("Pause", &req.id, "", self.service.pause(&req.id))
+            .await?;
+        Ok(Empty::new())
     }
 
-    async fn resume(&self, _ctx: &TtrpcContext, _req: ResumeRequest) -> TtResult<Empty> {
-        unimplemented("Resume")
+    async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> TtResult<Empty> {
+        self.call("Resume", &req.id, "", self.service.resume(&req.id))
+            .await?;
+        Ok(Empty::new())
     }
 
-    async fn checkpoint(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: CheckpointTaskRequest,
-    ) -> TtResult<Empty> {
-        unimplemented("Checkpoint")
+    async fn checkpoint(&self, _ctx: &TtrpcContext, req: CheckpointTaskRequest) -> TtResult<Empty> {
+        self.call("Checkpoint", &req.id, "", async {
+            Err::<(), _>(ShimError::Unimplemented(CHECKPOINT_UNSUPPORTED.into()))
+        })
+        .await
+        .map(|_| Empty::new())
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> TtResult<Empty> {
@@ -220,8 +221,15 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn update(&self, _ctx: &TtrpcContext, _req: UpdateTaskRequest) -> TtResult<Empty> {
-        unimplemented("Update (resource limits)")
+    async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> TtResult<Empty> {
+        self.call(
+            "Update",
+            &req.id,
+            "",
+            self.service.update(&req.id, req.resources.as_ref()),
+        )
+        .await?;
+        Ok(Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> TtResult<WaitResponse> {
@@ -240,8 +248,14 @@ impl Task for TaskService {
         })
     }
 
-    async fn stats(&self, _ctx: &TtrpcContext, _req: StatsRequest) -> TtResult<StatsResponse> {
-        unimplemented("Stats")
+    async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> TtResult<StatsResponse> {
+        let stats = self
+            .call("Stats", &req.id, "", self.service.stats(&req.id))
+            .await?;
+        Ok(StatsResponse {
+            stats: Some(stats).into(),
+            ..Default::default()
+        })
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: ConnectRequest) -> TtResult<ConnectResponse> {
@@ -331,11 +345,23 @@ mod tests {
                 },
             )
             .await;
-        assert_eq!(status_code(paused), Code::UNIMPLEMENTED);
+        // Created, not running.
+        assert_eq!(status_code(paused), Code::FAILED_PRECONDITION);
         let ckpt = task
             .checkpoint(ctx(), &CheckpointTaskRequest::default())
             .await;
-        assert_eq!(status_code(ckpt), Code::UNIMPLEMENTED);
+        match ckpt.expect_err("checkpoint must fail") {
+            ttrpc::Error::RpcStatus(s) => {
+                assert_eq!(s.code(), Code::UNIMPLEMENTED);
+                assert!(
+                    s.message
+                        .contains("checkpoint/restore is not supported by isola"),
+                    "{}",
+                    s.message
+                );
+            }
+            other => panic!("not a status: {other:?}"),
+        }
 
         // task v2 (containerd 1.6/1.7): the same messages under the old name.
         let payload = StateRequest {
