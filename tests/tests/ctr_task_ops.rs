@@ -467,6 +467,33 @@ fn vm_task_update_raises_a_memory_limit() {
     let m = metrics(&c, "t-update");
     assert_eq!(metric(&m, "memory.usage_limit"), 67108864, "{m:?}");
 
+    // Past the VM's memory (512 MiB): the VM grows by memory hotplug, the guest onlines it and
+    // the container gets the new limit.
+    let (code, msg) = shim_update(&c, "t-update", r#"{"memory":{"limit":1073741824}}"#);
+    assert_eq!((code, msg.as_str()), (0, ""), "Update past the VM's memory");
+    let m = metrics(&c, "t-update");
+    assert_eq!(metric(&m, "memory.usage_limit"), 1073741824, "{m:?}");
+    let out = c.ctr(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "meminfo",
+        "t-update",
+        "cat",
+        "/proc/meminfo",
+    ]);
+    let meminfo = String::from_utf8_lossy(&out.stdout).into_owned();
+    let total_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no MemTotal in {}", describe(&out)));
+    assert!(
+        total_kib > 900 * 1024,
+        "the guest did not grow past its initial 512 MiB: MemTotal {total_kib} kB"
+    );
+
     // Malformed resources: InvalidArgument (3).
     let (code, msg) = shim_update(&c, "t-update", r#"{"memory":{"limit":"lots"}}"#);
     assert_eq!(code, 3, "{msg}");
