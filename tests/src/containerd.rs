@@ -14,18 +14,18 @@
 //! (built by `cargo nextest run --workspace`), or the one in `$ISOLA_SHIM_DIR`. The test image is
 //! `build/images/busybox.tar` from `make images`, or `$ISOLA_TEST_IMAGE`.
 
-use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::ctr_child::Hold;
+pub use crate::ctr_child::{pseudo_random_bytes, run_with_deadline, CtrChild};
+pub use crate::mounts::mounts_under;
 use crate::{processes_mentioning, repo_root, TestEnv};
 
 /// The containerd namespace the tests use.
@@ -726,40 +726,6 @@ fn cleanup_dir(dir: &Path) {
     }
 }
 
-/// Mount points at or under `dir` in this process's mount namespace, in mount order.
-pub fn mounts_under(dir: &Path) -> Vec<String> {
-    let prefix = dir.to_string_lossy().to_string();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|m| m == &prefix || m.starts_with(&format!("{prefix}/")))
-        .collect()
-}
-
-/// /proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo (octal).
-fn unescape_mount_path(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = b[i + 1..i + 4]
-                .iter()
-                .fold(0u16, |v, c| v * 8 + u16::from(c - b'0'));
-            out.push(v as u8);
-            i += 4;
-            continue;
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Removes the private directories of test processes that died without cleaning up.
 fn reap_stale() {
     let Ok(entries) = std::fs::read_dir("/tmp") else {
@@ -786,21 +752,6 @@ fn reap_stale() {
     }
 }
 
-/// Runs `cmd` to completion with `input` on stdin, collecting its output; kills it and fails
-/// after `timeout`.
-pub fn run_with_deadline(
-    cmd: &mut Command,
-    input: Option<Vec<u8>>,
-    timeout: Duration,
-) -> Result<Output, String> {
-    let what = format!("{cmd:?}");
-    let mut child = CtrChild::spawn_with_input(cmd, input, None, what)?;
-    child.wait_timeout(timeout)
-}
-
-/// Something to wait for before closing a child's stdin; the flag says the child has exited.
-type Hold = Box<dyn FnOnce(&AtomicBool) + Send>;
-
 /// Polls `ls` (`ctr tasks ls`) until task `id` is RUNNING or STOPPED, or `exited` is set.
 fn wait_task_started(mut ls: Command, id: &str, exited: &AtomicBool) {
     let deadline = Instant::now() + CTR_TIMEOUT;
@@ -818,207 +769,9 @@ fn wait_task_started(mut ls: Command, id: &str, exited: &AtomicBool) {
     }
 }
 
-/// A background `ctr` (or other) process whose output is collected; killed when dropped.
-pub struct CtrChild {
-    what: String,
-    child: Child,
-    exited: Arc<AtomicBool>,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    stdin: Option<JoinHandle<()>>,
-}
-
-impl CtrChild {
-    fn spawn(cmd: &mut Command, what: String) -> CtrChild {
-        match CtrChild::spawn_with_input(cmd, None, None, what.clone()) {
-            Ok(c) => c,
-            Err(e) => panic!("{what}: {e}"),
-        }
-    }
-
-    fn spawn_with_input(
-        cmd: &mut Command,
-        input: Option<Vec<u8>>,
-        hold: Option<Hold>,
-        what: String,
-    ) -> Result<CtrChild, String> {
-        cmd.stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run: {e}"))?;
-        let exited = Arc::new(AtomicBool::new(false));
-        let stdin = match (child.stdin.take(), input) {
-            (Some(mut pipe), Some(data)) => {
-                let exited = exited.clone();
-                Some(std::thread::spawn(move || {
-                    let _ = pipe.write_all(&data);
-                    if let Some(hold) = hold {
-                        hold(&exited);
-                    }
-                    // Dropping the pipe closes it: EOF for the reader.
-                }))
-            }
-            _ => None,
-        };
-        // Output lands in shared buffers as it comes, for tests to watch (`wait_for_stdout`).
-        let reader = |mut r: Box<dyn Read + Send>, buf: Arc<Mutex<Vec<u8>>>| {
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 65536];
-                loop {
-                    match r.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(n) => buf.lock().unwrap().extend_from_slice(&chunk[..n]),
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                        Err(_) => break,
-                    }
-                }
-            })
-        };
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        if let Some(s) = child.stdout.take() {
-            readers.push(reader(Box::new(s), stdout.clone()));
-        }
-        if let Some(s) = child.stderr.take() {
-            readers.push(reader(Box::new(s), stderr.clone()));
-        }
-        Ok(CtrChild {
-            what,
-            child,
-            exited,
-            stdout,
-            stderr,
-            readers,
-            stdin,
-        })
-    }
-
-    /// The process id.
-    pub fn id(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Whether it has exited (without collecting its output).
-    pub fn try_status(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    /// Waits for it to exit and returns its output; kills it and fails after `timeout`.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Output, String> {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            match self.child.try_wait() {
-                Ok(Some(s)) => break s,
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Ok(None) => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    let partial = self.collect(ExitStatus::default());
-                    return Err(format!(
-                        "{} did not finish within {timeout:?}; output so far:\n{}",
-                        self.what,
-                        describe(&partial)
-                    ));
-                }
-                Err(e) => return Err(format!("waiting for {}: {e}", self.what)),
-            }
-        };
-        Ok(self.collect(status))
-    }
-
-    /// Waits like [`CtrChild::wait_timeout`], panicking on a timeout.
-    pub fn wait(&mut self, timeout: Duration) -> Output {
-        match self.wait_timeout(timeout) {
-            Ok(o) => o,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    /// What it has written to stdout so far.
-    pub fn stdout_so_far(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until its stdout so far satisfies `done`; panics with its output when it exits
-    /// first, or after `timeout`.
-    pub fn wait_for_stdout(&mut self, timeout: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let so_far = self.stdout_so_far();
-            if done(&so_far) {
-                return so_far;
-            }
-            if self.try_status().is_some() {
-                let out = self.wait(Duration::from_secs(5));
-                panic!("{} ended first: {}", self.what, describe(&out));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{}: not the expected output after {timeout:?}; stdout so far: {so_far:?}",
-                self.what
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn collect(&mut self, status: ExitStatus) -> Output {
-        self.exited.store(true, Ordering::Relaxed);
-        if let Some(h) = self.stdin.take() {
-            let _ = h.join();
-        }
-        for h in self.readers.drain(..) {
-            let _ = h.join();
-        }
-        Output {
-            status,
-            stdout: std::mem::take(&mut *self.stdout.lock().unwrap()),
-            stderr: std::mem::take(&mut *self.stderr.lock().unwrap()),
-        }
-    }
-}
-
-impl Drop for CtrChild {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// `n` pseudo-random bytes (xorshift64*), the same for the same seed.
-pub fn pseudo_random_bytes(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(n + 8);
-    while out.len() < n {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(n);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape_mount_path(r"/tmp/a\040b"), "/tmp/a b");
-        assert_eq!(unescape_mount_path("/plain/path"), "/plain/path");
-        assert_eq!(unescape_mount_path(r"/x\134y"), r"/x\y");
-        assert_eq!(unescape_mount_path(r"/trailing\04"), r"/trailing\04");
-    }
 
     #[test]
     fn the_config_names_the_private_paths_and_the_runtime() {

@@ -5,6 +5,8 @@
 //! failure with a message saying so, never a silent pass.
 
 pub mod containerd;
+pub mod ctr_child;
+pub mod mounts;
 
 use std::path::{Path, PathBuf};
 
