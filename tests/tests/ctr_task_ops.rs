@@ -86,7 +86,24 @@ fn metric(all: &[(String, String)], name: &str) -> u64 {
 /// Runs `ctr <args>` on a new pseudo-terminal (ctr -t needs one); returns the exit code and
 /// what appeared on the terminal.
 fn ctr_on_pty(c: &Containerd, args: &[&str], timeout: Duration) -> (Option<i32>, String) {
-    let pty = nix::pty::openpty(None, None).expect("openpty");
+    ctr_on_sized_pty(c, args, timeout, None)
+}
+
+/// [`ctr_on_pty`] on a terminal of `size` (rows, columns): ctr passes its terminal's size on
+/// with ResizePty.
+fn ctr_on_sized_pty(
+    c: &Containerd,
+    args: &[&str],
+    timeout: Duration,
+    size: Option<(u16, u16)>,
+) -> (Option<i32>, String) {
+    let winsize = size.map(|(rows, cols)| nix::pty::Winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty = nix::pty::openpty(winsize.as_ref(), None).expect("openpty");
     let slave = std::fs::File::from(pty.slave);
     let mut cmd = c.ctr_command();
     cmd.args(args)
@@ -174,6 +191,26 @@ fn vm_ctr_task_exec_with_and_without_tty() {
     );
     assert_eq!(code, Some(4), "terminal output: {term:?}");
     assert!(term.contains("is-a-tty"), "terminal output: {term:?}");
+
+    // ctr's own terminal size reaches the process (ResizePty -> the guest pty).
+    let (code, term) = ctr_on_sized_pty(
+        &c,
+        &[
+            "tasks",
+            "exec",
+            "-t",
+            "--exec-id",
+            "e-size",
+            "t-exec",
+            "sh",
+            "-c",
+            "sleep 1; stty size",
+        ],
+        Duration::from_secs(120),
+        Some((37, 91)),
+    );
+    assert_eq!(code, Some(0), "terminal output: {term:?}");
+    assert!(term.contains("37 91"), "terminal output: {term:?}");
 
     // Several at once, each with its own exit code and output.
     let mut running: Vec<(u8, CtrChild)> = (10..13u8)
