@@ -163,6 +163,14 @@ impl TtrpcAgent {
     }
 }
 
+/// Awaits an agent RPC, naming it in the error (the agent's status code is kept).
+async fn call<T>(
+    rpc: &'static str,
+    fut: impl std::future::Future<Output = ttrpc::Result<T>>,
+) -> Result<T> {
+    fut.await.map_err(|e| ShimError::agent(rpc, e))
+}
+
 fn ctx() -> ttrpc::context::Context {
     isola_agent_client::context(RPC_TIMEOUT)
 }
@@ -170,27 +178,23 @@ fn ctx() -> ttrpc::context::Context {
 #[async_trait]
 impl AgentApi for TtrpcAgent {
     async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
-        self.rpc
-            .create_sandbox(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("CreateSandbox", e))?;
+        call("CreateSandbox", self.rpc.create_sandbox(ctx(), &req)).await?;
         Ok(())
     }
 
     async fn destroy_sandbox(&self) -> Result<()> {
         let ctx = isola_agent_client::context(Duration::from_secs(10));
-        self.rpc
-            .destroy_sandbox(ctx, &DestroySandboxRequest::default())
-            .await
-            .map_err(|e| ShimError::agent("DestroySandbox", e))?;
+        call(
+            "DestroySandbox",
+            self.rpc
+                .destroy_sandbox(ctx, &DestroySandboxRequest::default()),
+        )
+        .await?;
         Ok(())
     }
 
     async fn create_container(&self, req: CreateContainerRequest) -> Result<()> {
-        self.rpc
-            .create_container(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("CreateContainer", e))?;
+        call("CreateContainer", self.rpc.create_container(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -199,18 +203,12 @@ impl AgentApi for TtrpcAgent {
             container_id: container_id.to_string(),
             ..Default::default()
         };
-        self.rpc
-            .start_container(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("StartContainer", e))?;
+        call("StartContainer", self.rpc.start_container(ctx(), &req)).await?;
         Ok(())
     }
 
     async fn exec_process(&self, req: ExecProcessRequest) -> Result<()> {
-        self.rpc
-            .exec_process(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("ExecProcess", e))?;
+        call("ExecProcess", self.rpc.exec_process(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -228,10 +226,7 @@ impl AgentApi for TtrpcAgent {
             all,
             ..Default::default()
         };
-        self.rpc
-            .signal_process(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("SignalProcess", e))?;
+        call("SignalProcess", self.rpc.signal_process(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -242,11 +237,12 @@ impl AgentApi for TtrpcAgent {
             ..Default::default()
         };
         // No deadline: a process may run for as long as it likes.
-        let resp = self
-            .rpc
-            .wait_process(ttrpc::context::Context::default(), &req)
-            .await
-            .map_err(|e| ShimError::agent("WaitProcess", e))?;
+        let resp = call(
+            "WaitProcess",
+            self.rpc
+                .wait_process(ttrpc::context::Context::default(), &req),
+        )
+        .await?;
         Ok(ProcessExit {
             status: resp.status as u32,
         })
@@ -260,10 +256,7 @@ impl AgentApi for TtrpcAgent {
         };
         let ctx =
             isola_agent_client::context(RPC_TIMEOUT + Duration::from_secs(timeout_secs.into()));
-        self.rpc
-            .remove_container(ctx, &req)
-            .await
-            .map_err(|e| ShimError::agent("RemoveContainer", e))?;
+        call("RemoveContainer", self.rpc.remove_container(ctx, &req)).await?;
         Ok(())
     }
 
@@ -272,11 +265,7 @@ impl AgentApi for TtrpcAgent {
             container_id: container_id.to_string(),
             ..Default::default()
         };
-        let resp = self
-            .rpc
-            .list_processes(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("ListProcesses", e))?;
+        let resp = call("ListProcesses", self.rpc.list_processes(ctx(), &req)).await?;
         Ok(resp
             .processes
             .into_iter()
@@ -301,10 +290,7 @@ impl AgentApi for TtrpcAgent {
             column: cols,
             ..Default::default()
         };
-        self.rpc
-            .tty_win_resize(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("TtyWinResize", e))?;
+        call("TtyWinResize", self.rpc.tty_win_resize(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -314,10 +300,7 @@ impl AgentApi for TtrpcAgent {
             exec_id: exec_id.to_string(),
             ..Default::default()
         };
-        self.rpc
-            .close_stdin(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("CloseStdin", e))?;
+        call("CloseStdin", self.rpc.close_stdin(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -374,10 +357,7 @@ impl AgentApi for TtrpcAgent {
             container_id: container_id.to_string(),
             ..Default::default()
         };
-        self.rpc
-            .stats_container(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("StatsContainer", e))
+        call("StatsContainer", self.rpc.stats_container(ctx(), &req)).await
     }
 
     async fn update_container(&self, container_id: &str, resources_json: Vec<u8>) -> Result<()> {
@@ -386,10 +366,7 @@ impl AgentApi for TtrpcAgent {
             resources_json,
             ..Default::default()
         };
-        self.rpc
-            .update_container(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("UpdateContainer", e))?;
+        call("UpdateContainer", self.rpc.update_container(ctx(), &req)).await?;
         Ok(())
     }
 
@@ -399,20 +376,18 @@ impl AgentApi for TtrpcAgent {
             cpu_only,
             ..Default::default()
         };
-        self.rpc
-            .online_cpu_mem(ctx(), &req)
-            .await
-            .map_err(|e| ShimError::agent("OnlineCPUMem", e))?;
+        call("OnlineCPUMem", self.rpc.online_cpu_mem(ctx(), &req)).await?;
         Ok(())
     }
 
     async fn get_oom_event(&self) -> Result<String> {
         // No deadline: this long-polls for as long as the sandbox lives.
-        let resp = self
-            .rpc
-            .get_oom_event(ttrpc::context::Context::default(), &Empty::default())
-            .await
-            .map_err(|e| ShimError::agent("GetOOMEvent", e))?;
+        let resp = call(
+            "GetOOMEvent",
+            self.rpc
+                .get_oom_event(ttrpc::context::Context::default(), &Empty::default()),
+        )
+        .await?;
         Ok(resp.container_id)
     }
 }
