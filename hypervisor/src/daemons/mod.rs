@@ -95,6 +95,23 @@ impl Daemon {
         })
     }
 
+    /// [`spawn`](Self::spawn) followed by [`wait_ready`](Self::wait_ready); a daemon that does
+    /// not get ready is stopped again before the error is returned.
+    pub async fn start(
+        name: &'static str,
+        cmd: Command,
+        socket: PathBuf,
+        log: PathBuf,
+        ready_timeout: Duration,
+    ) -> Result<Self, DaemonError> {
+        let mut daemon = Self::spawn(name, cmd, socket, log).await?;
+        if let Err(e) = daemon.wait_ready(ready_timeout).await {
+            let _ = daemon.stop(Duration::ZERO).await;
+            return Err(e);
+        }
+        Ok(daemon)
+    }
+
     /// The daemon's name ("virtiofsd", "vhost-device-vsock").
     pub fn name(&self) -> &'static str {
         self.name

@@ -43,12 +43,7 @@ pub async fn start(
 ) -> Result<Daemon, DaemonError> {
     let mut cmd = Command::new(&cfg.virtiofsd_path);
     cmd.args(args(cfg, &socket, debug));
-    let mut daemon = Daemon::spawn(NAME, cmd, socket, log).await?;
-    if let Err(e) = daemon.wait_ready(READY_TIMEOUT).await {
-        let _ = daemon.stop(Duration::ZERO).await;
-        return Err(e);
-    }
-    Ok(daemon)
+    Daemon::start(NAME, cmd, socket, log, READY_TIMEOUT).await
 }
 
 #[cfg(test)]

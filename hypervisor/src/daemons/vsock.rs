@@ -50,12 +50,7 @@ pub async fn start(
     // It logs through env_logger; quiet unless debugging.
     cmd.env("RUST_LOG", if debug { "debug" } else { "warn" });
     super::remove_if_exists(uds_path).await;
-    let mut daemon = Daemon::spawn(NAME, cmd, vhost_socket, log).await?;
-    if let Err(e) = daemon.wait_ready(READY_TIMEOUT).await {
-        let _ = daemon.stop(Duration::ZERO).await;
-        return Err(e);
-    }
-    Ok(daemon)
+    Daemon::start(NAME, cmd, vhost_socket, log, READY_TIMEOUT).await
 }
 
 #[cfg(test)]
