@@ -1,22 +1,30 @@
 #!/usr/bin/env bash
-# Builds the isola guest image: kernel + agent initrd + "bare floor" initrd.
+# Builds the isola guest image: kernel + agent initrd + "bare floor" initrd, for two kernels.
 #
 #   guest/build.sh --agent <static isola-agent> --floor-init <static floor-init> --out build/guest
 #                  [--compress auto|lz4|zstd|gzip|none] [--keep-module-signatures] [--force]
+#                  [--kernel tailored|debian] [--kernel-out build/kernel]
 #
 # Outputs (in --out):
-#   vmlinuz            the pinned Debian kernel (guest/kernel.env), bzImage as packaged
-#   vmlinux            the same kernel uncompressed (ELF with a PVH entry note): QEMU boots it
-#                      directly with -kernel, skipping the in-guest decompressor (faster, README)
-#   initrd.img         /init = agent, /lib/modules/isola/*.ko, /etc/isola/modules (load order)
-#   floor-initrd.img   /init = floor-init only (measures the kernel's own boot time)
-#   kernel.version     the kernel release string (`uname -r` in the guest), one line
-#   modules.order      copy of the initrd's /etc/isola/modules, for humans and tests
-#   manifest.txt       what went in: package, versions, compression, sizes, sha256s
+#   vmlinux            THE DEFAULT KERNEL: the tailored kernel (guest/build-kernel.sh, built from
+#                      Debian's linux-source with guest/kernel/isola.config, everything built in),
+#                      or with --kernel debian, or when the source package cannot be had (a
+#                      warning says so), a copy of debian/vmlinux. ELF with a PVH entry note:
+#                      QEMU boots it directly with -kernel.
+#   initrd.img         its initrd: /init = agent; for the tailored kernel no modules at all, for
+#                      the Debian one the same as debian/initrd.img
+#   kernel.version     the default kernel's release (`uname -r` in the guest), one line
+#   kernel.kind        `tailored` or `debian`
+#   floor-initrd.img   /init = floor-init only (measures a kernel's own boot time; any kernel)
+#   debian/vmlinuz     the pinned Debian kernel (guest/kernel.env), bzImage as packaged
+#   debian/vmlinux     the same kernel uncompressed (ELF with a PVH entry note)
+#   debian/initrd.img  /init = agent, /lib/modules/isola/*.ko, /etc/isola/modules (load order)
+#   debian/kernel.version, debian/modules.order (copy of the initrd's /etc/isola/modules)
+#   manifest.txt       what went in: packages, versions, compression, sizes, sha256s
 #   cache/             downloaded kernel .deb (kept across builds)
 #
 # Work is skipped ("guest image up to date") when a hash over kernel.env, modules.txt, this script,
-# both binaries and the compression choice matches the stamp of the last successful build.
+# both binaries, the tailored vmlinux and the options matches the stamp of the last build.
 # See guest/README.md for the contract with the agent and how to bump the kernel.
 set -euo pipefail
 
@@ -35,11 +43,11 @@ log() { printf 'guest/build.sh: %s\n' "$*" >&2; }
 die() { printf 'guest/build.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,7p' "$SELF" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,8p' "$SELF" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
-AGENT="" FLOOR_INIT="" OUT="" COMPRESS=auto FORCE=0 KEEP_SIGS=0
+AGENT="" FLOOR_INIT="" OUT="" COMPRESS=auto FORCE=0 KEEP_SIGS=0 KERNEL=tailored KERNEL_OUT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --agent) AGENT=${2:?--agent needs a path}; shift 2 ;;
@@ -47,6 +55,8 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=${2:?--out needs a path}; shift 2 ;;
         --compress) COMPRESS=${2:?--compress needs a value}; shift 2 ;;
         --keep-module-signatures) KEEP_SIGS=1; shift ;;
+        --kernel) KERNEL=${2:?--kernel needs a value}; shift 2 ;;
+        --kernel-out) KERNEL_OUT=${2:?--kernel-out needs a path}; shift 2 ;;
         --force) FORCE=1; shift ;;
         -h|--help) usage ;;
         *) log "unknown argument: $1"; usage ;;
@@ -54,6 +64,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$AGENT" && -n "$FLOOR_INIT" && -n "$OUT" ]] || usage
 case "$COMPRESS" in auto|lz4|zstd|gzip|none) ;; *) die "--compress must be auto, lz4, zstd, gzip or none" ;; esac
+case "$KERNEL" in tailored|debian) ;; *) die "--kernel must be tailored or debian" ;; esac
 
 for tool in apt-get apt-cache dpkg-deb modinfo cpio sha256sum flock readelf; do
     command -v "$tool" >/dev/null || die "'$tool' not found (Debian packages: apt, dpkg, kmod, cpio, coreutils, util-linux, binutils)"
@@ -96,15 +107,38 @@ mkdir -p "$CACHE"
 exec 9>"$OUT/.lock"
 flock 9
 
+# --- 0. the tailored kernel (its own cache: seconds when up to date) -----------------------------
+
+TAILORED_DIR=""
+if [[ "$KERNEL" == tailored ]]; then
+    KERNEL_OUT=${KERNEL_OUT:-$(dirname "$OUT")/kernel}
+    status=0
+    "$GUEST_DIR/build-kernel.sh" --out "$KERNEL_OUT" || status=$?
+    case $status in
+        0) TAILORED_DIR=$(realpath "$KERNEL_OUT") ;;
+        3)
+            KERNEL=debian
+            {
+                echo "guest/build.sh: WARNING: the tailored kernel's source package cannot be had (see above)."
+                echo "guest/build.sh: WARNING: falling back to the Debian cloud kernel as the DEFAULT guest kernel:"
+                echo "guest/build.sh: WARNING: it boots ~2x slower (guest/README.md, \"The guest kernel\")."
+            } >&2
+            ;;
+        *) die "building the tailored kernel failed (guest/build-kernel.sh, status $status)" ;;
+    esac
+fi
+
 # --- up-to-date check ---------------------------------------------------------------------------
 
-OUTPUTS=(vmlinuz vmlinux initrd.img floor-initrd.img kernel.version modules.order manifest.txt)
+OUTPUTS=(vmlinux initrd.img kernel.version kernel.kind floor-initrd.img
+    debian/vmlinuz debian/vmlinux debian/initrd.img debian/kernel.version debian/modules.order
+    manifest.txt)
 STAMP="$OUT/.stamp"
 INPUT_HASH=$(
-    for f in "$KERNEL_ENV" "$MODULES_TXT" "$SELF" "$AGENT" "$FLOOR_INIT"; do
+    for f in "$KERNEL_ENV" "$MODULES_TXT" "$SELF" "$AGENT" "$FLOOR_INIT" ${TAILORED_DIR:+"$TAILORED_DIR/vmlinux"}; do
         sha256sum <"$f"
     done
-    echo "compress=$COMPRESS epoch=$EPOCH keep_sigs=$KEEP_SIGS"
+    echo "compress=$COMPRESS epoch=$EPOCH keep_sigs=$KEEP_SIGS kernel=$KERNEL"
 )
 INPUT_HASH=$(sha256sum <<<"$INPUT_HASH" | cut -d' ' -f1)
 
@@ -331,6 +365,15 @@ chmod 0644 "$STAGE/etc/isola/modules"
 find "$STAGE" -type d -exec chmod 0755 {} +
 chmod 1777 "$STAGE/tmp"
 
+# The tailored kernel's initrd: the agent and the empty mount points, no module directory and no
+# module list (everything is built in; the agent then loads nothing).
+TAILORED_STAGE="$WORK/tailored-initrd"
+mkdir -p "$TAILORED_STAGE"/{proc,sys,dev,run,tmp,mnt}
+cp "$AGENT" "$TAILORED_STAGE/init"
+chmod 0755 "$TAILORED_STAGE/init"
+find "$TAILORED_STAGE" -type d -exec chmod 0755 {} +
+chmod 1777 "$TAILORED_STAGE/tmp"
+
 FLOOR_STAGE="$WORK/floor"
 mkdir -p "$FLOOR_STAGE"
 cp "$FLOOR_INIT" "$FLOOR_STAGE/init"
@@ -344,9 +387,10 @@ make_cpio() { # <dir> <out>
         cpio -o -H newc --reproducible -R 0:0 --quiet) >"$2"
 }
 
-# Compression: explicit choice, or the first of AUTO_COMPRESSION_ORDER the kernel and host support.
+# Compression: explicit choice, or the first of AUTO_COMPRESSION_ORDER both kernels and the host
+# support (the floor initrd is shared by both kernels).
 kernel_supports() { # <CONFIG_RD_x>
-    grep -qx "$1=y" "$KCONFIG"
+    grep -qx "$1=y" "$KCONFIG" && { [[ -z "$TAILORED_DIR" ]] || grep -qx "$1=y" "$TAILORED_DIR/config"; }
 }
 compression_usable() { # <name> -> 0 if the kernel can unpack it and the tool exists
     case "$1" in
@@ -381,9 +425,13 @@ compress() { # <in> <out>
 }
 
 RESULT="$WORK/out"
-mkdir -p "$RESULT"
+mkdir -p "$RESULT/debian"
 make_cpio "$STAGE" "$WORK/initrd.cpio"
-compress "$WORK/initrd.cpio" "$RESULT/initrd.img"
+compress "$WORK/initrd.cpio" "$RESULT/debian/initrd.img"
+if [[ -n "$TAILORED_DIR" ]]; then
+    make_cpio "$TAILORED_STAGE" "$WORK/tailored-initrd.cpio"
+    compress "$WORK/tailored-initrd.cpio" "$RESULT/initrd.img"
+fi
 make_cpio "$FLOOR_STAGE" "$WORK/floor.cpio"
 compress "$WORK/floor.cpio" "$RESULT/floor-initrd.img"
 
@@ -429,33 +477,48 @@ extract_vmlinux() { # <bzImage> <out>
 
 # --- 5. kernel + metadata -----------------------------------------------------------------------
 
-cp "$VMLINUZ" "$RESULT/vmlinuz"
-extract_vmlinux "$VMLINUZ" "$RESULT/vmlinux"
-echo "$KREL" >"$RESULT/kernel.version"
-cp "$STAGE/etc/isola/modules" "$RESULT/modules.order"
+cp "$VMLINUZ" "$RESULT/debian/vmlinuz"
+extract_vmlinux "$VMLINUZ" "$RESULT/debian/vmlinux"
+echo "$KREL" >"$RESULT/debian/kernel.version"
+cp "$STAGE/etc/isola/modules" "$RESULT/debian/modules.order"
+
+# The default kernel: tailored, or the Debian one (by choice or as the fallback).
+if [[ -n "$TAILORED_DIR" ]]; then
+    cp "$TAILORED_DIR/vmlinux" "$RESULT/vmlinux"
+    cp "$TAILORED_DIR/kernel.release" "$RESULT/kernel.version"
+    echo tailored >"$RESULT/kernel.kind"
+else
+    cp "$RESULT/debian/vmlinux" "$RESULT/vmlinux"
+    cp "$RESULT/debian/initrd.img" "$RESULT/initrd.img"
+    cp "$RESULT/debian/kernel.version" "$RESULT/kernel.version"
+    echo debian >"$RESULT/kernel.kind"
+fi
 {
     echo "# isola guest image, built by guest/build.sh"
-    echo "kernel_release=$KREL"
-    echo "kernel_package=$PKG"
-    echo "kernel_package_version=$PKG_VERSION"
+    echo "default_kernel=$(cat "$RESULT/kernel.kind") $(cat "$RESULT/kernel.version")"
+    [[ -n "$TAILORED_DIR" ]] && echo "tailored_kernel_key=$(cat "$TAILORED_DIR/.key")"
+    echo "debian_kernel_release=$KREL"
+    echo "debian_kernel_package=$PKG"
+    echo "debian_kernel_package_version=$PKG_VERSION"
     echo "initrd_compression=$CHOSEN"
     echo "module_signatures=$([[ $STRIP_SIGS -eq 1 ]] && echo stripped || echo kept)"
     echo "module_load_order=${ORDER[*]}"
     for n in "${NOTES[@]}"; do echo "note=$n"; done
-    for f in vmlinuz vmlinux initrd.img floor-initrd.img; do
+    for f in vmlinux initrd.img floor-initrd.img debian/vmlinuz debian/vmlinux debian/initrd.img; do
         echo "$f size=$(stat -c %s "$RESULT/$f") sha256=$(sha256sum <"$RESULT/$f" | cut -d' ' -f1)"
     done
-    echo "initrd_uncompressed_size=$(stat -c %s "$WORK/initrd.cpio")"
+    echo "debian_initrd_uncompressed_size=$(stat -c %s "$WORK/initrd.cpio")"
     echo "agent_sha256=$(sha256sum <"$AGENT" | cut -d' ' -f1)"
     echo "floor_init_sha256=$(sha256sum <"$FLOOR_INIT" | cut -d' ' -f1)"
 } >"$RESULT/manifest.txt"
 
 # Publish: each output replaced atomically, stamp written last.
-rm -f "$STAMP"
+rm -f "$STAMP" "$OUT/vmlinuz" "$OUT/modules.order"   # (the layout before debian/)
+mkdir -p "$OUT/debian"
 for f in "${OUTPUTS[@]}"; do
     mv -f "$RESULT/$f" "$OUT/$f"
 done
 echo "$INPUT_HASH" >"$STAMP"
 
-log "kernel $KREL ($PKG_VERSION), initrd $CHOSEN-compressed, modules: ${ORDER[*]}"
+log "default kernel: $(cat "$OUT/kernel.kind") $(cat "$OUT/kernel.version"); Debian kernel $KREL ($PKG_VERSION) in debian/, initrds $CHOSEN-compressed, its modules: ${ORDER[*]}"
 echo "guest image built in $OUT"

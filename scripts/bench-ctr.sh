@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # make bench, the containerd part: `ctr run --rm <image> true` start-to-exit for isola and for
 # runc side by side (alternating runs, one private containerd), next to the bare VM boot floor
-# measured by `isola bench boot` in the same run; then the host memory of one idle pod; then the
-# exec round trip (`ctr task exec <running container> true`) into that pod and into a runc
-# container.
+# measured by `isola bench boot` in the same run (floor and agent-ready for the configured,
+# default kernel and, when build/guest/debian/ has it, for the Debian kernel too, with their
+# ratio); then the host memory of one idle pod; then the exec round trip
+# (`ctr task exec <running container> true`) into that pod and into a runc container.
 #
 #   scripts/bench-ctr.sh [runs]        (after make build guest images)
 set -euo pipefail
@@ -23,11 +24,15 @@ now() { date +%s.%N; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-# The VM floor and isola's own boot, from the foundation benchmark.
+# The VM floor and isola's own boot, for both kernels.
+compare=()
+if [ -f build/guest/debian/vmlinux ] && [ -f build/guest/debian/initrd.img ]; then
+  compare=(--compare-kernel build/guest/debian/vmlinux --compare-initrd build/guest/debian/initrd.img)
+fi
 boot_out=$("$root/target/release/isola" --log error bench boot --runs "$runs" \
-  --floor-initrd build/guest/floor-initrd.img)
+  --floor-initrd build/guest/floor-initrd.img "${compare[@]}")
 echo "$boot_out"
-floor=$(echo "$boot_out" | awk '/floor/ { for (i = 1; i <= NF; i++) if ($i == "median") print $(i + 1) }')
+floor=$(echo "$boot_out" | awk '$1 == "default" && $2 == "floor" { for (i = 1; i <= NF; i++) if ($i == "median") print $(i + 1) }')
 
 $dev start >/dev/null
 trap '$dev stop >/dev/null' EXIT
@@ -45,12 +50,13 @@ run_once io.containerd.runc.v2 warm-r >/dev/null
 run_once io.containerd.isola.v2 warm-i >/dev/null
 isola_t="" runc_t=""
 for n in $(seq 1 "$runs"); do
-  runc_t="$runc_t $(run_once io.containerd.runc.v2 bench-r-$n)"
-  isola_t="$isola_t $(run_once io.containerd.isola.v2 bench-i-$n)"
+  runc_t="$runc_t $(run_once io.containerd.runc.v2 bench-r-"$n")"
+  isola_t="$isola_t $(run_once io.containerd.isola.v2 bench-i-"$n")"
 done
 mi=$(echo "$isola_t" | median)
 mr=$(echo "$runc_t" | median)
-echo "bench-ctr: ctr run --rm $image true, $runs runs each (alternating)"
+guest_kernel=$(sed -n 's/^kernel *= *"\(.*\)"/\1/p' "$ISOLA_CONFIG" | head -n 1)
+echo "bench-ctr: ctr run --rm $image true, $runs runs each (alternating), guest kernel ${guest_kernel:-(configuration default)}"
 printf '  runc   median %6.3f s   [%s ]\n' "$mr" "$runc_t"
 printf '  isola  median %6.3f s   [%s ]\n' "$mi" "$isola_t"
 printf '  ratio isola/VM floor: %s  (aim <= 1.25)   ratio isola/runc: %s\n' "$(ratio "$mi" "$floor")" "$(ratio "$mi" "$mr")"

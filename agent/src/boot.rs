@@ -37,8 +37,11 @@ pub fn start(started: Instant) {
         .position(|n| n == SERVING_NEEDS)
         .map_or(names.len(), |i| i + 1);
     let (now, later) = names.split_at(split);
-    load(now, started, "kernel modules for vsock loaded");
-    let later = later.to_vec();
+    let (now, later) = (
+        modules::still_needed_here(now),
+        modules::still_needed_here(later),
+    );
+    load(&now, started, "kernel modules for vsock loaded");
     let spawned = std::thread::Builder::new()
         .name("boot".into())
         .spawn(move || {
@@ -57,6 +60,9 @@ pub fn start(started: Instant) {
 }
 
 fn load(names: &[String], started: Instant, what: &str) {
+    if names.is_empty() {
+        return;
+    }
     let dir = Path::new(modules::MODULE_DIR);
     for name in names {
         if let Err(e) = modules::load_one(dir, name) {

@@ -2,7 +2,8 @@
 //!
 //! The image build (guest/build.sh) writes `/etc/isola/modules`: one `.ko` file name per line, in
 //! dependency order, the files themselves in `/lib/modules/isola/`. A kernel with the drivers
-//! built in ships an empty list, and nothing is loaded.
+//! built in (the tailored kernel) ships neither list nor directory, and nothing is loaded; a
+//! module the kernel already has (`/sys/module/<name>`) is skipped ([`still_needed`]).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -88,6 +89,38 @@ pub fn read_list(list: &Path) -> Result<Vec<String>, ModuleError> {
     parse_list(&text, list)
 }
 
+/// The kernel's name of a module file: `virtio-net.ko` -> `virtio_net` (the kernel treats `-`
+/// and `_` alike and shows `_` under /sys/module).
+pub fn module_name(file: &str) -> String {
+    file.strip_suffix(".ko").unwrap_or(file).replace('-', "_")
+}
+
+/// Which of the listed module files still need loading: none when the image has no module
+/// directory (a kernel with its drivers built in, e.g. the tailored one), otherwise those the
+/// kernel does not already have (`present(name)`: `/sys/module/<name>` exists, i.e. loaded or
+/// built in). Keeps the list's order. The Debian kernel's path costs one failed stat per module.
+pub fn still_needed(
+    files: &[String],
+    have_module_dir: bool,
+    present: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    if !have_module_dir {
+        return Vec::new();
+    }
+    files
+        .iter()
+        .filter(|f| !present(&module_name(f)))
+        .cloned()
+        .collect()
+}
+
+/// [`still_needed`] against this guest: [`MODULE_DIR`] and `/sys/module`.
+pub fn still_needed_here(files: &[String]) -> Vec<String> {
+    still_needed(files, Path::new(MODULE_DIR).is_dir(), |name| {
+        Path::new("/sys/module").join(name).exists()
+    })
+}
+
 /// Loads modules named by the host (CreateSandbox's `kernel_modules`): plain module names
 /// (`.ko` optional) from `dir`, in order.
 pub fn load_named(dir: &Path, names: &[String]) -> Result<usize, ModuleError> {
@@ -164,6 +197,33 @@ mod tests {
         assert!(matches!(err, ModuleError::BadName { .. }), "{err}");
         let err = load_named(dir.path(), &["dummy".into()]).unwrap_err();
         assert!(err.to_string().contains("dummy.ko"), "{err}");
+    }
+
+    fn files(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn no_module_directory_means_nothing_to_load() {
+        let list = files(&["virtio_ring.ko", "vsock.ko"]);
+        assert!(still_needed(&list, false, |_| false).is_empty());
+    }
+
+    #[test]
+    fn modules_the_kernel_has_are_skipped_in_order() {
+        let list = files(&["virtio_ring.ko", "virtio-net.ko", "vsock.ko", "fuse.ko"]);
+        let present = |n: &str| n == "virtio_net" || n == "fuse";
+        assert_eq!(
+            still_needed(&list, true, present),
+            ["virtio_ring.ko", "vsock.ko"]
+        );
+        assert_eq!(
+            still_needed(&list, true, |_| false),
+            list,
+            "Debian path: all"
+        );
+        assert!(still_needed(&list, true, |_| true).is_empty());
+        assert_eq!(module_name("vmw_vsock-virtio.ko"), "vmw_vsock_virtio");
     }
 
     #[test]

@@ -135,6 +135,26 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
             ),
         }
     }
+    if h.kernel.is_file() {
+        match crate::kernel::inspect(&h.kernel) {
+            Ok(info) => {
+                let (ok, text) = crate::kernel::describe(&info);
+                let status = if !ok {
+                    Status::Fail
+                } else if info.kind() == crate::kernel::Kind::Tailored {
+                    Status::Ok
+                } else {
+                    Status::Warn
+                };
+                r.line(status, "guest kernel", text);
+            }
+            Err(e) => r.line(
+                Status::Fail,
+                "guest kernel",
+                format!("reading {}: {e}", h.kernel.display()),
+            ),
+        }
+    }
     if let Some(fw) = h.firmware_path() {
         match host::file_size(fw) {
             Ok(_) => r.line(Status::Ok, "firmware", fw.display().to_string()),

@@ -2,7 +2,7 @@
 //! vsock helpers, and check lifecycle and cleanup.
 //!
 //! The guest images come from `ISOLA_TEST_KERNEL` / `ISOLA_TEST_INITRD`, defaulting to
-//! `build/guest/{vmlinuz,initrd.img}` in the workspace. A missing image fails the test with
+//! `build/guest/{vmlinux,initrd.img}` in the workspace. A missing image fails the test with
 //! a message saying so. The tests are named `vm_*` so the nextest configuration can run them
 //! in a serial group (each boots a VM; on 2 cores under TCG they would starve each other).
 //!
@@ -54,7 +54,7 @@ fn config(dir: &Path, id: &str) -> VmConfig {
         id: id.into(),
         state_dir: dir.join("state"),
         qemu_path: binary("ISOLA_TEST_QEMU", "qemu-system-x86_64"),
-        kernel: image("ISOLA_TEST_KERNEL", "vmlinuz"),
+        kernel: image("ISOLA_TEST_KERNEL", "vmlinux"),
         initrd: image("ISOLA_TEST_INITRD", "initrd.img"),
         firmware: Some("/usr/share/qemu/qboot.rom".into()).filter(|p: &PathBuf| p.exists()),
         accelerator: AcceleratorChoice::Auto,

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Builds the tailored isola guest kernel from Debian's kernel source package.
+#
+#   guest/build-kernel.sh --out build/kernel [--jobs N] [--force]
+#
+# 1. `apt-get download` of LINUX_SOURCE_PACKAGE=LINUX_SOURCE_VERSION (guest/kernel.env), cached
+#    in <out>/cache/; 2. the tarball extracted to <out>/src/; 3. `make allnoconfig` with the
+#    fragment guest/kernel/isola.config merged in (scripts/kconfig/merge_config.sh -n), then
+#    `make olddefconfig`; 4. every option of the fragment checked against the final .config
+#    (Kconfig silently drops options whose dependencies are unmet: this fails naming them);
+#    5. `make vmlinux`, stripped, its PVH entry note checked.
+#
+# Outputs (in --out): vmlinux (stripped ELF with the PVH note: QEMU boots it with -kernel),
+# config (the final .config), kernel.release (its `uname -r`), build.log, .key.
+# Cached: when the key (a hash of the source package and version, the fragment, this script and
+# the compiler) matches .key and vmlinux exists, nothing is done ("tailored kernel up to date").
+#
+# Exit status: 0 built or up to date; 3 the source package cannot be had (not in apt, download
+# failed, not cached: the caller may fall back to the Debian kernel); anything else: failure.
+set -euo pipefail
+
+GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SELF="$GUEST_DIR/$(basename "${BASH_SOURCE[0]}")"
+FRAGMENT="$GUEST_DIR/kernel/isola.config"
+KERNEL_ENV="$GUEST_DIR/kernel.env"
+
+log() { printf 'guest/build-kernel.sh: %s\n' "$*" >&2; }
+die() { printf 'guest/build-kernel.sh: error: %s\n' "$*" >&2; exit 1; }
+unavailable() { printf 'guest/build-kernel.sh: source unavailable: %s\n' "$*" >&2; exit 3; }
+
+OUT="" JOBS=2 FORCE=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --out) OUT=${2:?--out needs a path}; shift 2 ;;
+        --jobs) JOBS=${2:?--jobs needs a number}; shift 2 ;;
+        --force) FORCE=1; shift ;;
+        -h|--help) sed -n '2,19p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+        *) die "unknown argument: $1" ;;
+    esac
+done
+[[ -n "$OUT" ]] || die "--out is required"
+[[ "$JOBS" =~ ^[1-9][0-9]*$ ]] || die "--jobs must be a positive number"
+[[ -f "$FRAGMENT" ]] || die "missing $FRAGMENT"
+
+LINUX_SOURCE_PACKAGE="" LINUX_SOURCE_VERSION=""
+# shellcheck source=/dev/null
+source "$KERNEL_ENV"
+[[ "$LINUX_SOURCE_PACKAGE" =~ ^linux-source-[0-9.]+$ ]] || die "LINUX_SOURCE_PACKAGE missing or malformed in $KERNEL_ENV"
+[[ "$LINUX_SOURCE_VERSION" =~ ^[0-9][0-9a-z.+~-]*$ ]] || die "LINUX_SOURCE_VERSION missing or malformed in $KERNEL_ENV"
+PKG=$LINUX_SOURCE_PACKAGE
+VER=$LINUX_SOURCE_VERSION
+
+for tool in gcc make bc bison flex dpkg-deb tar xz strip readelf sha256sum flock; do
+    command -v "$tool" >/dev/null ||
+        die "'$tool' not found (Debian packages: gcc make bc bison flex libelf-dev xz-utils binutils; scripts/setup.sh installs them)"
+done
+[[ -f /usr/include/gelf.h ]] || die "libelf headers missing (objtool needs them): apt-get install libelf-dev"
+
+mkdir -p "$OUT"
+OUT=$(realpath "$OUT")
+exec 9>"$OUT/.lock"
+flock 9
+
+KEY=$(
+    echo "$PKG=$VER"
+    sha256sum <"$FRAGMENT"
+    sha256sum <"$SELF"
+    gcc --version | head -n1
+)
+KEY=$(sha256sum <<<"$KEY" | cut -d' ' -f1)
+if [[ $FORCE -eq 0 && -s "$OUT/vmlinux" && -f "$OUT/.key" && "$(cat "$OUT/.key")" == "$KEY" ]]; then
+    echo "tailored kernel up to date ($OUT/vmlinux, $(cat "$OUT/kernel.release"))"
+    exit 0
+fi
+
+# --- 1. the source package ----------------------------------------------------------------------
+
+CACHE="$OUT/cache"
+mkdir -p "$CACHE"
+DEB="$CACHE/${PKG}_${VER}_all.deb"
+if [[ ! -f "$DEB" ]]; then
+    known() { apt-cache madison "$PKG" 2>/dev/null | awk -F'|' '{ gsub(/ /, "", $2); print $2 }' | grep -qxF -- "$VER"; }
+    if ! known && [[ $EUID -eq 0 ]]; then
+        log "$PKG $VER unknown to apt; running apt-get update once"
+        apt-get update -qq || log "apt-get update failed"
+    fi
+    known || unavailable "apt offers no $PKG version $VER (apt-cache policy $PKG; update LINUX_SOURCE_VERSION in $KERNEL_ENV)"
+    log "downloading $PKG $VER (~140 MB)"
+    dl=$(mktemp -d "$CACHE/.dl.XXXXXX")
+    apt_opts=()
+    [[ $EUID -eq 0 ]] && apt_opts+=(-o APT::Sandbox::User=root)
+    if ! (cd "$dl" && apt-get "${apt_opts[@]}" -q download "$PKG=$VER") >&2; then
+        rm -rf "$dl"
+        unavailable "apt-get download $PKG=$VER failed"
+    fi
+    mv "$dl/${PKG}_${VER}_all.deb" "$DEB" || { rm -rf "$dl"; die "apt-get download produced no ${PKG}_${VER}_all.deb"; }
+    rm -rf "$dl"
+fi
+[[ "$(dpkg-deb -f "$DEB" Package)" == "$PKG" && "$(dpkg-deb -f "$DEB" Version)" == "$VER" ]] ||
+    die "$DEB is not $PKG $VER (delete it and rerun)"
+
+# --- 2. the source tree (kept between builds: a changed fragment rebuilds incrementally) ---------
+
+SRC="$OUT/src/$PKG"
+if [[ "$(cat "$OUT/src/.version" 2>/dev/null)" != "$PKG=$VER" || ! -f "$SRC/Makefile" ]]; then
+    log "extracting $PKG $VER"
+    rm -rf "$OUT/src"
+    mkdir -p "$OUT/src"
+    dpkg-deb --fsys-tarfile "$DEB" | tar -xO "./usr/src/$PKG.tar.xz" | tar -xJ -C "$OUT/src" ||
+        die "extracting /usr/src/$PKG.tar.xz from $DEB failed (delete it and rerun)"
+    [[ -f "$SRC/Makefile" ]] || die "$DEB did not contain $PKG/Makefile"
+    echo "$PKG=$VER" >"$OUT/src/.version"
+fi
+
+# --- 3. configuration ---------------------------------------------------------------------------
+
+BUILD_LOG="$OUT/build.log"
+: >"$BUILD_LOG"
+KVARS=(KBUILD_BUILD_USER=isola KBUILD_BUILD_HOST=isola)
+[[ -n "${SOURCE_DATE_EPOCH:-}" ]] && KVARS+=(KBUILD_BUILD_TIMESTAMP="@$SOURCE_DATE_EPOCH")
+kmake() {
+    make -C "$SRC" "${KVARS[@]}" "$@" >>"$BUILD_LOG" 2>&1
+}
+rm -f "$SRC/.config"
+(cd "$SRC" && scripts/kconfig/merge_config.sh -n "$FRAGMENT") >>"$BUILD_LOG" 2>&1 ||
+    die "merge_config.sh failed (see $BUILD_LOG)"
+kmake olddefconfig || die "make olddefconfig failed (see $BUILD_LOG)"
+
+# --- 4. every option of the fragment survived ----------------------------------------------------
+
+missing=()
+while IFS= read -r line; do
+    if [[ "$line" =~ ^(CONFIG_[A-Za-z0-9_]+)=(.*)$ ]]; then
+        grep -qxF -- "$line" "$SRC/.config" ||
+            missing+=("${BASH_REMATCH[1]} (wanted ${BASH_REMATCH[2]}, got $(grep -E "^${BASH_REMATCH[1]}=" "$SRC/.config" | cut -d= -f2- || echo 'unset'))")
+    elif [[ "$line" =~ ^#\ (CONFIG_[A-Za-z0-9_]+)\ is\ not\ set$ ]]; then
+        ! grep -qE "^${BASH_REMATCH[1]}=" "$SRC/.config" ||
+            missing+=("${BASH_REMATCH[1]} (wanted off, got $(grep -E "^${BASH_REMATCH[1]}=" "$SRC/.config" | cut -d= -f2-))")
+    fi
+done <"$FRAGMENT"
+if [[ ${#missing[@]} -gt 0 ]]; then
+    {
+        echo "guest/build-kernel.sh: error: ${#missing[@]} option(s) of $FRAGMENT did not survive olddefconfig"
+        echo "(an unmet dependency, or a select from elsewhere; see 'depends on' in $SRC, e.g. make menuconfig, '/' search):"
+        printf '  %s\n' "${missing[@]}"
+    } >&2
+    exit 1
+fi
+log "configuration: $(grep -c '=y$' "$SRC/.config") options on, all $(grep -cE '^(CONFIG_|# CONFIG_.* is not set)' "$FRAGMENT") fragment options as asked"
+
+# --- 5. build -----------------------------------------------------------------------------------
+
+log "building vmlinux with make -j$JOBS (a few minutes; log: $BUILD_LOG)"
+started=$(date +%s)
+if ! kmake -j"$JOBS" vmlinux; then
+    tail -n 30 "$BUILD_LOG" >&2
+    die "kernel build failed (see $BUILD_LOG)"
+fi
+RELEASE=$(make -s -C "$SRC" kernelrelease 2>/dev/null)
+[[ -n "$RELEASE" ]] || die "make kernelrelease printed nothing"
+
+strip -o "$OUT/vmlinux.new" "$SRC/vmlinux"
+# The PVH entry point (XEN_ELFNOTE_PHYS32_ENTRY, type 0x12) is what lets QEMU boot the ELF.
+# (grep without -q: an early exit would SIGPIPE readelf and fail the pipeline.)
+readelf -nW "$OUT/vmlinux.new" 2>/dev/null |
+    grep -E 'Xen[[:space:]]+0x[0-9a-f]+[[:space:]]+(Unknown note type: \(0x00000012\)|XEN_ELFNOTE_PHYS32_ENTRY)' >/dev/null ||
+    die "the built vmlinux has no PVH entry note"
+
+# Publish; the key last.
+rm -f "$OUT/.key"
+cp "$SRC/.config" "$OUT/config"
+echo "$RELEASE" >"$OUT/kernel.release"
+mv -f "$OUT/vmlinux.new" "$OUT/vmlinux"
+echo "$KEY" >"$OUT/.key"
+log "built $RELEASE in $(($(date +%s) - started)) s: $OUT/vmlinux ($(($(stat -c %s "$OUT/vmlinux") / 1024)) KiB)"
