@@ -44,6 +44,7 @@ guest: agent
 # script or /bin/busybox change).
 images:
 	scripts/build-test-image.sh $(IMAGES_OUT)/busybox.tar
+	IMAGE_KIND=pause scripts/build-test-image.sh $(IMAGES_OUT)/pause.tar
 
 # The main job: a private containerd (scripts/containerd-dev.sh) runs a container in its own VM
 # with ctr run --runtime io.containerd.isola.v2, then stops again.
@@ -60,17 +61,23 @@ lint:
 test: setup guest images lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-# Boot (spawn -> agent ready vs the bare-kernel floor), then ctr run --rm start-to-exit for
-# isola vs runc vs that floor, then the host memory of one idle pod: all in one run.
+# Boot (spawn -> agent ready vs the bare-kernel floor) for the default (tailored) kernel and the
+# Debian kernel side by side, then ctr run --rm start-to-exit for isola vs runc vs that floor,
+# then the host memory of one idle pod, then pod start to container running through CRI for isola
+# vs runc: all in one run.
 bench: setup build guest images
 	scripts/dev-config.sh $(CURDIR) > build/isola-dev.toml
 	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml scripts/bench-ctr.sh $(BENCH_RUNS)
+	$(CARGO) build --release -p isola-tests --bin bench-pod
+	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-pod $(BENCH_RUNS)
 
 install: build guest
 	install -D -m 0755 target/release/isola $(DESTDIR)$(PREFIX)/bin/isola
 	install -D -m 0755 target/release/$(SHIM) $(DESTDIR)$(PREFIX)/bin/$(SHIM)
 	install -D -m 0644 $(GUEST_OUT)/vmlinux $(DESTDIR)$(PREFIX)/share/isola/vmlinux
 	install -D -m 0644 $(GUEST_OUT)/initrd.img $(DESTDIR)$(PREFIX)/share/isola/initrd.img
+	install -D -m 0644 $(GUEST_OUT)/debian/vmlinux $(DESTDIR)$(PREFIX)/share/isola/debian/vmlinux
+	install -D -m 0644 $(GUEST_OUT)/debian/initrd.img $(DESTDIR)$(PREFIX)/share/isola/debian/initrd.img
 	sed 's|"/usr/local/share/isola/|"$(PREFIX)/share/isola/|' config/configuration.toml > build/configuration.toml
 	install -D -m 0644 build/configuration.toml $(DESTDIR)$(PREFIX)/share/isola/configuration.toml
 	@echo "installed; to add the runtime to containerd's CRI: $(PREFIX)/bin/isola install containerd"

@@ -8,10 +8,23 @@
 #
 # Cached: rebuilt only when this script or /bin/busybox changes (a hash of both is kept next to
 # the tarball in <out>.inputs). Set IMAGE_NAME to name the image differently.
+#
+# IMAGE_KIND=pause makes the pod sandbox ("pause") image the CRI tests configure as containerd's
+# sandbox_image instead: the same files, entrypoint `/bin/sleep 2147483647`.
+#
+#   IMAGE_KIND=pause scripts/build-test-image.sh build/images/pause.tar  # localhost/isola/pause:latest
 set -euo pipefail
 
 out=${1:?usage: build-test-image.sh <out.tar>}
-name=${IMAGE_NAME:-localhost/isola/busybox:latest}
+kind=${IMAGE_KIND:-busybox}
+case "$kind" in
+  busybox) name=${IMAGE_NAME:-localhost/isola/busybox:latest}
+           config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-busybox) ;;
+  pause)   name=${IMAGE_NAME:-localhost/isola/pause:latest}
+           config=(--config.entrypoint /bin/sleep --config.cmd 2147483647
+                   --config.label org.opencontainers.image.title=isola-test-pause) ;;
+  *) echo "IMAGE_KIND must be busybox or pause, not $kind" >&2; exit 1 ;;
+esac
 busybox=${BUSYBOX:-/bin/busybox}
 
 log() { printf '\033[1m[image]\033[0m %s\n' "$*"; }
@@ -29,7 +42,7 @@ if ldd "$busybox" >/dev/null 2>&1; then
   exit 1
 fi
 
-inputs=$( { sha256sum "$0" "$busybox" | cut -d' ' -f1; echo "$name"; } | sha256sum | cut -d' ' -f1)
+inputs=$( { sha256sum "$0" "$busybox" | cut -d' ' -f1; echo "$name $kind"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$inputs" ]; then
   log "$out is up to date ($name)"
   exit 0
@@ -76,10 +89,9 @@ umoci repack --image "$layout:latest" --history.created "$created" \
   --history.created_by "scripts/build-test-image.sh" "$bundle"
 umoci config --image "$layout:latest" --created "$created" --history.created "$created" \
   --os linux --architecture amd64 \
-  --config.cmd sh \
+  "${config[@]}" \
   --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-  --config.workingdir / \
-  --config.label org.opencontainers.image.title=isola-test-busybox
+  --config.workingdir /
 umoci gc --layout "$layout"
 
 # An OCI layout archive whose index names the image in full

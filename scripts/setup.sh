@@ -12,9 +12,11 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-system-data   # the VMM and qboot.rom
   libseccomp-dev libcap-ng-dev       # to build virtiofsd
   cpio kmod lz4 zstd                 # the guest image build
+  gcc make bc bison flex libelf-dev xz-utils   # the tailored guest kernel (guest/build-kernel.sh)
   busybox-static umoci skopeo        # local test images (no registry here)
   containerd runc                    # the container engine and the runc baseline
   containernetworking-plugins iproute2
+  protobuf-compiler                  # protoc, for the k8s-cri crate (the CRI test client)
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

@@ -66,7 +66,7 @@ impl Sandbox {
             return Err(AgentError::InvalidArgument("sandbox_id is empty".into()));
         }
         if req.sandbox_pidns {
-            tracing::warn!(sandbox = %req.sandbox_id, "a sandbox-wide PID namespace is not supported yet; containers get the PID namespaces their specs ask for");
+            tracing::info!(sandbox = %req.sandbox_id, "sandbox_pidns is not used: containers share the sandbox container's PID namespace when their specs join it (shareProcessNamespace)");
         }
         modules::load_named(Path::new(modules::MODULE_DIR), &req.kernel_modules).map_err(|e| {
             match e {

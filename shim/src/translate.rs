@@ -3,10 +3,12 @@
 //! - `root.path` becomes the container's rootfs in the guest's view of the shared directory;
 //! - bind mounts become binds of `<shared>/<cid>/mounts/<n>` (shared by the host, see
 //!   [`crate::mounts`]), destinations and options kept; device nodes are never shared;
+//! - pod semantics (namespaces shared with the pod's sandbox container, the pod's network,
+//!   `/dev/shm` and emptyDir volumes in the guest) are [`crate::pod`]'s;
 //! - host-only parts are dropped or mapped: `linux.cgroupsPath` becomes `/isola/<cid>`,
-//!   `linux.devices` (host device numbers), namespace `path`s (host namespaces; the types are
-//!   kept), hooks (host binaries), AppArmor/SELinux labels (host policy), Intel RDT, host
-//!   network devices, and per-device block I/O limits (host device numbers).
+//!   `linux.devices` (host device numbers), hooks (host binaries), AppArmor/SELinux labels
+//!   (host policy), Intel RDT, host network devices, and per-device block I/O limits (host
+//!   device numbers).
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +16,7 @@ use oci_spec::runtime::{Mount, MountBuilder, Spec};
 
 use crate::error::{Result, ShimError};
 use crate::mounts::{HostBind, SourceKind};
+use crate::pod::{self, PodRole};
 
 /// Where the guest agent mounts the sandbox's shared directory.
 pub const GUEST_SHARED_DIR: &str = "/run/isola/shared";
@@ -77,7 +80,9 @@ pub fn translate(
     };
     root.set_path(guest_rootfs(cid));
 
-    let binds = translate_mounts(&mut spec, cid, bundle, classify, &mut dropped)?;
+    let role = PodRole::of(&spec, cid)?;
+    let binds = translate_mounts(&mut spec, cid, bundle, &role, classify, &mut dropped)?;
+    pod::translate_namespaces(&mut spec, &role, &mut dropped);
 
     if spec.hooks().is_some() {
         dropped.push("hooks (host binaries cannot run in the guest)".into());
@@ -102,14 +107,6 @@ pub fn translate(
             ));
         }
         linux.set_devices(None);
-        if let Some(namespaces) = linux.namespaces_mut() {
-            for ns in namespaces.iter_mut() {
-                if let Some(path) = ns.path().clone() {
-                    dropped.push(format!("{:?} namespace path {}", ns.typ(), path.display()));
-                    ns.set_path(None);
-                }
-            }
-        }
         if linux.intel_rdt().is_some() {
             dropped.push("Intel RDT (host resource)".into());
             linux.set_intel_rdt(None);
@@ -153,6 +150,7 @@ fn translate_mounts(
     spec: &mut Spec,
     cid: &str,
     bundle: &Path,
+    role: &PodRole,
     classify: &dyn Fn(&Path) -> SourceKind,
     dropped: &mut Vec<String>,
 ) -> Result<Vec<HostBind>> {
@@ -177,6 +175,14 @@ fn translate_mounts(
         } else {
             source
         };
+        if let Some(guest_source) = pod::pod_volume_source(&m, &source, role)? {
+            out.push(guest_mount(
+                &m,
+                guest_source,
+                m.options().clone().unwrap_or_default(),
+            )?);
+            continue;
+        }
         let kind = classify(&source);
         match kind {
             SourceKind::Missing => {
@@ -203,21 +209,29 @@ fn translate_mounts(
             recursive: options.iter().any(|o| o == "rbind"),
             readonly: options.iter().any(|o| o == "ro"),
         });
-        let mut guest = MountBuilder::default()
-            .destination(m.destination().clone())
-            .typ("bind")
-            .source(guest_bind(cid, index))
-            .options(options)
-            .build()
-            .map_err(|e| {
-                ShimError::Internal(format!("building the guest mount for {dest}: {e}"))
-            })?;
-        guest.set_uid_mappings(m.uid_mappings().clone());
-        guest.set_gid_mappings(m.gid_mappings().clone());
-        out.push(guest);
+        out.push(guest_mount(&m, guest_bind(cid, index), options)?);
     }
     spec.set_mounts(Some(out));
     Ok(binds)
+}
+
+/// The guest's bind of `source` in place of the host's bind `m`.
+fn guest_mount(m: &Mount, source: PathBuf, options: Vec<String>) -> Result<Mount> {
+    let mut guest = MountBuilder::default()
+        .destination(m.destination().clone())
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+        .map_err(|e| {
+            ShimError::Internal(format!(
+                "building the guest mount for {}: {e}",
+                m.destination().display()
+            ))
+        })?;
+    guest.set_uid_mappings(m.uid_mappings().clone());
+    guest.set_gid_mappings(m.gid_mappings().clone());
+    Ok(guest)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! A private containerd for tests: its own root, state, sockets and log under a short temporary
-//! directory (`/tmp/isola-c.XXXXXX`), the isola shim from the cargo target directory on its
+//! directory (`/tmp/ic.XXXXXX`), the isola shim from the cargo target directory on its
 //! `PATH`, and `ISOLA_CONFIG` pointing at a [`TestEnv`] configuration whose state directory lives
 //! inside that temporary directory too.
 //!
@@ -17,14 +17,14 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::ctr_child::Hold;
 pub use crate::ctr_child::{pseudo_random_bytes, run_with_deadline, CtrChild};
+use crate::ctr_child::{wait_task_started, Hold};
 pub use crate::mounts::mounts_under;
 use crate::{processes_mentioning, repo_root, TestEnv};
 
@@ -39,7 +39,8 @@ pub const TEST_IMAGE: &str = "localhost/isola/busybox:latest";
 /// How long one `ctr` invocation may take before the test fails (VMs boot under TCG here).
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 
-const DIR_PREFIX: &str = "isola-c.";
+/// Short: a CRI pod's VM sockets live at <dir>/s/vm/<64-character id>/ (107-byte limit).
+const DIR_PREFIX: &str = "ic.";
 const OWNER_FILE: &str = "owner.pid";
 
 /// The directory holding the shim binary: `$ISOLA_SHIM_DIR`, else the cargo profile directory of
@@ -144,6 +145,8 @@ pub struct Containerd {
     env: TestEnv,
     isola_config: PathBuf,
     child: Option<Child>,
+    /// Declared after `child`: the forking thread ends only once containerd is stopped.
+    _keeper: crate::keeper::Keeper,
 }
 
 impl Containerd {
@@ -170,9 +173,12 @@ impl Containerd {
             .keep();
         std::fs::write(dir.join(OWNER_FILE), std::process::id().to_string())
             .expect("writing the owner file");
-        let state_dir = dir.join("isola");
+        // Short: CRI sandbox ids are 64 characters, and the VM's sockets under
+        // <state>/vm/<id>/ must stay within the 107-byte Unix socket path limit.
+        let state_dir = dir.join("s");
         std::fs::create_dir_all(&state_dir).expect("creating isola's state directory");
         std::fs::create_dir_all(dir.join("cni/net.d")).expect("creating the CNI conf directory");
+        crate::cri::write_cni_config(&dir).expect("writing the CNI configuration");
         std::fs::create_dir_all(dir.join("fifo")).expect("creating the fifo directory");
         env.config.runtime.state_dir = state_dir;
         if move_env {
@@ -211,7 +217,7 @@ impl Containerd {
                 nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
             });
         }
-        let child = match cmd.spawn() {
+        let (child, keeper) = match crate::keeper::spawn_kept(cmd) {
             Ok(c) => c,
             Err(e) => {
                 cleanup_dir(&dir);
@@ -223,6 +229,7 @@ impl Containerd {
             env,
             isola_config,
             child: Some(child),
+            _keeper: keeper,
         };
         c.wait_ready();
         c
@@ -436,7 +443,8 @@ impl Containerd {
             let mut ls = self.ctr_command();
             ls.args(["tasks", "ls"]);
             let id = id.to_string();
-            Box::new(move |exited: &AtomicBool| wait_task_started(ls, &id, exited)) as Hold
+            Box::new(move |exited: &AtomicBool| wait_task_started(ls, &id, exited, CTR_TIMEOUT))
+                as Hold
         });
         let result = CtrChild::spawn_with_input(&mut command, input, hold, args.join(" "))
             .and_then(|mut c| c.wait_timeout(CTR_TIMEOUT));
@@ -677,6 +685,7 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri"]
   restrict_oom_score_adj = true
   stream_server_port = "0"
+  sandbox_image = "{pause}"
 
 [plugins."io.containerd.grpc.v1.cri".cni]
   bin_dir = "/usr/lib/cni"
@@ -688,11 +697,13 @@ state = "{d}/state"
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
   runtime_type = "{RUNTIME}"
+  pod_annotations = ["io.isola.config.*"]
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
   ConfigPath = "{cfg}"
 "#,
-        cfg = isola_config.display()
+        cfg = isola_config.display(),
+        pause = crate::cri::PAUSE_IMAGE,
     )
 }
 
@@ -752,23 +763,6 @@ fn reap_stale() {
     }
 }
 
-/// Polls `ls` (`ctr tasks ls`) until task `id` is RUNNING or STOPPED, or `exited` is set.
-fn wait_task_started(mut ls: Command, id: &str, exited: &AtomicBool) {
-    let deadline = Instant::now() + CTR_TIMEOUT;
-    while Instant::now() < deadline && !exited.load(Ordering::Relaxed) {
-        if let Ok(out) = run_with_deadline(&mut ls, None, Duration::from_secs(10)) {
-            let listed = String::from_utf8_lossy(&out.stdout).lines().any(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.first() == Some(&id) && matches!(f.get(2), Some(&"RUNNING") | Some(&"STOPPED"))
-            });
-            if listed {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,6 +778,7 @@ mod tests {
         );
         let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
         assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
+        assert_eq!(cri["sandbox_image"].as_str(), Some(crate::cri::PAUSE_IMAGE));
         let runc = &cri["containerd"]["runtimes"]["runc"];
         assert_eq!(runc["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
         let isola = &cri["containerd"]["runtimes"]["isola"];

@@ -214,3 +214,20 @@ pub fn pseudo_random_bytes(n: usize, seed: u64) -> Vec<u8> {
     out.truncate(n);
     out
 }
+/// Polls `ls` (`ctr tasks ls`) until task `id` is RUNNING or STOPPED, or `exited` is set, for
+/// at most `timeout`.
+pub(crate) fn wait_task_started(mut ls: Command, id: &str, exited: &AtomicBool, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline && !exited.load(Ordering::Relaxed) {
+        if let Ok(out) = run_with_deadline(&mut ls, None, Duration::from_secs(10)) {
+            let listed = String::from_utf8_lossy(&out.stdout).lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&id) && matches!(f.get(2), Some(&"RUNNING") | Some(&"STOPPED"))
+            });
+            if listed {
+                return;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

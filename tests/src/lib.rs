@@ -5,7 +5,11 @@
 //! failure with a message saying so, never a silent pass.
 
 pub mod containerd;
+pub mod cri;
+pub mod cri_leaks;
+pub mod cri_stream;
 pub mod ctr_child;
+pub mod keeper;
 pub mod mounts;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +36,18 @@ pub fn guest_file(var: &str, name: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// The `uname -r` of the guest image's kernel: `kernel.version` next to the kernel file
+/// (build/guest/kernel.version for the default kernel, build/guest/debian/kernel.version for
+/// `ISOLA_TEST_KERNEL=build/guest/debian/vmlinux`). Panics when it is missing or empty.
+pub fn guest_kernel_release() -> String {
+    let file = guest_file("KERNEL", "vmlinux").with_file_name("kernel.version");
+    let release = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make guest`)", file.display()));
+    let release = release.trim().to_string();
+    assert!(!release.is_empty(), "{} is empty", file.display());
+    release
 }
 
 /// A test environment: its own state directory and a configuration using the built image.

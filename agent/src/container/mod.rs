@@ -15,7 +15,10 @@
 //! lock; signals, waits, stdio and resizes never take it. The Task queries and controls on an
 //! existing container (processes, pause/resume, stats, resource updates, state) are in
 //! [`task`]; each container's OOM kills are watched from creation to removal ([`OomWatcher`]).
+//! What the containers of one pod share (the sandbox container's namespaces, the pod's shm and
+//! emptyDir volumes) is [`pod`]'s.
 
+mod pod;
 pub mod spec;
 mod task;
 
@@ -282,10 +285,17 @@ impl Containers {
     async fn create_inner(
         &self,
         c: &Arc<Container>,
-        cs: spec::ContainerSpec,
+        mut cs: spec::ContainerSpec,
         storages: &[Storage],
         side: Option<ProcessSide>,
     ) -> Result<()> {
+        pod::resolve_namespaces(&mut cs.spec, &c.id, |sandbox| {
+            self.get(sandbox)
+                .ok()
+                .and_then(|s| s.init.pid())
+                .map(|p| p.as_raw())
+        })?;
+        pod::prepare_volumes(&pod::pod_volumes(&cs.spec, &c.id)?)?;
         for s in storages {
             let mount_point = storage::mount_storage(s)?;
             c.lock().mounts.push(mount_point);
