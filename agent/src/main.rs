@@ -21,6 +21,7 @@ mod hotplug;
 mod init;
 mod libct;
 mod modules;
+mod network;
 mod oom;
 mod process;
 mod pty;

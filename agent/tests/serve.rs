@@ -6,7 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use isola_agent_client::AgentClient;
-use isola_agent_proto::agent::{ContainerRequest, GuestDetailsRequest, StartContainerRequest};
+use isola_agent_proto::agent::{
+    ContainerRequest, CopyFileRequest, GuestDetailsRequest, StartContainerRequest,
+};
 use isola_agent_proto::types::Empty;
 use isola_hypervisor::AgentEndpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
@@ -118,14 +120,14 @@ async fn unbuilt_rpcs_answer_unimplemented_and_the_agent_survives() {
         .unwrap();
     let err = client
         .agent
-        .list_interfaces(
+        .copy_file(
             isola_agent_client::context(Duration::from_secs(2)),
-            &Empty::default(),
+            &CopyFileRequest::default(),
         )
         .await
         .unwrap_err();
     assert_eq!(code(&err), ttrpc::Code::UNIMPLEMENTED);
-    assert!(format!("{err:?}").contains("ListInterfaces"));
+    assert!(format!("{err:?}").contains("CopyFile"));
     client.check(Duration::from_secs(2)).await.unwrap();
 }
 

@@ -29,10 +29,12 @@ pub mod accel;
 pub mod console;
 pub mod daemons;
 mod error;
+pub mod net;
 pub mod process;
 pub mod qemu;
 
 pub use error::HypervisorError;
+pub use net::NetDevice;
 
 /// Kernel command-line parameters every guest gets, before [`VmConfig::kernel_params`].
 ///
@@ -236,6 +238,8 @@ pub struct VmConfig {
     pub agent_port: u32,
     /// More verbose helper daemons.
     pub debug: bool,
+    /// Network devices (tap descriptors the caller opened); empty = no NIC at all.
+    pub network: Vec<NetDevice>,
 }
 
 impl Default for VmConfig {
@@ -260,6 +264,7 @@ impl Default for VmConfig {
             vhost_user_vsock_path: PathBuf::from("vhost-device-vsock"),
             agent_port: 1024,
             debug: false,
+            network: Vec::new(),
         }
     }
 }

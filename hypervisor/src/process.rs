@@ -22,6 +22,7 @@
 //! child when that thread ends.
 
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -91,7 +92,7 @@ const KILL_REAP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Spawns `cmd` as a child named `name` (for messages) that dies with its owner; stdin is
 /// /dev/null and stdout and stderr are appended to `log` (created or truncated).
 pub async fn spawn(name: &'static str, cmd: Command, log: &Path) -> Result<Child, SpawnError> {
-    spawn_with(name, cmd, log, false).await
+    spawn_with(name, cmd, log, false, &[]).await
 }
 
 /// [`spawn`], but stdout is a pipe (`child.stdout`) for the caller to drain; only stderr goes
@@ -101,7 +102,19 @@ pub async fn spawn_piped_stdout(
     cmd: Command,
     log: &Path,
 ) -> Result<Child, SpawnError> {
-    spawn_with(name, cmd, log, true).await
+    spawn_with(name, cmd, log, true, &[]).await
+}
+
+/// [`spawn_piped_stdout`], and the child inherits the descriptors `keep` under the same numbers
+/// (their close-on-exec flag is cleared in the child only, between fork and exec, so no other
+/// child spawned meanwhile inherits them). The caller keeps them open until this returns.
+pub async fn spawn_piped_stdout_keeping(
+    name: &'static str,
+    cmd: Command,
+    log: &Path,
+    keep: &[RawFd],
+) -> Result<Child, SpawnError> {
+    spawn_with(name, cmd, log, true, keep).await
 }
 
 async fn spawn_with(
@@ -109,6 +122,7 @@ async fn spawn_with(
     mut cmd: Command,
     log: &Path,
     pipe_stdout: bool,
+    keep: &[RawFd],
 ) -> Result<Child, SpawnError> {
     let log_err = |source| SpawnError::LogFile {
         name,
@@ -153,6 +167,22 @@ async fn spawn_with(
             }
             Ok(())
         });
+    }
+    if !keep.is_empty() {
+        let keep = keep.to_vec();
+        // SAFETY: runs in the forked child before exec; it only calls `fcntl` (async-signal-safe)
+        // on descriptors the parent keeps open across the spawn, iterating a Vec allocated
+        // before the fork, and builds an `io::Error` from an errno (no allocation).
+        unsafe {
+            cmd.pre_exec(move || {
+                for &fd in &keep {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
     }
     let program = PathBuf::from(cmd.as_std().get_program());
     cmd.spawn().map_err(|source| SpawnError::Spawn {
@@ -315,6 +345,32 @@ mod tests {
             kill(Pid::from_raw(grandchild), None).is_err(),
             "grandchild {grandchild} survived terminate()"
         );
+    }
+
+    #[tokio::test]
+    async fn kept_descriptors_are_inherited_and_others_are_not() {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let kept = std::fs::File::open("/dev/null").unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        let (k, o) = (kept.as_raw_fd(), other.as_raw_fd());
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(format!(
+            "test -e /proc/self/fd/{k} && echo kept; test -e /proc/self/fd/{o} && echo leaked; true"
+        ));
+        let mut child = spawn_piped_stdout_keeping("fds", cmd, &dir.path().join("l"), &[k])
+            .await
+            .unwrap();
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .await
+            .unwrap();
+        child.wait().await.unwrap();
+        assert_eq!(out.trim(), "kept");
     }
 
     #[tokio::test]

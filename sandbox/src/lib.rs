@@ -14,7 +14,7 @@ use isola_agent_client::dial::wait_ready;
 use isola_agent_client::{AgentClient, ClientError};
 use isola_agent_proto::READY_PORT;
 use isola_config::Config;
-use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError};
+use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError, NetDevice};
 
 pub use console::tail as console_tail;
 pub use vmconfig::{vm_config, SandboxPaths, SHARED_FS_TAG};
@@ -60,8 +60,19 @@ pub struct BootedVm {
 impl BootedVm {
     /// Boots sandbox `id`'s VM and waits for its agent. On failure nothing is left running.
     pub async fn boot(cfg: &Config, id: &str) -> Result<BootedVm, SandboxError> {
+        Self::boot_with_network(cfg, id, Vec::new()).await
+    }
+
+    /// [`BootedVm::boot`] with virtio-net devices on the given tap descriptors (the VM's only
+    /// copies once it runs: the caller should drop its own).
+    pub async fn boot_with_network(
+        cfg: &Config,
+        id: &str,
+        network: Vec<NetDevice>,
+    ) -> Result<BootedVm, SandboxError> {
         let paths = SandboxPaths::new(&cfg.runtime.state_dir, id);
         let mut vm_cfg = vm_config(cfg, id, &paths);
+        vm_cfg.network = network;
         // Over hybrid vsock the agent announces readiness and the host waits for that before
         // dialing (see isola_agent_proto::READY_PORT for why).
         let hybrid = cfg.hypervisor.vsock.resolve() != isola_config::Vsock::Vhost;

@@ -78,6 +78,7 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
         vhost_user_vsock_path: h.vhost_user_vsock_path.clone(),
         agent_port: isola_agent_proto::AGENT_PORT,
         debug: cfg.runtime.debug,
+        network: Vec::new(),
     }
 }
 

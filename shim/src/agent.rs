@@ -6,14 +6,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use isola_agent_client::dial::{self, DialError};
 use isola_agent_proto::agent::{
-    stdio_stream_header::Stream, CloseStdinRequest, ContainerRequest, CreateContainerRequest,
-    CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest, ListProcessesRequest,
-    OnlineCPUMemRequest, RemoveContainerRequest, SignalProcessRequest, StartContainerRequest,
-    StatsContainerResponse, StdioStreamHeader, TtyWinResizeRequest, UpdateContainerRequest,
+    stdio_stream_header::Stream, AddARPNeighborsRequest, CloseStdinRequest, ContainerRequest,
+    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest,
+    ListProcessesRequest, OnlineCPUMemRequest, RemoveContainerRequest, Routes,
+    SignalProcessRequest, StartContainerRequest, StatsContainerResponse, StdioStreamHeader,
+    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
     WaitProcessRequest,
 };
 use isola_agent_proto::agent_ttrpc::AgentClient as AgentRpc;
-use isola_agent_proto::types::Empty;
+use isola_agent_proto::types::{ARPNeighbor, Empty, Interface, Route};
 use isola_hypervisor::AgentEndpoint;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -120,6 +121,12 @@ pub trait AgentApi: Send + Sync {
     async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<()>;
     /// Blocks until a container of the sandbox is OOM-killed; returns its id. No deadline.
     async fn get_oom_event(&self) -> Result<String>;
+    /// Configures the guest NIC with `iface.hw_addr`: name, MTU, addresses, up.
+    async fn update_interface(&self, iface: Interface) -> Result<()>;
+    /// Replaces the guest's routes through the devices `routes` name.
+    async fn update_routes(&self, routes: Vec<Route>) -> Result<()>;
+    /// Adds permanent neighbour entries in the guest.
+    async fn add_arp_neighbors(&self, neighbors: Vec<ARPNeighbor>) -> Result<()>;
 }
 
 /// The first frame of a stdio connection (framing shared with the agent, see
@@ -389,6 +396,37 @@ impl AgentApi for TtrpcAgent {
         )
         .await?;
         Ok(resp.container_id)
+    }
+
+    async fn update_interface(&self, iface: Interface) -> Result<()> {
+        let req = UpdateInterfaceRequest {
+            interface: Some(iface).into(),
+            ..Default::default()
+        };
+        call("UpdateInterface", self.rpc.update_interface(ctx(), &req)).await?;
+        Ok(())
+    }
+
+    async fn update_routes(&self, routes: Vec<Route>) -> Result<()> {
+        let req = UpdateRoutesRequest {
+            routes: Some(Routes {
+                routes,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        call("UpdateRoutes", self.rpc.update_routes(ctx(), &req)).await?;
+        Ok(())
+    }
+
+    async fn add_arp_neighbors(&self, neighbors: Vec<ARPNeighbor>) -> Result<()> {
+        let req = AddARPNeighborsRequest {
+            neighbors,
+            ..Default::default()
+        };
+        call("AddARPNeighbors", self.rpc.add_arp_neighbors(ctx(), &req)).await?;
+        Ok(())
     }
 }
 

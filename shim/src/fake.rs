@@ -14,6 +14,7 @@ use isola_agent_proto::agent::{
     CpuStats, CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest, MemoryStats,
     PidsStats, StatsContainerResponse, StdioConfig,
 };
+use isola_agent_proto::types::{ARPNeighbor, Interface, Route};
 use isola_config::Config;
 use protobuf::MessageDyn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
@@ -24,6 +25,7 @@ use crate::agent::{AgentApi, BoxStream, GuestProcess, ProcessExit, StdioKind};
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::mounts::{HostBind, RootfsMount};
+use crate::network::{Attachment, NetError, PodNetwork};
 use crate::options::RuntimeOptions;
 use crate::sandbox::{Sandbox, SandboxFactory};
 use crate::service::Service;
@@ -58,6 +60,10 @@ pub struct FakeAgent {
     pub updates: Mutex<Vec<(String, String)>>,
     oom_queue: Mutex<VecDeque<String>>,
     oom_ready: Notify,
+    /// UpdateInterface, UpdateRoutes and AddARPNeighbors requests, in order.
+    pub interfaces: Mutex<Vec<Interface>>,
+    pub routes: Mutex<Vec<Route>>,
+    pub neighbors: Mutex<Vec<ARPNeighbor>>,
 }
 
 impl FakeAgent {
@@ -395,6 +401,24 @@ impl AgentApi for FakeAgent {
         self.call("OnlineCPUMem", &format!("{nb_cpus} cpu_only={cpu_only}"))
     }
 
+    async fn update_interface(&self, iface: Interface) -> Result<()> {
+        self.call("UpdateInterface", &iface.hw_addr)?;
+        self.interfaces.lock().unwrap().push(iface);
+        Ok(())
+    }
+
+    async fn update_routes(&self, routes: Vec<Route>) -> Result<()> {
+        self.call("UpdateRoutes", "")?;
+        self.routes.lock().unwrap().extend(routes);
+        Ok(())
+    }
+
+    async fn add_arp_neighbors(&self, neighbors: Vec<ARPNeighbor>) -> Result<()> {
+        self.call("AddARPNeighbors", "")?;
+        self.neighbors.lock().unwrap().extend(neighbors);
+        Ok(())
+    }
+
     async fn get_oom_event(&self) -> Result<String> {
         self.call("GetOOMEvent", "")?;
         let mut dead = self.dead_rx();
@@ -414,6 +438,35 @@ impl AgentApi for FakeAgent {
     }
 }
 
+#[async_trait]
+impl crate::network::PodNetworking for FakeNetworking {
+    async fn attach(&self, _id: &str, netns: &Path) -> std::result::Result<Attachment, NetError> {
+        self.attached.lock().unwrap().push(netns.to_path_buf());
+        let network = self.network.lock().unwrap().clone();
+        Ok(Attachment {
+            network,
+            taps: Vec::new(),
+        })
+    }
+    async fn detach(
+        &self,
+        _id: &str,
+        netns: &Path,
+        _net: &PodNetwork,
+    ) -> std::result::Result<(), NetError> {
+        self.detached.lock().unwrap().push(netns.to_path_buf());
+        Ok(())
+    }
+}
+
+/// Pod networking without network namespaces: "scans" a fixed [`PodNetwork`].
+#[derive(Default)]
+pub struct FakeNetworking {
+    pub network: Mutex<PodNetwork>,
+    pub attached: Mutex<Vec<PathBuf>>,
+    pub detached: Mutex<Vec<PathBuf>>,
+}
+
 /// A fake VM: `kill` makes it "die"; `stop` is recorded.
 pub struct FakeSandbox {
     pub agent: Arc<FakeAgent>,
@@ -426,6 +479,8 @@ pub struct FakeSandbox {
     pub can_hotplug: AtomicBool,
     /// Hotplug requests: ("vcpus" | "memory", total).
     pub hotplugs: Mutex<Vec<(&'static str, u32)>>,
+    /// The pod network it was booted with.
+    pub network: Mutex<Option<PodNetwork>>,
     dir: PathBuf,
 }
 
@@ -440,6 +495,7 @@ impl FakeSandbox {
             binds: Mutex::new(Vec::new()),
             can_hotplug: AtomicBool::new(false),
             hotplugs: Mutex::new(Vec::new()),
+            network: Mutex::new(None),
             dir: dir.to_path_buf(),
         })
     }
@@ -522,6 +578,9 @@ impl Sandbox for FakeSandbox {
         }
         Ok(total_mib)
     }
+    fn network(&self) -> Option<PodNetwork> {
+        self.network.lock().unwrap().clone()
+    }
 }
 
 /// Hands out one [`FakeSandbox`] (made fresh for each boot after a stop).
@@ -529,15 +588,37 @@ pub struct FakeFactory {
     pub current: Mutex<Arc<FakeSandbox>>,
     pub boots: AtomicUsize,
     pub fail: Mutex<Option<String>>,
+    /// The configuration of the last boot (the pod's, after sizing and annotations).
+    pub booted_with: Mutex<Option<Config>>,
+    /// The pod networking seam: what a pod netns "holds".
+    pub networking: FakeNetworking,
     dir: PathBuf,
 }
 
 #[async_trait]
 impl SandboxFactory for FakeFactory {
-    async fn boot(&self, _config: &Config, _id: &str) -> Result<Arc<dyn Sandbox>> {
+    async fn boot(
+        &self,
+        config: &Config,
+        id: &str,
+        netns: Option<&Path>,
+    ) -> Result<Arc<dyn Sandbox>> {
         if let Some(msg) = self.fail.lock().unwrap().clone() {
             return Err(ShimError::Internal(msg));
         }
+        *self.booted_with.lock().unwrap() = Some(config.clone());
+        let net = match netns {
+            Some(ns) => {
+                use crate::network::PodNetworking;
+                let attached = self.networking.attach(id, ns).await;
+                Some(
+                    attached
+                        .map_err(|e| ShimError::Internal(e.to_string()))?
+                        .network,
+                )
+            }
+            None => None,
+        };
         let mut current = self.current.lock().unwrap();
         if current.stopped() {
             let cat = current.agent.cat.load(Ordering::SeqCst);
@@ -545,6 +626,7 @@ impl SandboxFactory for FakeFactory {
             current.agent.cat.store(cat, Ordering::SeqCst);
         }
         self.boots.fetch_add(1, Ordering::SeqCst);
+        *current.network.lock().unwrap() = net;
         Ok(current.clone())
     }
 }
@@ -605,6 +687,8 @@ impl Env {
             current: Mutex::new(FakeSandbox::new(tmp.path())),
             boots: AtomicUsize::new(0),
             fail: Mutex::new(None),
+            booted_with: Mutex::new(None),
+            networking: FakeNetworking::default(),
             dir: tmp.path().to_path_buf(),
         });
         let events = Arc::new(FakeEvents::default());

@@ -7,12 +7,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use isola_config::{Config, SharedFs};
+use isola_hypervisor::NetDevice;
 use isola_sandbox::{BootedVm, SandboxPaths};
+use oci_spec::runtime::Spec;
 use tokio::sync::OnceCell;
 
 use crate::agent::{AgentApi, TtrpcAgent};
 use crate::error::{Result, ShimError};
 use crate::mounts::{HostBind, RootfsMount, SharedDir};
+use crate::network::{HostNetworking, PodNetwork, PodNetworking};
 
 /// A booted pod VM with a connected agent, and its host side (shared directory).
 #[async_trait]
@@ -50,6 +53,9 @@ pub trait Sandbox: Send + Sync {
     /// Grows the VM's memory to `total_mib`; returns the resulting size in MiB.
     /// [`ShimError::Unimplemented`] when the hypervisor cannot (yet).
     async fn hotplug_memory(&self, total_mib: u32) -> Result<u32>;
+    /// The pod network the VM's NICs carry (scanned from the pod netns at boot), for the
+    /// agent to configure; None without a pod netns.
+    fn network(&self) -> Option<PodNetwork>;
 }
 
 /// A hypervisor error from hotplug: Unsupported becomes [`ShimError::Unimplemented`] (the
@@ -66,8 +72,26 @@ fn hotplug_error(what: &str, e: isola_hypervisor::HypervisorError) -> ShimError 
 /// Boots sandboxes.
 #[async_trait]
 pub trait SandboxFactory: Send + Sync {
-    /// Boots sandbox `sandbox_id`'s VM from `config`. On failure nothing is left behind.
-    async fn boot(&self, config: &Config, sandbox_id: &str) -> Result<Arc<dyn Sandbox>>;
+    /// Boots sandbox `sandbox_id`'s VM from `config`, with a NIC per pod interface of the
+    /// network namespace `netns` (CRI's pod netns) if given. On failure nothing is left behind.
+    async fn boot(
+        &self,
+        config: &Config,
+        sandbox_id: &str,
+        netns: Option<&Path>,
+    ) -> Result<Arc<dyn Sandbox>>;
+
+    /// [`boot`](Self::boot) for the pod whose first container has `spec`: with the network
+    /// namespace the spec joins by path (CRI's pod netns), if any.
+    async fn boot_pod(
+        &self,
+        config: &Config,
+        sandbox_id: &str,
+        spec: &Spec,
+    ) -> Result<Arc<dyn Sandbox>> {
+        let netns = crate::network::netns_path(spec);
+        self.boot(config, sandbox_id, netns.as_deref()).await
+    }
 }
 
 /// Boots real VMs with [`BootedVm::boot`].
@@ -81,7 +105,12 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 
 #[async_trait]
 impl SandboxFactory for VmFactory {
-    async fn boot(&self, config: &Config, sandbox_id: &str) -> Result<Arc<dyn Sandbox>> {
+    async fn boot(
+        &self,
+        config: &Config,
+        sandbox_id: &str,
+        netns: Option<&Path>,
+    ) -> Result<Arc<dyn Sandbox>> {
         if config.hypervisor.shared_fs == SharedFs::None {
             return Err(ShimError::FailedPrecondition(
                 "hypervisor.shared_fs = \"none\": containers reach the guest through virtio-fs; \
@@ -94,9 +123,25 @@ impl SandboxFactory for VmFactory {
         // Before virtiofsd starts: see the propagation note in `mounts`.
         let s = shared.clone();
         blocking(move || s.prepare()).await?;
-        let vm = match BootedVm::boot(config, sandbox_id).await {
+        let (pod_net, devices) = match netns {
+            Some(ns) => match attach_network(sandbox_id, ns).await {
+                Ok((net, devices)) => (Some((ns.to_path_buf(), net)), devices),
+                Err(e) => {
+                    let s = shared.clone();
+                    if let Err(te) = blocking(move || s.teardown()).await {
+                        tracing::warn!(error = %te, "removing the shared directory");
+                    }
+                    return Err(e);
+                }
+            },
+            None => (None, Vec::new()),
+        };
+        let vm = match BootedVm::boot_with_network(config, sandbox_id, devices).await {
             Ok(vm) => vm,
             Err(e) => {
+                if let Some((ns, net)) = &pod_net {
+                    detach_network(sandbox_id, ns, net).await;
+                }
                 let s = shared.clone();
                 if let Err(te) = blocking(move || s.teardown()).await {
                     tracing::warn!(error = %te, "removing the shared directory of a VM that failed to boot");
@@ -111,8 +156,36 @@ impl SandboxFactory for VmFactory {
             agent,
             endpoint: format!("{endpoint:?}"),
             shared,
+            pod_net,
             stopped: OnceCell::new(),
         }))
+    }
+}
+
+/// Joins the pod netns's interfaces to taps; the VM's network devices on them.
+async fn attach_network(sandbox_id: &str, ns: &Path) -> Result<(PodNetwork, Vec<NetDevice>)> {
+    let attached = HostNetworking
+        .attach(sandbox_id, ns)
+        .await
+        .map_err(|e| ShimError::Internal(format!("pod networking: {e}")))?;
+    let devices = attached
+        .network
+        .interfaces
+        .iter()
+        .zip(attached.taps)
+        .map(|(i, tap)| NetDevice {
+            mac: i.mac.clone(),
+            mtu: i.mtu,
+            tap: Arc::new(tap),
+        })
+        .collect();
+    Ok((attached.network, devices))
+}
+
+/// Undoes [`attach_network`] on the host, quietly.
+async fn detach_network(sandbox_id: &str, ns: &Path, net: &PodNetwork) {
+    if let Err(e) = HostNetworking.detach(sandbox_id, ns, net).await {
+        tracing::warn!(sandbox_id, error = %e, "removing the tc redirects from the pod netns");
     }
 }
 
@@ -122,6 +195,8 @@ pub struct VmSandbox {
     agent: Arc<TtrpcAgent>,
     endpoint: String,
     shared: SharedDir,
+    /// The pod netns and what was found in it.
+    pod_net: Option<(PathBuf, PodNetwork)>,
     stopped: OnceCell<()>,
 }
 
@@ -186,6 +261,9 @@ impl Sandbox for VmSandbox {
                     tracing::warn!(error = %e, "removing the shared directory");
                 }
                 remove_dir_quietly(&self.vm.paths.vm_dir);
+                if let Some((ns, net)) = &self.pod_net {
+                    detach_network(&self.vm.id, ns, net).await;
+                }
             })
             .await;
         Ok(())
@@ -205,6 +283,10 @@ impl Sandbox for VmSandbox {
             .hotplug_memory(total_mib)
             .await
             .map_err(|e| hotplug_error("memory hotplug", e))
+    }
+
+    fn network(&self) -> Option<PodNetwork> {
+        self.pod_net.as_ref().map(|(_, net)| net.clone())
     }
 }
 

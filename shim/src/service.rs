@@ -2,6 +2,7 @@
 //! sandbox VM per shim, booted by the first Create, stopped after the last Delete or when it
 //! dies on its own.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -290,8 +291,18 @@ impl Service {
         }
         *self.sandbox_name.lock().unwrap() = sandbox_id.to_string();
         let config = (self.load_config)(options)?;
+        let (config, sizing) =
+            config.for_pod(spec.annotations().as_ref().unwrap_or(&HashMap::new()))?;
+        tracing::info!(
+            vcpus = config.hypervisor.vcpus,
+            memory_mib = config.hypervisor.memory_mib,
+            declared_vcpus = ?sizing.declared_vcpus,
+            declared_memory_mib = ?sizing.declared_memory_mib,
+            overrides = ?sizing.overrides,
+            "sizing the sandbox VM"
+        );
         tracing::info!("booting the sandbox VM");
-        let vm = self.factory.boot(&config, sandbox_id).await?;
+        let vm = self.factory.boot_pod(&config, sandbox_id, spec).await?;
         let agent = vm.agent();
         let storage = Storage {
             driver: "virtiofs".into(),
@@ -306,7 +317,11 @@ impl Service {
             storages: vec![storage],
             ..Default::default()
         };
-        if let Err(e) = agent.create_sandbox(req).await {
+        let mut created = agent.create_sandbox(req).await;
+        if let (Ok(()), Some(net)) = (&created, vm.network()) {
+            created = crate::network::guest::configure(agent.as_ref(), &net).await;
+        }
+        if let Err(e) = created {
             let _ = vm.stop().await;
             return Err(e);
         }

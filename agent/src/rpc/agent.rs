@@ -3,7 +3,8 @@
 //! Implemented: the sandbox (CreateSandbox, DestroySandbox), containers and processes
 //! (create, start, exec, signal, wait, remove, tty resize, close stdin), the Task queries and
 //! controls (ListProcesses, Pause/ResumeContainer, StatsContainer, UpdateContainer,
-//! GetContainerState), GetOOMEvent, OnlineCPUMem, guest details and guest time. Every other RPC
+//! GetContainerState), GetOOMEvent, OnlineCPUMem, guest details and guest time, pod networking
+//! (UpdateInterface, UpdateRoutes, AddARPNeighbors, ListInterfaces, ListRoutes). Every other RPC
 //! answers UNIMPLEMENTED with a message naming it (ttrpc's generated default would say
 //! NOT_FOUND, which misleads callers into thinking an object is missing).
 //! Handlers only translate between protobuf and [`crate::container`] / [`crate::sandbox`];
@@ -27,8 +28,11 @@ use ttrpc::Code;
 
 use super::guard::{guarded, rpc_error, unimplemented};
 use super::sysinfo;
+use crate::boot;
 use crate::container::{ContainerStatus, Containers, CreateRequest};
+use crate::error::AgentError;
 use crate::hotplug;
+use crate::network;
 use crate::sandbox::Sandbox;
 use crate::stdio::StdioWanted;
 
@@ -442,12 +446,82 @@ impl agent_ttrpc::Agent for AgentService {
         .await
     }
 
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
+        guarded("UpdateInterface", async {
+            let Some(iface) = req.interface.as_ref() else {
+                return Err(AgentError::InvalidArgument(
+                    "UpdateInterface without an interface".into(),
+                )
+                .into());
+            };
+            let spec = network::parse_interface(iface)?;
+            // The virtio-net driver loads in the background boot work.
+            boot::settled().await;
+            Ok(network::ops::update_interface(spec).await?)
+        })
+        .await
+    }
+
+    async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Interfaces> {
+        guarded("ListInterfaces", async {
+            Ok(Interfaces {
+                interfaces: network::ops::list_interfaces().await?,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
+        guarded("UpdateRoutes", async {
+            let routes = req
+                .routes
+                .as_ref()
+                .map(|r| r.routes.as_slice())
+                .unwrap_or_default();
+            let specs = network::parse_all(routes, "routes", network::parse_route)?;
+            boot::settled().await;
+            Ok(Routes {
+                routes: network::ops::update_routes(specs).await?,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn list_routes(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Routes> {
+        guarded("ListRoutes", async {
+            Ok(Routes {
+                routes: network::ops::list_routes().await?,
+                ..Default::default()
+            })
+        })
+        .await
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: AddARPNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        guarded("AddARPNeighbors", async {
+            let specs = network::parse_all(&req.neighbors, "neighbours", network::parse_neighbor)?;
+            boot::settled().await;
+            network::ops::add_neighbors(specs).await?;
+            Ok(Empty::default())
+        })
+        .await
+    }
+
     not_yet! {
-        update_interface(UpdateInterfaceRequest) -> Interface = "UpdateInterface";
-        list_interfaces(Empty) -> Interfaces = "ListInterfaces";
-        update_routes(UpdateRoutesRequest) -> Routes = "UpdateRoutes";
-        list_routes(Empty) -> Routes = "ListRoutes";
-        add_arp_neighbors(AddARPNeighborsRequest) -> Empty = "AddARPNeighbors";
         copy_file(CopyFileRequest) -> Empty = "CopyFile";
     }
 }

@@ -48,6 +48,19 @@ pub struct FsPlan {
     pub tag: String,
 }
 
+/// One virtio-net device on a tap descriptor the VMM inherits, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetPlan {
+    /// The guest MAC address (validated by the caller: six hex octets).
+    pub mac: String,
+    /// `host_mtu`; 0 = leave QEMU's default.
+    pub mtu: u32,
+    /// The tap descriptor's number in QEMU.
+    pub tap_fd: i32,
+    /// An open `/dev/vhost-net` descriptor's number in QEMU, if vhost-net is used.
+    pub vhost_fd: Option<i32>,
+}
+
 /// Memory hotplug room, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryHotplug {
@@ -127,6 +140,8 @@ pub struct QemuPlan {
     pub vsock: VsockPlan,
     /// The virtio-fs device, if any.
     pub shared_fs: Option<FsPlan>,
+    /// Network devices, in order (`net0`, `net1`, ...).
+    pub net: Vec<NetPlan>,
 }
 
 /// Doubles commas, QEMU's escape for values inside `key=value,...` option strings.
@@ -237,7 +252,37 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
             &format!("{dev},chardev=fs0,tag={}", escape(&fs.tag)),
         ]);
     }
+    for (i, n) in plan.net.iter().enumerate() {
+        let (netdev, device) = net_args(i, n, microvm);
+        push(&["-netdev", &netdev, "-device", &device]);
+    }
     a
+}
+
+/// The `-netdev` and `-device` values of network device `index`.
+///
+/// - `fd=N`: the tap is opened by the caller (in the pod's network namespace, which QEMU never
+///   enters) and inherited by QEMU under its own descriptor number.
+/// - `vhost=on,vhostfd=M` only with an inherited `/dev/vhost-net` descriptor: the packets then
+///   move in the host kernel instead of QEMU's main loop.
+/// - `host_mtu` makes the guest driver use the pod interface's MTU (`VIRTIO_NET_F_MTU`).
+/// - `romfile=` (empty): no iPXE option ROM; the guest boots by `-kernel`, and loading the ROM
+///   costs boot time and fails where the ROM files are not installed.
+fn net_args(index: usize, n: &NetPlan, microvm: bool) -> (String, String) {
+    let id = format!("net{index}");
+    let mut netdev = format!("tap,id={id},fd={}", n.tap_fd);
+    if let Some(vfd) = n.vhost_fd {
+        netdev.push_str(&format!(",vhost=on,vhostfd={vfd}"));
+    }
+    let mut device = if microvm {
+        format!("virtio-net-device,netdev={id},mac={}", escape(&n.mac))
+    } else {
+        format!("virtio-net-pci,netdev={id},mac={},romfile=", escape(&n.mac))
+    };
+    if n.mtu > 0 {
+        device.push_str(&format!(",host_mtu={}", n.mtu));
+    }
+    (netdev, device)
 }
 
 #[cfg(test)]
@@ -268,6 +313,7 @@ mod tests {
                 socket: "/run/sb1/virtiofs.sock".into(),
                 tag: "isola".into(),
             }),
+            net: Vec::new(),
         }
     }
 
@@ -439,6 +485,56 @@ mod tests {
             build(&kernel_vsock).last().unwrap(),
             "vhost-vsock-device,guest-cid=7"
         );
+    }
+
+    #[test]
+    fn golden_network_devices() {
+        let net = vec![
+            NetPlan {
+                mac: "02:42:0a:58:00:07".into(),
+                mtu: 1450,
+                tap_fd: 17,
+                vhost_fd: None,
+            },
+            NetPlan {
+                mac: "02:42:0a:58:00:08".into(),
+                mtu: 0,
+                tap_fd: 18,
+                vhost_fd: Some(19),
+            },
+        ];
+        let p = QemuPlan {
+            net: net.clone(),
+            ..plan()
+        };
+        let a = build(&p);
+        // After every other device, in order.
+        assert_eq!(
+            a[a.len() - 8..],
+            [
+                "-netdev",
+                "tap,id=net0,fd=17",
+                "-device",
+                "virtio-net-pci,netdev=net0,mac=02:42:0a:58:00:07,romfile=,host_mtu=1450",
+                "-netdev",
+                "tap,id=net1,fd=18,vhost=on,vhostfd=19",
+                "-device",
+                "virtio-net-pci,netdev=net1,mac=02:42:0a:58:00:08,romfile=",
+            ]
+        );
+        assert_eq!(&a[..a.len() - 8], build(&plan()).as_slice());
+
+        let micro = QemuPlan {
+            machine_type: "microvm".into(),
+            net: net[..1].to_vec(),
+            ..plan()
+        };
+        assert_eq!(
+            build(&micro).last().unwrap(),
+            "virtio-net-device,netdev=net0,mac=02:42:0a:58:00:07,host_mtu=1450"
+        );
+        // No network: no NIC at all (-nodefaults drops QEMU's default one).
+        assert!(!build(&plan()).iter().any(|x| x.contains("net")));
     }
 
     /// The `-m` and `-smp` values of `plan`.

@@ -23,6 +23,7 @@ use crate::{
 
 pub mod args;
 pub mod hotplug;
+mod netdev;
 mod paths;
 pub mod qmp;
 mod vmm;
@@ -133,6 +134,8 @@ pub struct QemuHypervisor {
     vsock: VsockMode,
     /// The hotplug ceilings the command line sets.
     limits: HotplugLimits,
+    /// The network devices (taken out of `cfg`), until `start` hands them to QEMU.
+    net: StdMutex<Vec<crate::NetDevice>>,
     /// Serializes start and stop.
     phase: Mutex<Phase>,
     qmp: Mutex<Option<QmpClient>>,
@@ -169,7 +172,8 @@ pub fn cid_in_use(stderr: &str) -> bool {
 impl QemuHypervisor {
     /// A VM for `cfg`; nothing is started. The vsock transport is resolved here (so
     /// `agent_endpoint()` is meaningful before `start`).
-    pub fn new(cfg: VmConfig) -> Self {
+    pub fn new(mut cfg: VmConfig) -> Self {
+        let net = StdMutex::new(std::mem::take(&mut cfg.network));
         let vsock = match cfg.vsock {
             VsockChoice::VhostKernel => VsockMode::Kernel,
             VsockChoice::VhostUser => VsockMode::User,
@@ -192,6 +196,7 @@ impl QemuHypervisor {
         Self {
             paths: StatePaths::new(&cfg.state_dir),
             limits,
+            net,
             cfg,
             vsock,
             phase: Mutex::new(Phase::New),
@@ -247,6 +252,7 @@ impl QemuHypervisor {
             return invalid("state_dir is empty".into());
         }
         self.paths.check_socket_lengths()?;
+        netdev::validate(&self.net.lock().unwrap_or_else(|e| e.into_inner()))?;
         for (what, p) in [("kernel", &self.cfg.kernel), ("initrd", &self.cfg.initrd)] {
             if !tokio::fs::try_exists(p).await.unwrap_or(false) {
                 return invalid(format!("{what} image {} does not exist", p.display()));
@@ -341,7 +347,7 @@ impl QemuHypervisor {
         first_err.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    fn plan(&self, accelerator: Accelerator, cid: u32) -> QemuPlan {
+    fn plan(&self, accelerator: Accelerator, cid: u32, net: &netdev::NetFds) -> QemuPlan {
         let c = &self.cfg;
         QemuPlan {
             name: format!("isola-{}", c.id),
@@ -365,6 +371,7 @@ impl QemuHypervisor {
                 socket: self.paths.virtiofs_socket.clone(),
                 tag: fs.tag.clone(),
             }),
+            net: net.plans(),
         }
     }
 
@@ -381,9 +388,12 @@ impl QemuHypervisor {
             1
         };
         let mut tried = Vec::new();
+        // Dropped when this returns: from then on QEMU holds the only tap descriptors.
+        let devices = std::mem::take(&mut *self.net.lock().unwrap_or_else(|e| e.into_inner()));
+        let net = netdev::NetFds::open(devices, self.id()).await;
         for attempt in 0..attempts {
             let cid = cid_candidate(self.id(), attempt);
-            let args = args::build(&self.plan(accelerator, cid));
+            let args = args::build(&self.plan(accelerator, cid, &net));
             tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
             daemons::remove_if_exists(&self.paths.qmp_socket).await;
             let vmm = VmmProcess::spawn(
@@ -392,6 +402,7 @@ impl QemuHypervisor {
                 &self.paths.qemu_log,
                 &self.paths.console_log,
                 self.id(),
+                &net.inherited(),
             )
             .await?;
             let pid = vmm.pid();

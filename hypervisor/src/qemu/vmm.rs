@@ -7,6 +7,7 @@
 //! signalled after it was reaped and possibly reused. Dropping the [`VmmProcess`] drops that
 //! oneshot's sender, which the task treats as a kill request.
 
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -39,16 +40,18 @@ pub struct VmmProcess {
 impl VmmProcess {
     /// Spawns `qemu_path` with `args`, its stderr going to `log` and its stdout (the guest
     /// serial console, `-serial stdio`) to the size-capped `console` log, and starts the reaper.
+    /// QEMU inherits the descriptors `inherited` (tap and vhost-net) under their numbers.
     pub async fn spawn(
         qemu_path: &Path,
         args: &[String],
         log: &Path,
         console: &Path,
         sandbox: &str,
+        inherited: &[RawFd],
     ) -> Result<Self, HypervisorError> {
         let mut cmd = Command::new(qemu_path);
         cmd.args(args);
-        let mut child = process::spawn_piped_stdout(NAME, cmd, log).await?;
+        let mut child = process::spawn_piped_stdout_keeping(NAME, cmd, log, inherited).await?;
         if let Some(stdout) = child.stdout.take() {
             tokio::spawn(crate::console::pump(
                 stdout,
