@@ -10,6 +10,7 @@ mod bench;
 mod check;
 mod host;
 mod install;
+mod kernel;
 mod report;
 
 use std::path::PathBuf;

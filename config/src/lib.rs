@@ -1,7 +1,7 @@
 //! The TOML configuration of the isola runtime: what `configuration.toml` is
 //! for Kata Containers.
 //!
-//! The file has three sections, `[hypervisor]`, `[agent]` and `[runtime]`;
+//! The file has four sections, `[hypervisor]`, `[agent]`, `[runtime]` and `[pod]`;
 //! every key is optional and has a documented default (see [`Config`] and the
 //! shipped, commented `configuration.toml`, also available as
 //! [`DEFAULT_CONFIG_TOML`]). Unknown keys, wrong types, out-of-range numbers
@@ -22,6 +22,7 @@ mod error;
 mod load;
 mod locate;
 mod model;
+mod pod;
 mod validate;
 
 use std::path::{Path, PathBuf};
@@ -33,6 +34,11 @@ pub use model::{
     DEFAULT_FIRMWARE, DEFAULT_MEMORY_MIB, DEFAULT_QEMU_PATH, DEFAULT_STATE_DIR, DEFAULT_VCPUS,
     DEFAULT_VHOST_USER_VSOCK_PATH, DEFAULT_VIRTIOFSD_PATH, MAX_MEMORY_MIB, MAX_VCPUS,
     MIN_MEMORY_MIB, MIN_VCPUS, VHOST_VSOCK_DEVICE,
+};
+pub use pod::{
+    AnnotationError, PodConfig, PodSizing, ANNOTATION_PREFIX, CRI_SANDBOX_CPU_PERIOD,
+    CRI_SANDBOX_CPU_QUOTA, CRI_SANDBOX_MEMORY, DEFAULT_OVERHEAD_MEMORY_MIB, DEFAULT_OVERHEAD_VCPUS,
+    OVERRIDABLE,
 };
 
 /// The installation prefix, fixed at build time from the `ISOLA_PREFIX`

@@ -292,7 +292,10 @@ mod tests {
             v.sort();
             v
         };
-        assert_eq!(sorted(valid_keys(None)), ["agent", "hypervisor", "runtime"]);
+        assert_eq!(
+            sorted(valid_keys(None)),
+            ["agent", "hypervisor", "pod", "runtime"]
+        );
         assert_eq!(sorted(valid_keys(Some("runtime"))), ["debug", "state_dir"]);
         assert!(valid_keys(Some("hypervisor")).contains(&"vhost_user_vsock_path".to_owned()));
         assert!(valid_keys(Some("nope")).is_empty());

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::PREFIX;
 
-/// The whole runtime configuration: the three sections of `configuration.toml`.
+/// The whole runtime configuration: the sections of `configuration.toml`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -25,6 +25,8 @@ pub struct Config {
     pub agent: AgentConfig,
     /// `[runtime]`: behaviour of the shim itself.
     pub runtime: RuntimeConfig,
+    /// `[pod]`: sizing a pod's VM, and the pod annotations allowed to override keys.
+    pub pod: crate::pod::PodConfig,
 }
 
 /// The `[hypervisor]` section: QEMU, guest kernel, shared filesystem, vsock.
@@ -33,10 +35,13 @@ pub struct Config {
 pub struct HypervisorConfig {
     /// `path`: the QEMU binary. Default `/usr/bin/qemu-system-x86_64`.
     pub path: PathBuf,
-    /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinux`: the
-    /// uncompressed ELF, booted directly through its PVH entry (no in-guest decompression).
+    /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinux`: isola's
+    /// tailored kernel (guest/kernel/isola.config), an uncompressed ELF booted directly
+    /// through its PVH entry (no in-guest decompression). Debian's kernel is installed as
+    /// `$PREFIX/share/isola/debian/vmlinux` (set `initrd` to its initrd too).
     pub kernel: PathBuf,
-    /// `initrd`: the guest initrd. Default `$PREFIX/share/isola/initrd.img`.
+    /// `initrd`: the guest initrd. Default `$PREFIX/share/isola/initrd.img` (the tailored
+    /// kernel's: no modules); `$PREFIX/share/isola/debian/initrd.img` goes with Debian's.
     pub initrd: PathBuf,
     /// `kernel_params`: extra guest kernel parameters, appended to the ones
     /// the runtime sets itself. Default empty.

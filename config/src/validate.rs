@@ -84,7 +84,38 @@ pub(crate) fn check(config: &Config) -> Option<Problem> {
             fix: "set it to a positive number of milliseconds (the default is 30000)".to_owned(),
         });
     }
-    check_path("runtime.state_dir", &config.runtime.state_dir, false)
+    if let Some(p) = check_path("runtime.state_dir", &config.runtime.state_dir, false) {
+        return Some(p);
+    }
+    if config.pod.overhead_vcpus > MAX_VCPUS {
+        return Some(Problem {
+            key: "pod.overhead_vcpus",
+            value: config.pod.overhead_vcpus.to_string(),
+            problem: format!("is too large: a VM has at most {MAX_VCPUS} vCPUs"),
+            fix: "set it to a small number of vCPUs (the default is 1)".to_owned(),
+        });
+    }
+    if config.pod.overhead_memory_mib > MAX_MEMORY_MIB {
+        return Some(Problem {
+            key: "pod.overhead_memory_mib",
+            value: config.pod.overhead_memory_mib.to_string(),
+            problem: format!("is too large: a VM has at most {MAX_MEMORY_MIB} MiB"),
+            fix: "set it to the MiB the guest needs beside the pod (the default is 256)".to_owned(),
+        });
+    }
+    crate::pod::unknown_enabled(&config.pod).map(|name| Problem {
+        key: "pod.enable_annotations",
+        value: toml_string(name),
+        problem: "names no setting a pod annotation can override".to_owned(),
+        fix: format!(
+            "list only these: {}",
+            crate::pod::OVERRIDABLE
+                .iter()
+                .map(|k| toml_string(k))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
 }
 
 fn check_path(key: &'static str, path: &Path, empty_ok: bool) -> Option<Problem> {

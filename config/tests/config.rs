@@ -415,3 +415,20 @@ fn search_paths_without_env() {
         }
     });
 }
+
+#[test]
+fn pod_section_is_validated_with_file_and_key() {
+    let (err, msg) = parse_err(
+        "[pod]\noverhead_vcpus = 0\nenable_annotations = [\"hypervisor.vcpus\", \"hypervisor.path\"]\n",
+    );
+    assert_eq!(err.key(), Some("pod.enable_annotations"));
+    assert!(
+        msg.contains("hypervisor.path") && msg.contains(ORIGIN),
+        "{msg}"
+    );
+    let ok = parse(
+        "[pod]\noverhead_memory_mib = 64\nenable_annotations = [\"hypervisor.kernel_params\"]\n",
+    )
+    .unwrap();
+    assert_eq!(ok.pod.overhead_memory_mib, 64);
+}

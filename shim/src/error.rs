@@ -52,6 +52,10 @@ pub enum ShimError {
     /// The runtime configuration could not be loaded.
     #[error("isola configuration: {0} (fix the file named by the runtime option ConfigPath, $ISOLA_CONFIG or /etc/isola/configuration.toml)")]
     Config(Box<isola_config::ConfigError>),
+    /// A pod annotation the runtime refuses (unknown, not enabled by the configuration, or a
+    /// bad value).
+    #[error("{0}")]
+    Annotation(isola_config::AnnotationError),
     /// The sandbox VM could not be booted or stopped.
     #[error("sandbox VM: {0} (run `isola check` to diagnose the host)")]
     Sandbox(Box<isola_sandbox::SandboxError>),
@@ -63,6 +67,12 @@ pub enum ShimError {
 impl From<isola_config::ConfigError> for ShimError {
     fn from(e: isola_config::ConfigError) -> Self {
         ShimError::Config(Box::new(e))
+    }
+}
+
+impl From<isola_config::AnnotationError> for ShimError {
+    fn from(e: isola_config::AnnotationError) -> Self {
+        ShimError::Annotation(e)
     }
 }
 
@@ -109,6 +119,11 @@ impl ShimError {
             ShimError::AlreadyExists(_) => Code::ALREADY_EXISTS,
             ShimError::FailedPrecondition(_) | ShimError::Config(_) => Code::FAILED_PRECONDITION,
             ShimError::InvalidArgument(_) => Code::INVALID_ARGUMENT,
+            // Not enabled: the node's configuration would have to change, not the request.
+            ShimError::Annotation(isola_config::AnnotationError::NotEnabled { .. }) => {
+                Code::FAILED_PRECONDITION
+            }
+            ShimError::Annotation(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent { code, .. } => *code,
             ShimError::Io { .. }
@@ -164,6 +179,15 @@ mod tests {
             Code::UNIMPLEMENTED
         );
         assert_eq!(code_of(ShimError::Internal("x".into())), Code::INTERNAL);
+        let not_enabled = isola_config::AnnotationError::NotEnabled {
+            key: "io.isola.config.hypervisor.vcpus".into(),
+            name: "hypervisor.vcpus".into(),
+        };
+        assert_eq!(code_of(not_enabled.into()), Code::FAILED_PRECONDITION);
+        let unknown = isola_config::AnnotationError::Unknown {
+            key: "io.isola.config.x".into(),
+        };
+        assert_eq!(code_of(unknown.into()), Code::INVALID_ARGUMENT);
         assert_eq!(
             code_of(ShimError::io("reading", std::io::Error::other("boom"))),
             Code::INTERNAL

@@ -430,3 +430,39 @@ async fn killing_a_created_container_reports_its_exit() {
     assert_eq!(env.events.exits().len(), 1);
     s.delete("c1", "").await.unwrap();
 }
+
+#[tokio::test]
+async fn the_pod_sizes_its_vm() {
+    let env = Env::new();
+    let pod = r#"{"io.kubernetes.cri.container-type":"sandbox","io.kubernetes.cri.sandbox-id":"pod",
+        "io.kubernetes.cri.sandbox-cpu-quota":"200000","io.kubernetes.cri.sandbox-cpu-period":"100000",
+        "io.kubernetes.cri.sandbox-memory":"536870912"}"#;
+    env.service.create(env.request("pod", pod)).await.unwrap();
+    let booted = env.factory.booted_with.lock().unwrap().clone().unwrap();
+    let overhead = isola_config::PodConfig::default();
+    assert_eq!(booted.hypervisor.vcpus, 2 + overhead.overhead_vcpus);
+    assert_eq!(
+        booted.hypervisor.memory_mib,
+        512 + overhead.overhead_memory_mib
+    );
+}
+
+#[tokio::test]
+async fn a_refused_annotation_fails_the_pod_before_any_vm_boots() {
+    let env = Env::new();
+    let not_enabled =
+        r#"{"io.kubernetes.cri.sandbox-id":"pod","io.isola.config.hypervisor.vcpus":"4"}"#;
+    let err = env
+        .service
+        .create(env.request("pod", not_enabled))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FAILED_PRECONDITION);
+    assert!(err.to_string().contains("pod.enable_annotations"), "{err}");
+    let unknown = r#"{"io.kubernetes.cri.sandbox-id":"pod","io.isola.config.qemu":"x"}"#;
+    assert_eq!(
+        code(env.service.create(env.request("pod", unknown)).await),
+        Code::INVALID_ARGUMENT
+    );
+    assert_eq!(env.factory.boots.load(Ordering::SeqCst), 0);
+}

@@ -7,6 +7,8 @@
 //! ```toml
 //! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
 //! runtime_type = "io.containerd.isola.v2"
+//! pod_annotations = ["io.isola.config.*"]
+//! privileged_without_host_devices = true
 //!
 //! [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
 //! ConfigPath = "/usr/local/share/isola/configuration.toml"
@@ -27,6 +29,8 @@ use toml_edit::{DocumentMut, Item, Table};
 pub const RUNTIME_NAME: &str = "isola";
 /// The shim's runtime type: containerd runs `containerd-shim-isola-v2` for it.
 pub const RUNTIME_TYPE: &str = "io.containerd.isola.v2";
+/// The pod annotations containerd passes to the runtime: isola's configuration overrides.
+pub const POD_ANNOTATIONS: &str = "io.isola.config.*";
 /// containerd's configuration file.
 pub const DEFAULT_CONTAINERD_CONFIG: &str = "/etc/containerd/config.toml";
 
@@ -263,6 +267,24 @@ pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
         runtime.set_position(Some(end));
     }
     set_string(runtime, "runtime_type", RUNTIME_TYPE);
+    // Pod annotations reach the runtime only when listed here (see isola's `[pod]` section).
+    if runtime
+        .get("pod_annotations")
+        .and_then(Item::as_array)
+        .is_none()
+    {
+        let mut list = toml_edit::Array::new();
+        list.push(POD_ANNOTATIONS);
+        runtime.insert("pod_annotations", toml_edit::value(list));
+    }
+    // A privileged pod gets no host devices: they would be the host's, not the guest's.
+    if runtime
+        .get("privileged_without_host_devices")
+        .and_then(Item::as_bool)
+        != Some(true)
+    {
+        runtime.insert("privileged_without_host_devices", toml_edit::value(true));
+    }
     runtime_path.push("options");
     let options = table_at(runtime, &["options"]).map_err(|e| match e {
         Error::NotATable { found, .. } => Error::NotATable {
@@ -354,6 +376,8 @@ runtime_type = "io.containerd.runc.v2"
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
 runtime_type = "io.containerd.isola.v2"
+pod_annotations = ["io.isola.config.*"]
+privileged_without_host_devices = true
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
 ConfigPath = "/usr/local/share/isola/configuration.toml"
@@ -468,6 +492,8 @@ runtime_type = \"io.containerd.runc.v2\"
 
 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola]
 runtime_type = \"io.containerd.isola.v2\"
+pod_annotations = [\"io.isola.config.*\"]
+privileged_without_host_devices = true
 
 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola.options]
 ConfigPath = \"{CFG}\"
@@ -530,6 +556,7 @@ ConfigPath = \"{CFG}\"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
   runtime_type = "io.containerd.isola.v2"
   pod_annotations = ["io.isola.*"]
+  privileged_without_host_devices = true
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
   ConfigPath = "/etc/isola/configuration.toml"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]

@@ -3,6 +3,7 @@
 //! writes the files.
 
 pub mod containerd;
+pub mod crio;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -26,10 +27,35 @@ pub enum Install {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Add the isola runtime handler `isola` to CRI-O (runtime_type "vm") as a drop-in file
+    /// of its own; idempotent
+    Crio {
+        /// CRI-O's drop-in directory
+        #[arg(long, default_value = crio::DEFAULT_CRIO_DROP_IN_DIR)]
+        dir: PathBuf,
+        /// The isola configuration the runtime uses (default: the file isola itself would load)
+        #[arg(long)]
+        isola_config: Option<PathBuf>,
+        /// The shim binary (default: containerd-shim-isola-v2 next to this isola binary)
+        #[arg(long)]
+        shim: Option<PathBuf>,
+        /// Print the drop-in instead of writing it
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
 pub enum Uninstall {
+    /// Remove isola's CRI-O drop-in again
+    Crio {
+        /// CRI-O's drop-in directory
+        #[arg(long, default_value = crio::DEFAULT_CRIO_DROP_IN_DIR)]
+        dir: PathBuf,
+        /// Say what would be removed instead of removing it
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove the isola runtime from containerd's configuration again
     Containerd {
         /// containerd's configuration file
@@ -84,11 +110,99 @@ pub fn install(what: Install) -> anyhow::Result<bool> {
             }
             Ok(true)
         }
+        Install::Crio {
+            dir,
+            isola_config,
+            shim,
+            dry_run,
+        } => install_crio(&dir, isola_config, shim, dry_run),
     }
+}
+
+fn install_crio(
+    dir: &Path,
+    isola_config: Option<PathBuf>,
+    shim: Option<PathBuf>,
+    dry_run: bool,
+) -> anyhow::Result<bool> {
+    let isola_config = match isola_config {
+        Some(p) => std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))?,
+        None => default_isola_config(),
+    };
+    let shim = match shim {
+        Some(p) => std::path::absolute(&p).with_context(|| format!("resolving {}", p.display()))?,
+        None => std::env::current_exe()
+            .context("finding this binary to locate the shim next to it")?
+            .with_file_name("containerd-shim-isola-v2"),
+    };
+    for (what, p) in [("shim", &shim), ("isola configuration", &isola_config)] {
+        if !p.is_file() {
+            eprintln!(
+                "isola: warning: the {what} {} does not exist (yet); CRI-O cannot run pods with \
+                 the isola handler until it does",
+                p.display()
+            );
+        }
+    }
+    let state_dir = isola_config::Config::load()
+        .map(|(c, _)| c.runtime.state_dir)
+        .unwrap_or_else(|_| PathBuf::from(isola_config::DEFAULT_STATE_DIR));
+    let text = crio::drop_in(&shim, &isola_config, &state_dir);
+    if dry_run {
+        print!("{text}");
+        return Ok(true);
+    }
+    let path = dir.join(crio::DROP_IN_NAME);
+    let (path, old) = read(&path)?;
+    if let Some(old) = &old {
+        if !crio::is_ours(old) {
+            anyhow::bail!(
+                "{}: exists and was not written by isola; move it away or pass --dir",
+                path.display()
+            );
+        }
+    }
+    if old.as_deref() == Some(text.as_str()) {
+        println!("{}: the isola handler is already there", path.display());
+    } else {
+        write(&path, &text, old.is_some())?;
+        println!(
+            "{}: added the CRI-O runtime handler `{}` (runtime_type \"vm\", shim {}, \
+             configuration {}); restart CRI-O to use it (systemctl restart crio)",
+            path.display(),
+            containerd::RUNTIME_NAME,
+            shim.display(),
+            isola_config.display()
+        );
+    }
+    Ok(true)
+}
+
+fn uninstall_crio(dir: &Path, dry_run: bool) -> anyhow::Result<bool> {
+    let path = dir.join(crio::DROP_IN_NAME);
+    let (path, old) = read(&path)?;
+    match old {
+        None => println!("{}: no such file, nothing to remove", path.display()),
+        Some(old) if !crio::is_ours(&old) => anyhow::bail!(
+            "{}: was not written by isola; not removing it",
+            path.display()
+        ),
+        Some(_) if dry_run => println!("would remove {}", path.display()),
+        Some(_) => {
+            std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+            println!(
+                "{}: removed the CRI-O runtime handler `{}`; restart CRI-O (systemctl restart crio)",
+                path.display(),
+                containerd::RUNTIME_NAME
+            );
+        }
+    }
+    Ok(true)
 }
 
 pub fn uninstall(what: Uninstall) -> anyhow::Result<bool> {
     match what {
+        Uninstall::Crio { dir, dry_run } => uninstall_crio(&dir, dry_run),
         Uninstall::Containerd { config, dry_run } => {
             let (path, old) = read(&config)?;
             let Some(old) = old else {

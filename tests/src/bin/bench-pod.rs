@@ -1,0 +1,75 @@
+//! `make bench`, the Kubernetes part: pod start to container running through containerd's CRI
+//! API — RunPodSandbox, CreateContainer, StartContainer — for the `isola` and `runc` runtime
+//! handlers side by side (alternating runs, one private containerd, CNI networking included),
+//! and their ratio. Each pod is stopped and removed between runs (not timed).
+//!
+//!   bench-pod [runs]      (after make build guest images; ISOLA_SHIM_DIR picks the shim)
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use isola_tests::cri::{ContainerOptions, CriEnv, PodOptions, ISOLA, RUNC};
+
+const SLEEPER: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
+
+/// One pod start: RunPodSandbox until StartContainer of its one container returned.
+async fn pod_start(cri: &CriEnv, name: &str, handler: &str) -> Result<Duration> {
+    let t0 = Instant::now();
+    let pod = cri.run_pod(name, handler, PodOptions::default()).await?;
+    cri.create_start_container(&pod, "app", ContainerOptions::cmd(&SLEEPER))
+        .await?;
+    let took = t0.elapsed();
+    cri.stop_and_remove_pod(&pod.id)
+        .await
+        .with_context(|| format!("removing pod {name}"))?;
+    Ok(took)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn list(v: &[f64]) -> String {
+    v.iter()
+        .map(|s| format!("{s:.3}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let runs: usize = match std::env::args().nth(1) {
+        Some(a) => a.parse().context("the argument is the number of runs")?,
+        None => 5,
+    };
+    let cri = CriEnv::start().await?;
+    // Warm-up (not counted): snapshots unpacked, page cache filled, CNI's first allocation.
+    for handler in [RUNC, ISOLA] {
+        pod_start(&cri, &format!("warm-{handler}"), handler).await?;
+    }
+    let (mut isola, mut runc) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        runc.push(
+            pod_start(&cri, &format!("runc-{i}"), RUNC)
+                .await?
+                .as_secs_f64(),
+        );
+        isola.push(
+            pod_start(&cri, &format!("isola-{i}"), ISOLA)
+                .await?
+                .as_secs_f64(),
+        );
+    }
+    let (mi, mr) = (median(isola.clone()), median(runc.clone()));
+    println!("bench-pod: pod start to container running (CRI RunPodSandbox + CreateContainer + StartContainer, {runs} runs each)");
+    println!("  isola   median {mi:.3} s   [{}]", list(&isola));
+    println!("  runc    median {mr:.3} s   [{}]", list(&runc));
+    println!("  ratio isola/runc {:.2}", mi / mr);
+    Ok(())
+}
