@@ -73,6 +73,8 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The header frame of a stdio stream (see "How stdio travels"): both sides use these, so the
 /// framing and its bound live in one place.
+pub mod pod;
+
 pub mod stdio_header {
     use protobuf::Message;
 

@@ -34,14 +34,10 @@ use crate::options::{validate_id, CRIO_SANDBOX_ID, CRI_SANDBOX_ID};
 pub const CRI_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 /// The same, as CRI-O sets it.
 pub const CRIO_CONTAINER_TYPE: &str = "io.kubernetes.cri-o.ContainerType";
-/// Guest directory of the references to a sandbox container's namespaces.
-pub const GUEST_NS_DIR: &str = "/run/isola/ns";
-/// Guest directory of pod-level volumes (the agent creates what is below it).
-pub const GUEST_POD_DIR: &str = "/run/isola/pod";
-/// The pod's shared memory in the guest (a tmpfs the agent mounts).
-pub const GUEST_POD_SHM: &str = "/run/isola/pod/shm";
-/// The directory of the pod's emptyDir volumes in the guest.
-pub const GUEST_EMPTY_DIRS: &str = "/run/isola/pod/empty-dir";
+pub use isola_agent_proto::pod::{
+    ns_file, EMPTY_DIRS as GUEST_EMPTY_DIRS, NS_DIR as GUEST_NS_DIR, POD_DIR as GUEST_POD_DIR,
+    POD_SHM as GUEST_POD_SHM,
+};
 /// The directory kubelet keeps a pod's emptyDir volumes in, on the host.
 const EMPTY_DIR_PLUGIN: &str = "kubernetes.io~empty-dir";
 
@@ -89,20 +85,6 @@ impl PodRole {
     /// Whether the container belongs to a pod.
     pub fn in_pod(&self) -> bool {
         !matches!(self, PodRole::Standalone)
-    }
-}
-
-/// The file name of a namespace type under `/proc/<pid>/ns/`.
-pub fn ns_file(typ: LinuxNamespaceType) -> &'static str {
-    match typ {
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Time => "time",
     }
 }
 

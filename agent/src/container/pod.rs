@@ -18,15 +18,12 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Mutex;
 
 use nix::mount::{mount, MsFlags};
-use oci_spec::runtime::{LinuxNamespaceType, Spec};
+use oci_spec::runtime::Spec;
 
 use super::spec::check_container_id;
 use crate::error::{AgentError, Result};
 
-/// Where namespace references point.
-pub const NS_DIR: &str = "/run/isola/ns";
-/// Where the pod's volumes live.
-pub const POD_DIR: &str = "/run/isola/pod";
+pub use isola_agent_proto::pod::{ns_file, NS_DIR, POD_DIR};
 /// The size of the pod's /dev/shm (what containerd and Docker give by default).
 const SHM_OPTIONS: &str = "mode=1777,size=65536k";
 
@@ -49,20 +46,6 @@ impl PodVolume {
             PodVolume::Shm => Path::new(POD_DIR).join("shm"),
             PodVolume::EmptyDir(name) => Path::new(POD_DIR).join("empty-dir").join(name),
         }
-    }
-}
-
-/// The name of a namespace type under `/proc/<pid>/ns/`.
-fn ns_file(typ: LinuxNamespaceType) -> &'static str {
-    match typ {
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::User => "user",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        LinuxNamespaceType::Time => "time",
     }
 }
 
