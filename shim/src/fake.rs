@@ -731,7 +731,7 @@ impl Env {
         let spec = format!(
             r#"{{"ociVersion":"1.0.2","process":{{"user":{{"uid":0,"gid":0}},"args":["true"],"cwd":"/"}},
                "root":{{"path":"rootfs"}},"hostname":"h-{id}","annotations":{annotations},
-               "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]}}}}"#
+               "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}},{{"type":"network"}}]}}}}"#
         );
         std::fs::write(b.join("config.json"), spec).unwrap();
         b

@@ -52,6 +52,27 @@ pub enum PodRole {
     Container { sandbox_id: String },
 }
 
+/// Refuses a pod that asks for the host's network namespace (`hostNetwork: true`: the CRI
+/// sandbox spec then has no network namespace at all): its VM cannot share the host's network,
+/// and running it with a guest network of its own would silently give it another network.
+pub fn check_pod_network(spec: &Spec, role: &PodRole, cid: &str) -> Result<()> {
+    if *role != PodRole::Sandbox {
+        return Ok(());
+    }
+    let has_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|n| n.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    if has_netns {
+        return Ok(());
+    }
+    Err(ShimError::Unimplemented(format!(
+        "pod {cid} asks for the host's network namespace (hostNetwork: true): a pod in its own \
+         VM cannot share the host's network; run it with another RuntimeClass (e.g. runc)"
+    )))
+}
+
 impl PodRole {
     /// The role from the spec's annotations. An app container must name a valid sandbox id.
     pub fn of(spec: &Spec, cid: &str) -> Result<PodRole> {

@@ -266,3 +266,17 @@ fn empty_dir_names_are_checked() {
     assert!(m("/k/volumes/kubernetes.io~empty-dir/.hidden").is_err());
     assert!(m("/k/volumes/kubernetes.io~empty-dir/sp ace").is_err());
 }
+
+#[test]
+fn a_host_network_pod_is_refused_before_anything_runs() {
+    let host_net = r#"{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}"#;
+    let spec = pod_spec("pod1", "sandbox", host_net, "");
+    let err = check_pod_network(&spec, &PodRole::Sandbox, "pod1").unwrap_err();
+    assert_eq!(err.code(), ttrpc::Code::UNIMPLEMENTED);
+    assert!(err.to_string().contains("hostNetwork"), "{err}");
+    // A pod network, or a plain container with the host's network, is fine.
+    let spec = pod_spec("pod1", "sandbox", SANDBOX_NS, "");
+    check_pod_network(&spec, &PodRole::Sandbox, "pod1").unwrap();
+    let spec = pod_spec("c1", "container", host_net, "");
+    check_pod_network(&spec, &PodRole::Standalone, "c1").unwrap();
+}

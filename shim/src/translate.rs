@@ -81,6 +81,7 @@ pub fn translate(
     root.set_path(guest_rootfs(cid));
 
     let role = PodRole::of(&spec, cid)?;
+    pod::check_pod_network(&spec, &role, cid)?;
     let binds = translate_mounts(&mut spec, cid, bundle, &role, classify, &mut dropped)?;
     pod::translate_namespaces(&mut spec, &role, &mut dropped);
 

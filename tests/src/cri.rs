@@ -132,6 +132,8 @@ pub struct PodOptions {
     pub hostname: Option<String>,
     /// `shareProcessNamespace`: one PID namespace for the whole pod.
     pub share_pid: bool,
+    /// `hostNetwork`: the host's network namespace (isola refuses such pods).
+    pub host_network: bool,
     /// Pod-level resources (containerd turns them into `sandbox-cpu-*`/`sandbox-memory`
     /// annotations where it supports them).
     pub resources: Option<LinuxContainerResources>,
@@ -289,7 +291,14 @@ impl CriEnv {
             annotations: opts.annotations.clone(),
             linux: Some(LinuxPodSandboxConfig {
                 security_context: Some(LinuxSandboxSecurityContext {
-                    namespace_options: Some(namespaces(opts.share_pid)),
+                    namespace_options: Some(NamespaceOption {
+                        network: if opts.host_network {
+                            NamespaceMode::Node as i32
+                        } else {
+                            NamespaceMode::Pod as i32
+                        },
+                        ..namespaces(opts.share_pid)
+                    }),
                     ..Default::default()
                 }),
                 resources: opts.resources.clone(),

@@ -268,6 +268,17 @@ async fn cri_unknown_runtime_handler_is_refused() -> Result<()> {
         msg.contains("no-such-handler"),
         "the error names the handler: {msg}"
     );
+    // hostNetwork cannot be honoured by a VM: refused (Unimplemented) before a VM boots.
+    let host_net = PodOptions {
+        host_network: true,
+        ..Default::default()
+    };
+    let err = cri
+        .run_pod("hostnet", ISOLA, host_net)
+        .await
+        .expect_err("a hostNetwork pod ran in a VM");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("hostNetwork"), "the error says why: {msg}");
     assert!(cri.containerd.vm_processes().is_empty());
     Ok(())
 }
