@@ -14,6 +14,10 @@
 # config (the final .config), kernel.release (its `uname -r`), build.log, .key.
 # Cached: when the key (a hash of the source package and version, the fragment, this script and
 # the compiler) matches .key and vmlinux exists, nothing is done ("tailored kernel up to date").
+# Built kernels are also kept per key in $ISOLA_CACHE_DIR/kernel/<key>/ (default
+# ${XDG_CACHE_HOME:-~/.cache}/isola), so another checkout on the same machine (a fresh CI clone)
+# copies the result in seconds instead of rebuilding (the three newest are kept);
+# ISOLA_CACHE_DIR=none turns that off.
 #
 # Exit status: 0 built or up to date; 3 the source package cannot be had (not in apt, download
 # failed, not cached: the caller may fall back to the Debian kernel); anything else: failure.
@@ -34,7 +38,7 @@ while [[ $# -gt 0 ]]; do
         --out) OUT=${2:?--out needs a path}; shift 2 ;;
         --jobs) JOBS=${2:?--jobs needs a number}; shift 2 ;;
         --force) FORCE=1; shift ;;
-        -h|--help) sed -n '2,19p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+        -h|--help) sed -n '2,23p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -70,6 +74,20 @@ KEY=$(
 KEY=$(sha256sum <<<"$KEY" | cut -d' ' -f1)
 if [[ $FORCE -eq 0 && -s "$OUT/vmlinux" && -f "$OUT/.key" && "$(cat "$OUT/.key")" == "$KEY" ]]; then
     echo "tailored kernel up to date ($OUT/vmlinux, $(cat "$OUT/kernel.release"))"
+    exit 0
+fi
+
+SHARED=""
+CACHE_ROOT=${ISOLA_CACHE_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/isola}
+[[ "$CACHE_ROOT" == none ]] || SHARED="$CACHE_ROOT/kernel/$KEY"
+if [[ $FORCE -eq 0 && -n "$SHARED" && -s "$SHARED/vmlinux" && -s "$SHARED/kernel.release" ]]; then
+    rm -f "$OUT/.key"
+    cp "$SHARED/config" "$OUT/config"
+    cp "$SHARED/kernel.release" "$OUT/kernel.release"
+    cp "$SHARED/vmlinux" "$OUT/vmlinux.new"
+    mv -f "$OUT/vmlinux.new" "$OUT/vmlinux"
+    echo "$KEY" >"$OUT/.key"
+    echo "tailored kernel from the cache ($SHARED, $(cat "$OUT/kernel.release"))"
     exit 0
 fi
 
@@ -172,4 +190,15 @@ cp "$SRC/.config" "$OUT/config"
 echo "$RELEASE" >"$OUT/kernel.release"
 mv -f "$OUT/vmlinux.new" "$OUT/vmlinux"
 echo "$KEY" >"$OUT/.key"
+if [[ -n "$SHARED" ]] && mkdir -p "$SHARED.tmp.$$" 2>/dev/null; then
+    # Best effort: a full or read-only cache only costs the next checkout a build.
+    if cp "$OUT/vmlinux" "$OUT/config" "$OUT/kernel.release" "$SHARED.tmp.$$/" 2>/dev/null &&
+        { [[ -d "$SHARED" ]] || mv -T "$SHARED.tmp.$$" "$SHARED" 2>/dev/null; }; then
+        log "kept in the cache: $SHARED"
+    fi
+    rm -rf "$SHARED.tmp.$$"
+    # The three newest kernels stay; older keys are not coming back.
+    find "$CACHE_ROOT/kernel" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' 2>/dev/null |
+        sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf --
+fi
 log "built $RELEASE in $(($(date +%s) - started)) s: $OUT/vmlinux ($(($(stat -c %s "$OUT/vmlinux") / 1024)) KiB)"
