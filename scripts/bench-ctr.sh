@@ -74,6 +74,8 @@ for pid in $shim $(pgrep -P "$shim") $(for c in $(pgrep -P "$shim"); do pgrep -P
   line="$line $(cat "/proc/$pid/comm" 2>/dev/null || echo "?")=$((kb / 1024))MiB"
 done
 echo "bench-mem: one idle pod (PSS):$line  total $((total / 1024)) MiB"
+fixed=$(awk '$1 == "memory:" { gsub(/"/, "", $2); print $2 }' deploy/runtimeclass.yaml)
+echo "  RuntimeClass overhead.podFixed.memory (deploy/runtimeclass.yaml): $fixed; keep it above the total"
 
 # Exec round trip: `ctr task exec --exec-id e<n> <ctr> true`, start to exit, into the idle pod
 # and into a running runc container (alternating; one unmeasured exec each first).
