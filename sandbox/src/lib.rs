@@ -17,7 +17,7 @@ use isola_config::Config;
 use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError, NetDevice};
 
 pub use console::tail as console_tail;
-pub use vmconfig::{vm_config, SandboxPaths, SHARED_FS_TAG};
+pub use vmconfig::{vm_config, vm_dir_name, SandboxPaths, MAX_VM_DIR_NAME, SHARED_FS_TAG};
 
 /// Failure to bring a VM up or down.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,8 @@ pub const SHARED_FS_TAG: &str = "isolafs";
 /// Where one sandbox keeps its state (sockets, console log) and its shared directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxPaths {
-    /// `<state_dir>/vm/<id>`: owned by the hypervisor backend, removed when the VM stops.
+    /// `<state_dir>/vm/<vm_dir_name(id)>`: owned by the hypervisor backend, removed when the VM
+    /// stops. Its Unix sockets must fit in 107 bytes, hence the short name.
     pub vm_dir: PathBuf,
     /// `<state_dir>/shared/<id>`: shared with the guest over virtio-fs.
     pub shared_dir: PathBuf,
@@ -21,10 +22,28 @@ impl SandboxPaths {
     /// Paths for sandbox `id` under the runtime state directory.
     pub fn new(state_dir: &Path, id: &str) -> Self {
         SandboxPaths {
-            vm_dir: state_dir.join("vm").join(id),
+            vm_dir: state_dir.join("vm").join(vm_dir_name(id)),
             shared_dir: state_dir.join("shared").join(id),
         }
     }
+}
+
+/// Longest sandbox id a VM directory is named after as it is.
+pub const MAX_VM_DIR_NAME: usize = 40;
+
+/// The VM directory's name for sandbox `id`: the id itself when it is short, else (CRI's
+/// 64-character sandbox ids) its first 23 characters, `-` and a 64-bit FNV-1a hash of the
+/// whole id in hex: 40 bytes, so that the VM's socket paths leave room for a longer
+/// `state_dir` within the 107 bytes a Unix socket path may have.
+pub fn vm_dir_name(id: &str) -> String {
+    if id.len() <= MAX_VM_DIR_NAME {
+        return id.to_string();
+    }
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let prefix: String = id.chars().take(23).collect();
+    format!("{prefix}-{hash:016x}")
 }
 
 /// Builds the hypervisor's VM description for sandbox `id`.
@@ -85,6 +104,25 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_ids_get_short_distinct_vm_dirs() {
+        assert_eq!(vm_dir_name("abc"), "abc");
+        let a = "a".repeat(64);
+        let mut b = a.clone();
+        b.replace_range(63.., "b");
+        let (na, nb) = (vm_dir_name(&a), vm_dir_name(&b));
+        assert_eq!(na.len(), MAX_VM_DIR_NAME);
+        assert!(na.starts_with(&a[..23]), "{na}");
+        assert_ne!(
+            na, nb,
+            "ids differing only at the end get different directories"
+        );
+        assert_eq!(na, vm_dir_name(&a), "the name is stable across calls");
+        let paths = SandboxPaths::new(Path::new("/run/isola"), &a);
+        assert_eq!(paths.vm_dir, Path::new("/run/isola/vm").join(&na));
+        assert_eq!(paths.shared_dir, Path::new("/run/isola/shared").join(&a));
+    }
 
     #[test]
     fn defaults_map_to_a_virtiofs_vhost_auto_vm() {

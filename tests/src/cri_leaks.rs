@@ -26,20 +26,33 @@ use crate::mounts::mounts_under;
 use crate::processes_mentioning;
 
 /// Processes (other than this one) whose command line mentions the pod `pod_id` (the shim's
-/// `-id`, the state directories of its VM): (pid, command line).
+/// `-id`, the state directories of its VM, whose name may be the id shortened): (pid, command
+/// line).
 pub fn pod_processes(pod_id: &str) -> Vec<(u32, String)> {
-    processes_mentioning(pod_id)
+    let mut found = processes_mentioning(pod_id);
+    let short = isola_sandbox::vm_dir_name(pod_id);
+    if short != pod_id {
+        for p in processes_mentioning(&short) {
+            if !found.iter().any(|(pid, _)| *pid == p.0) {
+                found.push(p);
+            }
+        }
+    }
+    found
 }
 
-/// Entries at most two levels below `state` whose name contains `pod_id`.
+/// Entries at most two levels below `state` whose name contains `pod_id` (or the shortened
+/// name of its VM directory).
 pub fn state_entries(state: &Path, pod_id: &str) -> Vec<String> {
+    let short = isola_sandbox::vm_dir_name(pod_id);
+    let names_pod = |name: &str| name.contains(pod_id) || name.contains(short.as_str());
     let mut found = Vec::new();
     let Ok(top) = std::fs::read_dir(state) else {
         return found;
     };
     for e in top.flatten() {
         let p = e.path();
-        if e.file_name().to_string_lossy().contains(pod_id) {
+        if names_pod(&e.file_name().to_string_lossy()) {
             found.push(p.display().to_string());
             continue;
         }
@@ -50,7 +63,7 @@ pub fn state_entries(state: &Path, pod_id: &str) -> Vec<String> {
             found.extend(
                 inner
                     .flatten()
-                    .filter(|i| i.file_name().to_string_lossy().contains(pod_id))
+                    .filter(|i| names_pod(&i.file_name().to_string_lossy()))
                     .map(|i| i.path().display().to_string()),
             );
         }
@@ -239,6 +252,14 @@ mod tests {
             ]
         );
         assert!(state_entries(d.path(), "zzz").is_empty());
+        // A CRI-length id's VM directory is named short: still found.
+        let long = "f".repeat(64);
+        let short = isola_sandbox::vm_dir_name(&long);
+        std::fs::create_dir_all(d.path().join("vm").join(&short)).unwrap();
+        assert_eq!(
+            state_entries(d.path(), &long),
+            vec![d.path().join("vm").join(&short).display().to_string()]
+        );
     }
 
     #[test]
