@@ -415,20 +415,13 @@ impl<S: AsyncRead + AsyncWrite> QmpClient<S> {
 
     /// `query-hotpluggable-cpus`: every possible CPU, present or not.
     pub async fn query_hotpluggable_cpus(&mut self) -> Result<Vec<HotpluggableCpu>, QmpError> {
-        const CMD: &str = "query-hotpluggable-cpus";
-        let ret = self.execute(CMD, None).await?;
-        let bad = |detail: &str| malformed(CMD, detail, &ret.to_string());
-        let Some(list) = ret.as_array() else {
-            return Err(bad("not an array"));
-        };
-        list.iter()
-            .map(|e| {
-                let driver = e.get("type").and_then(Value::as_str);
-                let props = e.get("props").and_then(Value::as_object);
-                let (Some(driver), Some(props)) = (driver, props) else {
-                    return Err(bad("an entry without type/props"));
-                };
-                Ok(HotpluggableCpu {
+        self.query_list(
+            "query-hotpluggable-cpus",
+            "an entry without type/props",
+            |e| {
+                let driver = e.get("type").and_then(Value::as_str)?;
+                let props = e.get("props").and_then(Value::as_object)?;
+                Some(HotpluggableCpu {
                     driver: driver.to_owned(),
                     props: props.clone(),
                     qom_path: e.get("qom-path").and_then(Value::as_str).map(str::to_owned),
@@ -438,27 +431,21 @@ impl<S: AsyncRead + AsyncWrite> QmpClient<S> {
                         .and_then(|n| u32::try_from(n).ok())
                         .unwrap_or(1),
                 })
-            })
-            .collect()
+            },
+        )
+        .await
     }
 
     /// `query-memory-devices`: the plugged DIMMs (boot RAM is not listed).
     pub async fn query_memory_devices(&mut self) -> Result<Vec<MemoryDevice>, QmpError> {
-        const CMD: &str = "query-memory-devices";
-        let ret = self.execute(CMD, None).await?;
-        let bad = |detail: &str| malformed(CMD, detail, &ret.to_string());
-        let Some(list) = ret.as_array() else {
-            return Err(bad("not an array"));
-        };
-        list.iter()
-            .map(|e| {
-                let kind = e.get("type").and_then(Value::as_str);
+        self.query_list(
+            "query-memory-devices",
+            "an entry without type/data.size",
+            |e| {
+                let kind = e.get("type").and_then(Value::as_str)?;
                 let data = e.get("data");
-                let size = data.and_then(|d| d.get("size")).and_then(Value::as_u64);
-                let (Some(kind), Some(size)) = (kind, size) else {
-                    return Err(bad("an entry without type/data.size"));
-                };
-                Ok(MemoryDevice {
+                let size = data.and_then(|d| d.get("size")).and_then(Value::as_u64)?;
+                Some(MemoryDevice {
                     kind: kind.to_owned(),
                     id: data
                         .and_then(|d| d.get("id"))
@@ -466,7 +453,27 @@ impl<S: AsyncRead + AsyncWrite> QmpClient<S> {
                         .map(str::to_owned),
                     size,
                 })
-            })
+            },
+        )
+        .await
+    }
+
+    /// Runs query `cmd`, whose answer is an array, and parses each entry with `entry`; an
+    /// answer that is not an array, or an entry `entry` rejects (`missing` says what it
+    /// lacks), is [`QmpError::Malformed`].
+    async fn query_list<T>(
+        &mut self,
+        cmd: &str,
+        missing: &str,
+        entry: impl Fn(&Value) -> Option<T>,
+    ) -> Result<Vec<T>, QmpError> {
+        let ret = self.execute(cmd, None).await?;
+        let bad = |detail: &str| malformed(cmd, detail, &ret.to_string());
+        let Some(list) = ret.as_array() else {
+            return Err(bad("not an array"));
+        };
+        list.iter()
+            .map(|e| entry(e).ok_or_else(|| bad(missing)))
             .collect()
     }
 
