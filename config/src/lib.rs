@@ -36,9 +36,9 @@ pub use model::{
     MIN_MEMORY_MIB, MIN_VCPUS, VHOST_VSOCK_DEVICE,
 };
 pub use pod::{
-    AnnotationError, PodConfig, PodSizing, ANNOTATION_PREFIX, CRI_SANDBOX_CPU_PERIOD,
-    CRI_SANDBOX_CPU_QUOTA, CRI_SANDBOX_MEMORY, DEFAULT_OVERHEAD_MEMORY_MIB, DEFAULT_OVERHEAD_VCPUS,
-    OVERRIDABLE,
+    mib_for_bytes, vcpus_for_quota, AnnotationError, PodConfig, PodSizing, ANNOTATION_PREFIX,
+    CRI_SANDBOX_CPU_PERIOD, CRI_SANDBOX_CPU_QUOTA, CRI_SANDBOX_MEMORY, DEFAULT_OVERHEAD_MEMORY_MIB,
+    DEFAULT_OVERHEAD_VCPUS, OVERRIDABLE,
 };
 
 /// The installation prefix, fixed at build time from the `ISOLA_PREFIX`

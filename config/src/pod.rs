@@ -271,19 +271,27 @@ fn check_kernel_params(value: &str) -> Result<(), String> {
 fn declared_vcpus(a: &HashMap<String, String>) -> Result<Option<u32>, AnnotationError> {
     let quota = number(a, CRI_SANDBOX_CPU_QUOTA)?;
     let period = number(a, CRI_SANDBOX_CPU_PERIOD)?;
-    Ok(match (quota, period) {
-        (Some(q), Some(p)) if q > 0 && p > 0 => {
-            Some(u32::try_from((q as u64).div_ceil(p as u64)).unwrap_or(u32::MAX))
-        }
-        _ => None,
-    })
+    Ok(quota.zip(period).and_then(|(q, p)| vcpus_for_quota(q, p)))
+}
+
+/// Whole vCPUs a CFS `quota` per `period` allows (rounded up); None when either is not
+/// positive (no limit). Pod sizing and VM growth on container updates both count this way.
+pub fn vcpus_for_quota(quota: i64, period: i64) -> Option<u32> {
+    let (q, p) = (u64::try_from(quota).ok()?, u64::try_from(period).ok()?);
+    (q > 0 && p > 0).then(|| u32::try_from(q.div_ceil(p)).unwrap_or(u32::MAX))
+}
+
+/// MiB a memory limit of `bytes` needs (rounded up); None when it is not positive (no limit).
+pub fn mib_for_bytes(bytes: i64) -> Option<u64> {
+    u64::try_from(bytes)
+        .ok()
+        .filter(|b| *b > 0)
+        .map(|b| b.div_ceil(1 << 20))
 }
 
 /// The pod's declared memory limit in MiB, from containerd's sandbox annotations.
 fn declared_memory_mib(a: &HashMap<String, String>) -> Result<Option<u64>, AnnotationError> {
-    Ok(number(a, CRI_SANDBOX_MEMORY)?
-        .filter(|b| *b > 0)
-        .map(|b| (b as u64).div_ceil(1 << 20)))
+    Ok(number(a, CRI_SANDBOX_MEMORY)?.and_then(mib_for_bytes))
 }
 
 /// A CRI sizing annotation as a number (negative and 0 mean "no limit" to CRI).

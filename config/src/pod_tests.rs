@@ -163,3 +163,14 @@ fn unknown_enable_annotations_entries_are_found() {
     pod.enable_annotations = vec!["hypervisor.vcpus".into(), "hypervisor.path".into()];
     assert_eq!(unknown_enabled(&pod), Some("hypervisor.path"));
 }
+
+#[test]
+fn quotas_and_limits_round_up_and_non_positive_means_none() {
+    assert_eq!(vcpus_for_quota(150_000, 100_000), Some(2));
+    assert_eq!(vcpus_for_quota(100_000, 100_000), Some(1));
+    assert_eq!(vcpus_for_quota(-1, 100_000), None);
+    assert_eq!(vcpus_for_quota(100_000, 0), None);
+    assert_eq!(mib_for_bytes(67_108_865), Some(65));
+    assert_eq!(mib_for_bytes(0), None);
+    assert_eq!(mib_for_bytes(-1), None);
+}

@@ -35,16 +35,14 @@ const OOM_RETRY: Duration = Duration::from_secs(1);
 /// (from the memory limit); None where it sets no limit.
 pub fn needed(resources: &LinuxResources) -> (Option<u32>, Option<u64>) {
     let cpus = resources.cpu().as_ref().and_then(|c| {
-        let quota = c.quota().filter(|q| *q > 0)?;
-        let period = c.period().filter(|p| *p > 0)?;
-        Some((quota as u64).div_ceil(period) as u32)
+        let period = i64::try_from(c.period()?).ok()?;
+        isola_config::vcpus_for_quota(c.quota()?, period)
     });
     let mem = resources
         .memory()
         .as_ref()
         .and_then(|m| m.limit())
-        .filter(|l| *l > 0)
-        .map(|l| (l as u64).div_ceil(1 << 20));
+        .and_then(isola_config::mib_for_bytes);
     (cpus, mem)
 }
 
