@@ -17,6 +17,10 @@ SHIM        := containerd-shim-isola-v2
 STATIC_DIR  := target/$(GUEST_TARGET)/release
 BENCH_RUNS  ?= 5
 export ISOLA_PREFIX := $(PREFIX)
+# A CI run builds once: incremental state would only take disk.
+ifneq ($(CI),)
+export CARGO_INCREMENTAL := 0
+endif
 
 .PHONY: all setup build agent guest images demo test lint unit bench install uninstall clean
 

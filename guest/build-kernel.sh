@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Builds the tailored isola guest kernel from Debian's kernel source package.
 #
-#   guest/build-kernel.sh --out build/kernel [--jobs N] [--force]
+#   guest/build-kernel.sh --out build/kernel [--jobs N] [--force] [--keep-tree]
 #
 # 1. `apt-get download` of LINUX_SOURCE_PACKAGE=LINUX_SOURCE_VERSION (guest/kernel.env), cached
-#    in <out>/cache/; 2. the tarball extracted to <out>/src/; 3. `make allnoconfig` with the
+#    in <out>/cache/; 2. the tarball extracted to <out>/src/ without what an x86 guest build never
+#    reads (other architectures, AMD GPU register headers, perf and selftests); 3. `make allnoconfig` with the
 #    fragment guest/kernel/isola.config merged in (scripts/kconfig/merge_config.sh -n), then
 #    `make olddefconfig`; 4. every option of the fragment checked against the final .config
 #    (Kconfig silently drops options whose dependencies are unmet: this fails naming them);
 #    5. `make vmlinux`, stripped, its PVH entry note checked.
+#
+# Disk: the source tree takes ~1 GB and its build ~0.2 GB more. After a successful build the tree
+# and the downloaded package are deleted (a CI machine's disk is not ours to fill); --keep-tree
+# keeps both, so that a changed fragment rebuilds incrementally (kernel work).
 #
 # Outputs (in --out): vmlinux (stripped ELF with the PVH note: QEMU boots it with -kernel),
 # config (the final .config), kernel.release (its `uname -r`), build.log, .key.
@@ -32,13 +37,14 @@ log() { printf 'guest/build-kernel.sh: %s\n' "$*" >&2; }
 die() { printf 'guest/build-kernel.sh: error: %s\n' "$*" >&2; exit 1; }
 unavailable() { printf 'guest/build-kernel.sh: source unavailable: %s\n' "$*" >&2; exit 3; }
 
-OUT="" JOBS=2 FORCE=0
+OUT="" JOBS=2 FORCE=0 KEEP_TREE=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --out) OUT=${2:?--out needs a path}; shift 2 ;;
         --jobs) JOBS=${2:?--jobs needs a number}; shift 2 ;;
         --force) FORCE=1; shift ;;
-        -h|--help) sed -n '2,23p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+        --keep-tree) KEEP_TREE=1; shift ;;
+        -h|--help) sed -n '2,28p' "$SELF" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
         *) die "unknown argument: $1" ;;
     esac
 done
@@ -124,7 +130,16 @@ if [[ "$(cat "$OUT/src/.version" 2>/dev/null)" != "$PKG=$VER" || ! -f "$SRC/Make
     log "extracting $PKG $VER"
     rm -rf "$OUT/src"
     mkdir -p "$OUT/src"
-    dpkg-deb --fsys-tarfile "$DEB" | tar -xO "./usr/src/$PKG.tar.xz" | tar -xJ -C "$OUT/src" ||
+    # Not extracted: nothing of an x86 build reads them, Kconfig included (~0.6 GB).
+    skip=()
+    for arch in alpha arc arm arm64 csky hexagon ia64 loongarch m68k microblaze mips nios2 \
+        openrisc parisc powerpc riscv s390 sh sparc um xtensa; do
+        skip+=(--exclude="$PKG/arch/$arch")
+    done
+    skip+=(--exclude="$PKG/drivers/gpu/drm/amd/include/asic_reg"
+        --exclude="$PKG/tools/perf" --exclude="$PKG/tools/testing")
+    dpkg-deb --fsys-tarfile "$DEB" | tar -xO "./usr/src/$PKG.tar.xz" |
+        tar -xJ -C "$OUT/src" "${skip[@]}" ||
         die "extracting /usr/src/$PKG.tar.xz from $DEB failed (delete it and rerun)"
     [[ -f "$SRC/Makefile" ]] || die "$DEB did not contain $PKG/Makefile"
     echo "$PKG=$VER" >"$OUT/src/.version"
@@ -201,4 +216,10 @@ if [[ -n "$SHARED" ]] && mkdir -p "$SHARED.tmp.$$" 2>/dev/null; then
     find "$CACHE_ROOT/kernel" -mindepth 1 -maxdepth 1 -type d -printf '%T@ %p\n' 2>/dev/null |
         sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf --
 fi
-log "built $RELEASE in $(($(date +%s) - started)) s: $OUT/vmlinux ($(($(stat -c %s "$OUT/vmlinux") / 1024)) KiB)"
+if [[ $KEEP_TREE -eq 0 ]]; then
+    rm -rf "$OUT/src" "$CACHE"
+    tree_note="source tree and package deleted (--keep-tree keeps them)"
+else
+    tree_note="source tree kept in $OUT/src"
+fi
+log "built $RELEASE in $(($(date +%s) - started)) s: $OUT/vmlinux ($(($(stat -c %s "$OUT/vmlinux") / 1024)) KiB); $tree_note"

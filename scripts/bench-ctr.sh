@@ -3,7 +3,8 @@
 # runc side by side (alternating runs, one private containerd), next to the bare VM boot floor
 # measured by `isola bench boot` in the same run (floor and agent-ready for the configured,
 # default kernel and, when build/guest/debian/ has it, for the Debian kernel too, with their
-# ratio); then the host memory of one idle pod; then the exec round trip
+# ratio), then `ctr run --rm` with that Debian kernel (runtime options' ConfigPath) in the same
+# alternating loop, with the ratio of the two kernels; then the host memory of one idle pod; then the exec round trip
 # (`ctr task exec <running container> true`) into that pod and into a runc container.
 #
 #   scripts/bench-ctr.sh [runs]        (after make build guest images)
@@ -38,20 +39,36 @@ $dev start >/dev/null
 trap '$dev stop >/dev/null' EXIT
 $dev ctr images import build/images/busybox.tar >/dev/null
 
-run_once() { # <runtime> <name>
-  local t0 t1
+run_once() { # <runtime> <name> [ctr run options]
+  local t0 t1 runtime=$1 name=$2
+  shift 2
   t0=$(now)
-  $dev ctr run --rm --runtime "$1" "$image" "$2" true >/dev/null
+  $dev ctr run --rm --runtime "$runtime" "$@" "$image" "$name" true >/dev/null
   t1=$(now)
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
 }
+# The same runtime with the Debian kernel, through the runtime options' ConfigPath (what the CRI
+# plugin's `options.ConfigPath` sets), when the guest build has it.
+debian_opts=()
+if [ ${#compare[@]} -gt 0 ]; then
+  debian_config=$root/build/isola-dev-debian.toml
+  cat "$ISOLA_CONFIG" - >"$debian_config" <<TOML
+# bench-ctr.sh: the Debian kernel instead of the default one.
+TOML
+  sed -i -e "s|^kernel *=.*|kernel = \"$root/build/guest/debian/vmlinux\"|" \
+    -e "s|^initrd *=.*|initrd = \"$root/build/guest/debian/initrd.img\"|" "$debian_config"
+  debian_opts=(--runtime-config-path "$debian_config")
+fi
 # One unmeasured run of each warms caches.
 run_once io.containerd.runc.v2 warm-r >/dev/null
 run_once io.containerd.isola.v2 warm-i >/dev/null
-isola_t="" runc_t=""
+[ ${#debian_opts[@]} -eq 0 ] || run_once io.containerd.isola.v2 warm-d "${debian_opts[@]}" >/dev/null
+isola_t="" runc_t="" debian_t=""
 for n in $(seq 1 "$runs"); do
   runc_t="$runc_t $(run_once io.containerd.runc.v2 bench-r-"$n")"
   isola_t="$isola_t $(run_once io.containerd.isola.v2 bench-i-"$n")"
+  [ ${#debian_opts[@]} -eq 0 ] ||
+    debian_t="$debian_t $(run_once io.containerd.isola.v2 bench-d-"$n" "${debian_opts[@]}")"
 done
 mi=$(echo "$isola_t" | median)
 mr=$(echo "$runc_t" | median)
@@ -60,6 +77,11 @@ echo "bench-ctr: ctr run --rm $image true, $runs runs each (alternating), guest 
 printf '  runc   median %6.3f s   [%s ]\n' "$mr" "$runc_t"
 printf '  isola  median %6.3f s   [%s ]\n' "$mi" "$isola_t"
 printf '  ratio isola/VM floor: %s  (aim <= 1.25)   ratio isola/runc: %s\n' "$(ratio "$mi" "$floor")" "$(ratio "$mi" "$mr")"
+if [ -n "$debian_t" ]; then
+  md=$(echo "$debian_t" | median)
+  printf '  isola, Debian kernel  median %6.3f s   [%s ]\n' "$md" "$debian_t"
+  printf '  ratio default kernel/Debian kernel: %s  (issue 6: the order of the agent-ready ratio, <= 0.55)\n' "$(ratio "$mi" "$md")"
+fi
 
 # Host memory of one idle pod: PSS of the shim, qemu and the helper daemons.
 $dev ctr run -d --runtime io.containerd.isola.v2 "$image" bench-idle sleep 3600 >/dev/null
