@@ -21,6 +21,19 @@ APT_PACKAGES=(
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
+# A build and test run needs about 6 GB: target/ (3.6 GB), the kernel source tree while it builds
+# (1 GB), the crates.io tools' build directories, the Debian packages. Say so up front, rather
+# than fail deep inside a compiler with ENOSPC.
+NEED_MB=6144
+free_mb=$(df --output=avail -m . 2>/dev/null | tail -n 1 | tr -d ' ')
+if [[ "$free_mb" =~ ^[0-9]+$ ]]; then
+  if [ "$free_mb" -lt "$NEED_MB" ]; then
+    log "WARNING: $free_mb MiB free on $(df --output=target . | tail -n 1); a full build and test run needs about $NEED_MB MiB (cargo clean and rm -rf build/ in other checkouts free some)"
+  else
+    log "$free_mb MiB free on $(df --output=target . | tail -n 1)"
+  fi
+fi
+
 if [ "$(id -u)" != 0 ]; then
   echo "setup.sh installs system packages: run it as root (sudo make setup)" >&2
   exit 1
