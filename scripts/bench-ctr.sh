@@ -4,8 +4,9 @@
 # measured by `isola bench boot` in the same run (floor and agent-ready for the configured,
 # default kernel and, when build/guest/debian/ has it, for the Debian kernel too, with their
 # ratio), then `ctr run --rm` with that Debian kernel (runtime options' ConfigPath) in the same
-# alternating loop, with the ratio of the two kernels; then the host memory of one idle pod; then the exec round trip
-# (`ctr task exec <running container> true`) into that pod and into a runc container.
+# alternating loop, with the ratio of the two kernels; then the host memory of one idle pod;
+# then the exec round trip (`ctr task exec <running container> true`) into that pod and into a
+# runc container.
 #
 #   scripts/bench-ctr.sh [runs]        (after make build guest images)
 set -euo pipefail
