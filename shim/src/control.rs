@@ -148,7 +148,8 @@ impl Service {
         let (want_cpus, want_mib) = needed(resources);
         let have = *sandbox.size.lock().unwrap();
         let mut added_cpus = 0;
-        let mut grew_memory = false;
+        // The VM's memory after a hot-plug, for the agent to wait for (0: none).
+        let mut grown_mib = 0;
         if let Some(want) = want_cpus.filter(|w| *w > have.vcpus) {
             match sandbox.vm.hotplug_vcpus(want).await {
                 Ok(now) => {
@@ -172,7 +173,7 @@ impl Service {
             match sandbox.vm.hotplug_memory(target).await {
                 Ok(now) => {
                     tracing::info!(from = have.memory_mib, to = now, "VM grown: memory (MiB)");
-                    grew_memory = true;
+                    grown_mib = now;
                     sandbox.size.lock().unwrap().memory_mib = now.into();
                 }
                 Err(ShimError::Unimplemented(why)) => tracing::warn!(
@@ -183,10 +184,10 @@ impl Service {
                 Err(e) => return Err(e),
             }
         }
-        if added_cpus > 0 || grew_memory {
+        if added_cpus > 0 || grown_mib > 0 {
             sandbox
                 .agent
-                .online_cpu_mem(added_cpus, !grew_memory)
+                .online_cpu_mem(added_cpus, grown_mib == 0, grown_mib)
                 .await?;
         }
         Ok(())

@@ -397,8 +397,11 @@ impl AgentApi for FakeAgent {
         Ok(())
     }
 
-    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool) -> Result<()> {
-        self.call("OnlineCPUMem", &format!("{nb_cpus} cpu_only={cpu_only}"))
+    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool, memory_mib: u32) -> Result<()> {
+        self.call(
+            "OnlineCPUMem",
+            &format!("{nb_cpus} cpu_only={cpu_only} memory_mib={memory_mib}"),
+        )
     }
 
     async fn update_interface(&self, iface: Interface) -> Result<()> {

@@ -82,13 +82,23 @@ async fn vm_hotplug_one_vcpu_and_256_mib() {
         let err = vm.vm.hotplug_vcpus(10_000).await.unwrap_err();
         assert!(matches!(err, HypervisorError::HotplugLimit { .. }), "{err}");
 
-        // Guest side, memory: the kernel onlines the new blocks itself
-        // (memhp_default_state=online in the default kernel parameters).
+        // Guest side, memory: the guest adds the new blocks a moment after QEMU's device_add
+        // returned (and its kernel onlines them, memhp_default_state=online). OnlineCPUMem
+        // with the VM's new size answers only once all of it is there and online: read once
+        // right after, MemTotal has grown, with no polling.
+        vm.agent
+            .agent
+            .online_cpu_mem(
+                isola_agent_client::context(RPC),
+                &OnlineCPUMemRequest {
+                    memory_mib: 768,
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("OnlineCPUMem waiting for 768 MiB");
         let grown = 256 * 1024 * 1024;
-        let after = details_until(&vm, Duration::from_secs(20), |d| {
-            d.memory_total_bytes >= before.memory_total_bytes + grown
-        })
-        .await;
+        let after = details(&vm).await;
         assert!(
             after.memory_total_bytes >= before.memory_total_bytes + grown,
             "guest MemTotal {} -> {} bytes after hot-adding 256 MiB",

@@ -434,11 +434,15 @@ impl agent_ttrpc::Agent for AgentService {
         req: OnlineCPUMemRequest,
     ) -> ttrpc::Result<Empty> {
         guarded("OnlineCPUMem", async {
+            let want = hotplug::Wanted {
+                nb_cpus: req.nb_cpus,
+                cpu_only: req.cpu_only,
+                memory_mib: req.memory_mib,
+            };
             hotplug::online(
                 std::path::Path::new(hotplug::SYSFS),
-                req.nb_cpus,
-                req.cpu_only,
-                hotplug::CPU_WAIT,
+                want,
+                hotplug::HOTPLUG_WAIT,
             )
             .await?;
             Ok(Empty::default())
