@@ -21,6 +21,15 @@ async fn details(vm: &BootedVm) -> GuestDetailsResponse {
         .expect("GetGuestDetails")
 }
 
+/// OnlineCPUMem, with room for the agent's own bounded wait (10 s) for what was announced.
+async fn online_cpu_mem(vm: &BootedVm, req: OnlineCPUMemRequest) {
+    vm.agent
+        .agent
+        .online_cpu_mem(isola_agent_client::context(Duration::from_secs(15)), &req)
+        .await
+        .unwrap_or_else(|e| panic!("OnlineCPUMem {req:?}: {e}"));
+}
+
 /// Polls GetGuestDetails until `ok` holds or `within` passes; returns the last answer.
 async fn details_until(
     vm: &BootedVm,
@@ -86,17 +95,14 @@ async fn vm_hotplug_one_vcpu_and_256_mib() {
         // returned (and its kernel onlines them, memhp_default_state=online). OnlineCPUMem
         // with the VM's new size answers only once all of it is there and online: read once
         // right after, MemTotal has grown, with no polling.
-        vm.agent
-            .agent
-            .online_cpu_mem(
-                isola_agent_client::context(RPC),
-                &OnlineCPUMemRequest {
-                    memory_mib: 768,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("OnlineCPUMem waiting for 768 MiB");
+        online_cpu_mem(
+            &vm,
+            OnlineCPUMemRequest {
+                memory_mib: 768,
+                ..Default::default()
+            },
+        )
+        .await;
         let grown = 256 * 1024 * 1024;
         let after = details(&vm).await;
         assert!(
@@ -119,17 +125,14 @@ async fn vm_hotplug_one_vcpu_and_256_mib() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // ... and the CPU arrives offline: the agent's OnlineCPUMem onlines it.
-        vm.agent
-            .agent
-            .online_cpu_mem(
-                isola_agent_client::context(RPC),
-                &OnlineCPUMemRequest {
-                    nb_cpus: 1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .expect("OnlineCPUMem");
+        online_cpu_mem(
+            &vm,
+            OnlineCPUMemRequest {
+                nb_cpus: 1,
+                ..Default::default()
+            },
+        )
+        .await;
         let d = details_until(&vm, Duration::from_secs(20), |d| d.online_cpus == 2).await;
         assert_eq!(d.online_cpus, 2, "online vCPUs after OnlineCPUMem");
     }
