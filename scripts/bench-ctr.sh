@@ -53,11 +53,9 @@ run_once() { # <runtime> <name> [ctr run options]
 debian_opts=()
 if [ ${#compare[@]} -gt 0 ]; then
   debian_config=$root/build/isola-dev-debian.toml
-  cat "$ISOLA_CONFIG" - >"$debian_config" <<TOML
-# bench-ctr.sh: the Debian kernel instead of the default one.
-TOML
-  sed -i -e "s|^kernel *=.*|kernel = \"$root/build/guest/debian/vmlinux\"|" \
-    -e "s|^initrd *=.*|initrd = \"$root/build/guest/debian/initrd.img\"|" "$debian_config"
+  sed -e "s|^kernel *=.*|kernel = \"$root/build/guest/debian/vmlinux\"|" \
+    -e "s|^initrd *=.*|initrd = \"$root/build/guest/debian/initrd.img\"|" \
+    "$ISOLA_CONFIG" >"$debian_config"
   debian_opts=(--runtime-config-path "$debian_config")
 fi
 # One unmeasured run of each warms caches.

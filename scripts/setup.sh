@@ -25,12 +25,12 @@ log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 # (1 GB), the crates.io tools' build directories, the Debian packages. Say so up front, rather
 # than fail deep inside a compiler with ENOSPC.
 NEED_MB=6144
-free_mb=$(df --output=avail -m . 2>/dev/null | tail -n 1 | tr -d ' ')
-if [[ "$free_mb" =~ ^[0-9]+$ ]]; then
+read -r free_mb mount < <(df --output=avail,target -m . 2>/dev/null | tail -n 1) || true
+if [[ "${free_mb:-}" =~ ^[0-9]+$ ]]; then
   if [ "$free_mb" -lt "$NEED_MB" ]; then
-    log "WARNING: $free_mb MiB free on $(df --output=target . | tail -n 1); a full build and test run needs about $NEED_MB MiB (cargo clean and rm -rf build/ in other checkouts free some)"
+    log "WARNING: $free_mb MiB free on $mount; a full build and test run needs about $NEED_MB MiB (cargo clean and rm -rf build/ in other checkouts free some)"
   else
-    log "$free_mb MiB free on $(df --output=target . | tail -n 1)"
+    log "$free_mb MiB free on $mount"
   fi
 fi
 

@@ -116,10 +116,10 @@ pub trait AgentApi: Send + Sync {
     async fn stats_container(&self, container_id: &str) -> Result<StatsContainerResponse>;
     /// Applies new resource limits (OCI `LinuxResources` as JSON) to a container's cgroup.
     async fn update_container(&self, container_id: &str, resources_json: Vec<u8>) -> Result<()>;
-    /// Onlines hot-plugged CPUs (`nb_cpus`, 0 = all offline ones) and, unless `cpu_only`,
-    /// memory blocks in the guest; with `memory_mib` (the VM's memory after a hot-plug, 0 for
-    /// none) it answers once the guest has that much memory online.
-    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool, memory_mib: u32) -> Result<()>;
+    /// Onlines hot-plugged CPUs (`nb_cpus`, 0 = all offline ones) in the guest and, when memory
+    /// grew (`memory_mib`: the VM's memory after the hot-plug, 0 when it did not), its memory
+    /// blocks, answering once the guest has that much memory online.
+    async fn online_cpu_mem(&self, nb_cpus: u32, memory_mib: u32) -> Result<()>;
     /// Blocks until a container of the sandbox is OOM-killed; returns its id. No deadline.
     async fn get_oom_event(&self) -> Result<String>;
     /// Configures the guest NIC with `iface.hw_addr`: name, MTU, addresses, up.
@@ -378,10 +378,10 @@ impl AgentApi for TtrpcAgent {
         Ok(())
     }
 
-    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool, memory_mib: u32) -> Result<()> {
+    async fn online_cpu_mem(&self, nb_cpus: u32, memory_mib: u32) -> Result<()> {
         let req = OnlineCPUMemRequest {
             nb_cpus,
-            cpu_only,
+            cpu_only: memory_mib == 0,
             memory_mib,
             ..Default::default()
         };

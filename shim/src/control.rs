@@ -185,10 +185,7 @@ impl Service {
             }
         }
         if added_cpus > 0 || grown_mib > 0 {
-            sandbox
-                .agent
-                .online_cpu_mem(added_cpus, grown_mib == 0, grown_mib)
-                .await?;
+            sandbox.agent.online_cpu_mem(added_cpus, grown_mib).await?;
         }
         Ok(())
     }

@@ -241,7 +241,7 @@ async fn update_beyond_the_vm_grows_it_then_onlines() {
     let calls = env.agent().calls();
     let online = calls
         .iter()
-        .position(|c| c == "OnlineCPUMem 2 cpu_only=true memory_mib=0");
+        .position(|c| c == "OnlineCPUMem 2 memory_mib=0");
     let update = calls.iter().position(|c| c == "UpdateContainer c1");
     assert!(online.is_some() && online < update, "{calls:?}");
     // Memory too: the VM grows to the limit, and the agent onlines memory and waits for all of
@@ -258,7 +258,7 @@ async fn update_beyond_the_vm_grows_it_then_onlines() {
     assert!(env
         .agent()
         .calls()
-        .contains(&"OnlineCPUMem 0 cpu_only=false memory_mib=1024".to_string()));
+        .contains(&"OnlineCPUMem 0 memory_mib=1024".to_string()));
     // The VM is now bigger: the same limit again needs no hotplug.
     env.service
         .update("c1", Some(&resources(json)))

@@ -397,10 +397,10 @@ impl AgentApi for FakeAgent {
         Ok(())
     }
 
-    async fn online_cpu_mem(&self, nb_cpus: u32, cpu_only: bool, memory_mib: u32) -> Result<()> {
+    async fn online_cpu_mem(&self, nb_cpus: u32, memory_mib: u32) -> Result<()> {
         self.call(
             "OnlineCPUMem",
-            &format!("{nb_cpus} cpu_only={cpu_only} memory_mib={memory_mib}"),
+            &format!("{nb_cpus} memory_mib={memory_mib}"),
         )
     }
 
