@@ -585,15 +585,15 @@ impl Service {
         process_json: Vec<u8>,
     ) -> Result<()> {
         options::validate_id("exec id", exec_id)?;
-        let mut process: oci_spec::runtime::Process = serde_json::from_slice(&process_json)
-            .map_err(|e| {
-                ShimError::InvalidArgument(format!(
-                    "the process spec of exec {exec_id} is malformed: {e}"
-                ))
-            })?;
-        process.set_terminal(Some(stdio.terminal));
-        let json = serde_json::to_vec(&process)
-            .map_err(|e| ShimError::Internal(format!("serializing the exec spec: {e}")))?;
+        let (json, dropped) = translate::exec_process(&process_json, exec_id, stdio.terminal)?;
+        if !dropped.is_empty() {
+            tracing::info!(
+                container_id = id,
+                exec_id,
+                ?dropped,
+                "not passed to the guest"
+            );
+        }
         let mut containers = self.containers.lock().unwrap();
         let c = containers.get_mut(id)?;
         if c.init.status != Status::Running {

@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, MountBuilder, Spec};
+use oci_spec::runtime::{Mount, MountBuilder, Process, Spec};
 
 use crate::error::{Result, ShimError};
 use crate::mounts::{HostBind, SourceKind};
@@ -90,14 +90,7 @@ pub fn translate(
         spec.set_hooks(None);
     }
     if let Some(process) = spec.process_mut() {
-        if let Some(profile) = process.apparmor_profile().clone() {
-            dropped.push(format!("AppArmor profile {profile} (host policy)"));
-            process.set_apparmor_profile(None);
-        }
-        if process.selinux_label().is_some() {
-            dropped.push("SELinux process label (host policy)".into());
-            process.set_selinux_label(None);
-        }
+        drop_host_policy(process, &mut dropped);
     }
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(guest_cgroup(cid)));
@@ -145,6 +138,36 @@ pub fn translate(
         binds,
         dropped,
     })
+}
+
+/// The process spec of exec `exec_id` for the guest: `terminal` as containerd asked, the
+/// host's LSM policy left out ([`drop_host_policy`]); returns it as JSON with what was left out.
+pub fn exec_process(json: &[u8], exec_id: &str, terminal: bool) -> Result<(Vec<u8>, Vec<String>)> {
+    let mut process: Process = serde_json::from_slice(json).map_err(|e| {
+        ShimError::InvalidArgument(format!(
+            "the process spec of exec {exec_id} is malformed: {e}"
+        ))
+    })?;
+    process.set_terminal(Some(terminal));
+    let mut dropped = Vec::new();
+    drop_host_policy(&mut process, &mut dropped);
+    let json = serde_json::to_vec(&process)
+        .map_err(|e| ShimError::Internal(format!("serializing the exec spec: {e}")))?;
+    Ok((json, dropped))
+}
+
+/// Drops what a process spec says of the host's LSM policy (AppArmor profile, SELinux
+/// label): the guest kernel has neither, and the VM boundary stands in for them. Used for the
+/// init's process and for every exec's.
+pub fn drop_host_policy(process: &mut Process, dropped: &mut Vec<String>) {
+    if let Some(profile) = process.apparmor_profile().clone() {
+        dropped.push(format!("AppArmor profile {profile} (host policy)"));
+        process.set_apparmor_profile(None);
+    }
+    if process.selinux_label().is_some() {
+        dropped.push("SELinux process label (host policy)".into());
+        process.set_selinux_label(None);
+    }
 }
 
 fn translate_mounts(

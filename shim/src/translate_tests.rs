@@ -237,3 +237,23 @@ fn a_minimal_spec_passes_through() {
     assert!(t.dropped.is_empty());
     assert!(t.spec.mounts().is_none());
 }
+
+#[test]
+fn an_exec_process_loses_host_policy_and_keeps_its_security_settings() {
+    let json = br#"{"args": ["sh"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+        "apparmorProfile": "cri-containerd.apparmor.d", "selinuxLabel": "system_u:r:t:s0",
+        "noNewPrivileges": true, "capabilities": {"bounding": ["CAP_KILL"]},
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 8, "soft": 8}]}"#;
+    let (out, dropped) = super::exec_process(json, "e1", true).unwrap();
+    let p: Process = serde_json::from_slice(&out).unwrap();
+    assert_eq!(p.terminal(), Some(true));
+    assert_eq!(p.apparmor_profile(), &None);
+    assert_eq!(p.selinux_label(), &None);
+    assert_eq!(dropped.len(), 2, "{dropped:?}");
+    assert_eq!(p.no_new_privileges(), Some(true));
+    assert!(p.capabilities().is_some());
+    assert_eq!(p.rlimits().as_ref().map(Vec::len), Some(1));
+    let err = super::exec_process(b"{", "e2", false).unwrap_err();
+    assert!(matches!(err, ShimError::InvalidArgument(_)), "{err}");
+    assert!(err.to_string().contains("e2"), "{err}");
+}

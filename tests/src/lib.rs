@@ -9,6 +9,7 @@ pub mod cri;
 pub mod cri_leaks;
 pub mod cri_stream;
 pub mod ctr_child;
+pub mod ctr_pty;
 pub mod keeper;
 pub mod mounts;
 

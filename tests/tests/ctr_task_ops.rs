@@ -8,9 +8,8 @@
 //! below, which is what containerd's tasks service does with `ctr task update` in later versions.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use isola_tests::containerd::{describe, Containerd, CtrChild, NAMESPACE};
@@ -83,64 +82,6 @@ fn metric(all: &[(String, String)], name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no numeric {name} in ctr tasks metrics: {all:?}"))
 }
 
-/// Runs `ctr <args>` on a new pseudo-terminal (ctr -t needs one); returns the exit code and
-/// what appeared on the terminal.
-fn ctr_on_pty(c: &Containerd, args: &[&str], timeout: Duration) -> (Option<i32>, String) {
-    ctr_on_sized_pty(c, args, timeout, None)
-}
-
-/// [`ctr_on_pty`] on a terminal of `size` (rows, columns): ctr passes its terminal's size on
-/// with ResizePty.
-fn ctr_on_sized_pty(
-    c: &Containerd,
-    args: &[&str],
-    timeout: Duration,
-    size: Option<(u16, u16)>,
-) -> (Option<i32>, String) {
-    let winsize = size.map(|(rows, cols)| nix::pty::Winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    });
-    let pty = nix::pty::openpty(winsize.as_ref(), None).expect("openpty");
-    let slave = std::fs::File::from(pty.slave);
-    let mut cmd = c.ctr_command();
-    cmd.args(args)
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave));
-    let mut child = cmd.spawn().expect("spawning ctr");
-    drop(cmd);
-    let mut master = std::fs::File::from(pty.master);
-    let fd = master.as_raw_fd();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        // EIO once every slave end is closed.
-        while let Ok(n) = master.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ctr {} on a pty (fd {fd}) did not finish", args.join(" "));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    (status.code(), reader.join().unwrap())
-}
-
 /// Waits until `ctr tasks ps <id>` lists exec `exec_id` (by its ProcessDetails).
 fn wait_in_ps(c: &Containerd, id: &str, exec_id: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -174,8 +115,7 @@ fn vm_ctr_task_exec_with_and_without_tty() {
     assert!(stderr(&out).contains("err"), "{}", describe(&out));
 
     // With a terminal: the process sees a tty.
-    let (code, term) = ctr_on_pty(
-        &c,
+    let (code, term) = c.ctr_on_pty(
         &[
             "tasks",
             "exec",
@@ -193,8 +133,7 @@ fn vm_ctr_task_exec_with_and_without_tty() {
     assert!(term.contains("is-a-tty"), "terminal output: {term:?}");
 
     // ctr's own terminal size reaches the process (ResizePty -> the guest pty).
-    let (code, term) = ctr_on_sized_pty(
-        &c,
+    let (code, term) = c.ctr_on_sized_pty(
         &[
             "tasks",
             "exec",

@@ -18,6 +18,7 @@
 //! What the containers of one pod share (the sandbox container's namespaces, the pod's shm and
 //! emptyDir volumes) is [`pod`]'s.
 
+mod inherit;
 mod pod;
 pub mod spec;
 mod task;
@@ -36,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::cgroups;
 use crate::error::{AgentError, Result};
-use crate::libct::{Op, Runtime};
+use crate::libct::{seccomp, Op, Runtime};
 use crate::oom::OomWatcher;
 use crate::process::{ExitInfo, Process};
 use crate::pty::ConsoleSocket;
@@ -105,6 +106,8 @@ pub struct Container {
     bundle: PathBuf,
     /// The container's cgroup directory (from `linux.cgroupsPath`).
     cgroup_dir: Option<PathBuf>,
+    /// What its exec'd processes inherit (security settings, the seccomp filter).
+    exec_defaults: inherit::ExecDefaults,
     pub init: Arc<Process>,
     state: Mutex<State>,
     /// Serializes create/start/exec/remove.
@@ -244,6 +247,7 @@ impl Containers {
             init_exec_id: req.init_exec_id.clone(),
             bundle: self.bundles_dir.join(&req.id),
             cgroup_dir: cgroups::dir(Path::new(cgroups::CGROUP_ROOT), &cs.cgroup_path),
+            exec_defaults: inherit::ExecDefaults::of(&cs.spec),
             init,
             state: Mutex::new(State {
                 phase: Phase::Creating,
@@ -435,7 +439,13 @@ impl Containers {
     ) -> Result<()> {
         let c = self.get(id)?;
         spec::check_exec_id(exec_id)?;
-        let oci_process = spec::exec_process(process_json, id, exec_id, wanted.terminal)?;
+        let oci_process = spec::exec_process(
+            process_json,
+            id,
+            exec_id,
+            wanted.terminal,
+            &c.exec_defaults.process,
+        )?;
         let wanted = StdioWanted {
             terminal: oci_process.terminal().unwrap_or(false),
             ..wanted
@@ -506,31 +516,33 @@ impl Containers {
         &self,
         c: &Arc<Container>,
         process: &Arc<Process>,
-        oci_process: oci_spec::runtime::Process,
+        mut oci_process: oci_spec::runtime::Process,
         side: Option<ProcessSide>,
     ) -> Result<()> {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        let path = c.bundle.join(format!(
-            "exec-{}.json",
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let json = serde_json::to_vec(&oci_process)
-            .map_err(|e| AgentError::Runtime(format!("encoding the process: {e}")))?;
-        std::fs::write(&path, json)
-            .map_err(|e| AgentError::io(format!("writing {}", path.display()), e))?;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = c.bundle.join(format!("exec-{n}.json"));
+        let seccomp_path = c.bundle.join(format!("exec-{n}.seccomp.json"));
+        let seccomp = seccomp::plan(&mut oci_process, c.exec_defaults.seccomp.as_ref());
         let terminal = process.terminal();
         let result = async {
+            write_json(&path, &oci_process)?;
+            if let Some(s) = &seccomp {
+                write_json(&seccomp_path, s)?;
+            }
             let console = terminal.then(ConsoleSocket::bind).transpose()?;
             let op = Op::Exec {
                 id: c.id.clone(),
                 process: path.clone(),
                 console_socket: console.as_ref().map(|s| s.path().to_path_buf()),
                 stdio: side.is_some(),
+                seccomp: seccomp.is_some().then(|| seccomp_path.clone()),
             };
             self.run_for(process, op, side, console).await
         }
         .await;
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&seccomp_path);
         result
     }
 
@@ -649,6 +661,13 @@ impl Containers {
         }
         errors
     }
+}
+
+/// Writes `value` as JSON to `path` (a file of the bundle the helper reads).
+fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| AgentError::Runtime(format!("encoding {}: {e}", path.display())))?;
+    std::fs::write(path, json).map_err(|e| AgentError::io(format!("writing {}", path.display()), e))
 }
 
 #[cfg(test)]

@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Process, Spec};
+use oci_spec::runtime::{LinuxSeccomp, Process, Spec};
 
+use super::inherit;
 use crate::error::{AgentError, Result};
+use crate::libct::seccomp;
 
 /// The cgroup parent used when the spec names no (usable) cgroup path.
 pub const DEFAULT_CGROUP_PARENT: &str = "/isola";
@@ -84,12 +86,21 @@ pub fn container_spec(json: &[u8], id: &str, terminal: bool) -> Result<Container
     let terminal = terminal || process.terminal().unwrap_or(false);
     let mut process = process.clone();
     process.set_terminal(Some(terminal));
+    inherit::normalize_no_new_privileges(&mut process);
     spec.set_process(Some(process));
 
     let linux = spec
         .linux()
         .as_ref()
         .ok_or_else(|| invalid("the OCI spec has no linux section".into()))?;
+    if let Some(profile) = linux.seccomp() {
+        check_seccomp(profile).map_err(|e| match e {
+            SeccompProblem::Unsupported(what) => {
+                AgentError::FailedPrecondition(format!("container {id}: {what}"))
+            }
+            SeccompProblem::Invalid(what) => invalid(what),
+        })?;
+    }
     let cgroup_path = cgroup_path(linux.cgroups_path().as_deref(), id);
     if cgroup_path
         .components()
@@ -111,8 +122,15 @@ pub fn container_spec(json: &[u8], id: &str, terminal: bool) -> Result<Container
 }
 
 /// Parses and checks the OCI process of an exec; returns it with `terminal` settled as in
-/// [`container_spec`].
-pub fn exec_process(json: &[u8], id: &str, exec_id: &str, terminal: bool) -> Result<Process> {
+/// [`container_spec`] and what it leaves out of its security settings taken from its
+/// container's `process` ([`inherit`]).
+pub fn exec_process(
+    json: &[u8],
+    id: &str,
+    exec_id: &str,
+    terminal: bool,
+    container: &Process,
+) -> Result<Process> {
     let invalid = |what: String| {
         AgentError::InvalidArgument(format!("container {id} exec {exec_id}: {what}"))
     };
@@ -121,7 +139,36 @@ pub fn exec_process(json: &[u8], id: &str, exec_id: &str, terminal: bool) -> Res
     check_process(&process).map_err(invalid)?;
     let terminal = terminal || process.terminal().unwrap_or(false);
     process.set_terminal(Some(terminal));
+    inherit::inherit(&mut process, container);
     Ok(process)
+}
+
+/// Why a seccomp profile cannot be enforced.
+enum SeccompProblem {
+    /// This agent cannot (FAILED_PRECONDITION).
+    Unsupported(String),
+    /// Nobody could (INVALID_ARGUMENT).
+    Invalid(String),
+}
+
+/// A profile the agent can enforce: never run a container unfiltered that asked for a filter.
+fn check_seccomp(profile: &LinuxSeccomp) -> std::result::Result<(), SeccompProblem> {
+    if seccomp::uses_notify(profile) {
+        return Err(SeccompProblem::Invalid(
+            "the seccomp profile uses user notification (SCMP_ACT_NOTIFY or listenerPath): the \
+             listener would run on the host and the filter in the guest, which isola does not \
+             support"
+                .into(),
+        ));
+    }
+    if !cfg!(feature = "seccomp") {
+        return Err(SeccompProblem::Unsupported(
+            "the spec has a seccomp profile, and this isola-agent was built without seccomp \
+             support (feature `seccomp`); rebuild the guest image with `make guest`"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_process(process: &Process) -> std::result::Result<(), String> {
@@ -272,29 +319,112 @@ mod tests {
     }
 
     #[test]
+    fn seccomp_profiles_are_enforced_or_refused() {
+        let with = |profile: &str| {
+            MINIMAL.replace(
+                r#""linux": {}"#,
+                &format!(r#""linux": {{"seccomp": {profile}}}"#),
+            )
+        };
+        let notify = with(
+            r#"{"defaultAction": "SCMP_ACT_ALLOW",
+                "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]}"#,
+        );
+        let e = container_spec(notify.as_bytes(), "c1", false).unwrap_err();
+        assert_eq!(e.code(), Code::INVALID_ARGUMENT, "{e}");
+        assert!(e.to_string().contains("SCMP_ACT_NOTIFY"), "{e}");
+        let plain = with(r#"{"defaultAction": "SCMP_ACT_ALLOW"}"#);
+        let r = container_spec(plain.as_bytes(), "c1", false);
+        if cfg!(feature = "seccomp") {
+            assert!(r
+                .unwrap()
+                .spec
+                .linux()
+                .as_ref()
+                .unwrap()
+                .seccomp()
+                .is_some());
+        } else {
+            // Never a container without the filter it asked for.
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), Code::FAILED_PRECONDITION, "{e}");
+            assert!(e.to_string().contains("without seccomp support"), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_false_no_new_privileges_is_normalised() {
+        let nnp = |v: &str| {
+            let json = MINIMAL.replace(
+                r#""cwd": "/""#,
+                &format!(r#""cwd": "/", "noNewPrivileges": {v}"#),
+            );
+            container_spec(json.as_bytes(), "c1", false)
+                .unwrap()
+                .spec
+                .process()
+                .as_ref()
+                .unwrap()
+                .no_new_privileges()
+        };
+        assert_eq!(nnp("false"), None);
+        assert_eq!(nnp("true"), Some(true));
+    }
+
+    #[test]
+    fn exec_processes_inherit_from_their_container() {
+        let container: Process = serde_json::from_str(
+            r#"{"args": ["sleep"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                "noNewPrivileges": true, "oomScoreAdj": 7}"#,
+        )
+        .unwrap();
+        let p = exec_process(
+            br#"{"args": ["ls"], "cwd": "/", "user": {"uid": 5, "gid": 5}}"#,
+            "c1",
+            "e1",
+            false,
+            &container,
+        )
+        .unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        assert_eq!(p.oom_score_adj(), Some(7));
+        assert_eq!(p.user().uid(), 5);
+    }
+
+    #[test]
     fn exec_processes() {
         let p = exec_process(
             br#"{"args": ["ls"], "cwd": "/tmp", "user": {"uid": 0, "gid": 0}}"#,
             "c1",
             "e1",
             true,
+            &Process::default(),
         )
         .unwrap();
         assert_eq!(p.terminal(), Some(true));
         assert_eq!(p.args().as_ref().unwrap(), &["ls".to_string()]);
-        assert!(err_text(exec_process(b"nope", "c1", "e1", false)).contains("e1"));
+        assert!(err_text(exec_process(
+            b"nope",
+            "c1",
+            "e1",
+            false,
+            &Process::default()
+        ))
+        .contains("e1"));
         assert!(err_text(exec_process(
             br#"{"cwd": "/", "user": {"uid": 0, "gid": 0}}"#,
             "c1",
             "e1",
-            false
+            false,
+            &Process::default()
         ))
         .contains("args"));
         assert!(err_text(exec_process(
             br#"{"args": ["ls"], "cwd": "tmp", "user": {"uid": 0, "gid": 0}}"#,
             "c1",
             "e1",
-            false
+            false,
+            &Process::default()
         ))
         .contains("cwd"));
     }

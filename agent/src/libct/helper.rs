@@ -7,6 +7,7 @@
 
 use std::error::Error as _;
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
@@ -19,8 +20,12 @@ use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
 use tracing_subscriber::EnvFilter;
 
-use super::executor::TerminalExecutor;
+use super::executor::ProcessExecutor;
+use super::seccomp::ExecSeccomp;
 use super::{FailureKind, Op, Request, Response, LOG_ENV, MAX_MESSAGE};
+
+/// The largest seccomp plan the helper reads (a profile lists a few hundred syscalls).
+const MAX_SECCOMP_FILE: u64 = 4 << 20;
 use crate::fdpass;
 
 /// The helper's `main`: never returns.
@@ -97,7 +102,7 @@ fn execute(request: Request, fds: Vec<OwnedFd>) -> Response {
             bundle,
             console_socket,
             stdio,
-        } => builder(&id, &root, console_socket.as_deref(), stdio, fds).and_then(|b| {
+        } => builder(&id, &root, console_socket.as_deref(), stdio, fds, None).and_then(|b| {
             b.validate_id()?
                 .as_init(bundle)
                 .with_systemd(false)
@@ -110,13 +115,16 @@ fn execute(request: Request, fds: Vec<OwnedFd>) -> Response {
             process,
             console_socket,
             stdio,
-        } => builder(&id, &root, console_socket.as_deref(), stdio, fds).and_then(|b| {
-            b.as_tenant()
-                .with_detach(true)
-                .with_process(Some(process))
-                .build()
-                .map(|p| Some(p.as_raw()))
-        }),
+            seccomp,
+        } => exec_seccomp(seccomp.as_deref())
+            .and_then(|seccomp| builder(&id, &root, console_socket.as_deref(), stdio, fds, seccomp))
+            .and_then(|b| {
+                b.as_tenant()
+                    .with_detach(true)
+                    .with_process(Some(process))
+                    .build()
+                    .map(|p| Some(p.as_raw()))
+            }),
         Op::Start { id } => load(&root, &id).and_then(|mut c| c.start().map(|()| None)),
         Op::Delete { id } => load(&root, &id).and_then(|mut c| c.delete(true).map(|()| None)),
     };
@@ -135,13 +143,15 @@ fn builder(
     console_socket: Option<&Path>,
     stdio: bool,
     fds: Vec<OwnedFd>,
+    seccomp: Option<ExecSeccomp>,
 ) -> Result<ContainerBuilder, LibcontainerError> {
     let mut b = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)?
-        .with_console_socket(console_socket);
-    if console_socket.is_some() {
-        b = b.with_executor(TerminalExecutor);
-    }
+        .with_console_socket(console_socket)
+        .with_executor(ProcessExecutor {
+            terminal: console_socket.is_some(),
+            seccomp,
+        });
     if stdio {
         let [stdin, stdout, stderr]: [OwnedFd; 3] = fds.try_into().map_err(|fds: Vec<_>| {
             LibcontainerError::InvalidInput(format!("expected 3 stdio fds, got {}", fds.len()))
@@ -149,6 +159,23 @@ fn builder(
         b = b.with_stdin(stdin).with_stdout(stdout).with_stderr(stderr);
     }
     Ok(b)
+}
+
+/// Reads the exec's seccomp plan the agent wrote (at most [`MAX_SECCOMP_FILE`] bytes).
+fn exec_seccomp(path: Option<&Path>) -> Result<Option<ExecSeccomp>, LibcontainerError> {
+    let Some(path) = path else { return Ok(None) };
+    let invalid =
+        |what: String| LibcontainerError::InvalidInput(format!("{}: {what}", path.display()));
+    let mut raw = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(MAX_SECCOMP_FILE + 1).read_to_end(&mut raw))
+        .map_err(|e| invalid(e.to_string()))?;
+    if raw.len() as u64 > MAX_SECCOMP_FILE {
+        return Err(invalid(format!("larger than {MAX_SECCOMP_FILE} bytes")));
+    }
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| invalid(format!("not a seccomp plan: {e}")))
 }
 
 fn load(root: &Path, id: &str) -> Result<Container, LibcontainerError> {

@@ -16,8 +16,9 @@
 //! Container processes inherit the helper's ignored signals across `exec`, so the helper is
 //! started with fork+exec (not posix_spawn, which leaves glibc's internal signals ignored) and
 //! restores SIGPIPE (which every Rust program ignores) before anything else: containers start
-//! with no signal ignored, as under runc. Terminal processes get libcontainer's default executor
-//! wrapped so that their pty has a window size before the program runs (see [`executor`]).
+//! with no signal ignored, as under runc. Every process runs through isola's own executor:
+//! programs found as runc finds them, a window size for a pty that has none, and the
+//! container's seccomp filter on exec'd processes (see [`executor`], [`seccomp`]).
 //!
 //! The agent and the helper talk over a `SOCK_SEQPACKET` socket pair on the helper's stdin: one
 //! JSON [`Request`] (with the container's stdio fds attached by SCM_RIGHTS), one JSON
@@ -27,6 +28,8 @@
 
 mod executor;
 pub mod helper;
+mod lookup;
+pub mod seccomp;
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
@@ -68,11 +71,14 @@ pub enum Op {
         stdio: bool,
     },
     /// Run the OCI process in `process` (a JSON file) in container `id`; it runs at once.
+    /// `seccomp` names a JSON [`seccomp::ExecSeccomp`]: the container's filter, which the
+    /// process gets right before it runs its program.
     Exec {
         id: String,
         process: PathBuf,
         console_socket: Option<PathBuf>,
         stdio: bool,
+        seccomp: Option<PathBuf>,
     },
     /// Let a created container's init exec its process.
     Start { id: String },

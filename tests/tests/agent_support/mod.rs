@@ -148,10 +148,26 @@ impl Pod {
         args: &[&str],
         stdio: StdioConfig,
     ) -> RpcResult<()> {
+        self.exec_with(cid, eid, process_json(args), stdio).await
+    }
+
+    /// ExecProcess of the process JSON `process`, without stdio.
+    pub async fn exec_raw(&self, cid: &str, eid: &str, process: String) -> RpcResult<()> {
+        self.exec_with(cid, eid, process, stdio(false, false, false, false))
+            .await
+    }
+
+    async fn exec_with(
+        &self,
+        cid: &str,
+        eid: &str,
+        process: String,
+        stdio: StdioConfig,
+    ) -> RpcResult<()> {
         let req = ExecProcessRequest {
             container_id: cid.into(),
             exec_id: eid.into(),
-            process_json: process_json(args).into_bytes(),
+            process_json: process.into_bytes(),
             stdio: Some(stdio).into(),
             ..Default::default()
         };
