@@ -10,20 +10,27 @@
 # the tarball in <out>.inputs). Set IMAGE_NAME to name the image differently.
 #
 # IMAGE_KIND=pause makes the pod sandbox ("pause") image the CRI tests configure as containerd's
-# sandbox_image instead: the same files, entrypoint `/bin/sleep 2147483647`.
+# sandbox_image instead: the same files, entrypoint `/bin/sleep 2147483647`, and no `Env` at all,
+# like sandbox images built FROM scratch (the runtime must start it without PATH).
+# IMAGE_KIND=noenv is the busybox image without `Env` (an app image without PATH).
 #
 #   IMAGE_KIND=pause scripts/build-test-image.sh build/images/pause.tar  # localhost/isola/pause:latest
+#   IMAGE_KIND=noenv scripts/build-test-image.sh build/images/busybox-noenv.tar
 set -euo pipefail
 
 out=${1:?usage: build-test-image.sh <out.tar>}
 kind=${IMAGE_KIND:-busybox}
+path_env=(--config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 case "$kind" in
   busybox) name=${IMAGE_NAME:-localhost/isola/busybox:latest}
-           config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-busybox) ;;
+           config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-busybox
+                   "${path_env[@]}") ;;
+  noenv)   name=${IMAGE_NAME:-localhost/isola/busybox-noenv:latest}
+           config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-noenv) ;;
   pause)   name=${IMAGE_NAME:-localhost/isola/pause:latest}
            config=(--config.entrypoint /bin/sleep --config.cmd 2147483647
                    --config.label org.opencontainers.image.title=isola-test-pause) ;;
-  *) echo "IMAGE_KIND must be busybox or pause, not $kind" >&2; exit 1 ;;
+  *) echo "IMAGE_KIND must be busybox, noenv or pause, not $kind" >&2; exit 1 ;;
 esac
 busybox=${BUSYBOX:-/bin/busybox}
 
@@ -90,7 +97,6 @@ umoci repack --image "$layout:latest" --history.created "$created" \
 umoci config --image "$layout:latest" --created "$created" --history.created "$created" \
   --os linux --architecture amd64 \
   "${config[@]}" \
-  --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
   --config.workingdir /
 umoci gc --layout "$layout"
 

@@ -17,6 +17,7 @@ pub mod options;
 pub mod persist;
 pub mod pod;
 pub mod queries;
+pub mod rlimits;
 pub mod sandbox;
 pub mod serve;
 pub mod service;

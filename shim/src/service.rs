@@ -28,6 +28,7 @@ use crate::events::EventSink;
 use crate::mounts::{RootfsMount, SourceKind};
 use crate::options::{self, RuntimeOptions};
 use crate::persist::{self, BundleRecord, ProcId, SandboxRecord};
+use crate::rlimits;
 use crate::sandbox::{Sandbox, SandboxFactory};
 use crate::state::{Containers, ExitInfo, Process, Status};
 use crate::stdio::{ProcessIo, StdioPaths};
@@ -207,9 +208,12 @@ impl Service {
         stdio: &StdioPaths,
     ) -> Result<(u32, ProcessIo)> {
         let cid = req.id.as_str();
-        let translated = translate::translate(spec, cid, bundle, &SourceKind::of)?;
+        let mut translated = translate::translate(spec, cid, bundle, &SourceKind::of)?;
         for note in &translated.dropped {
             tracing::info!("not passed to the guest: {note}");
+        }
+        if let Some(process) = translated.spec.process_mut() {
+            rlimits::fill(process, &rlimits::of_this_process());
         }
         let rootfs: Vec<RootfsMount> = req.rootfs.iter().map(rootfs_mount).collect();
         let bundle_rootfs = bundle_rootfs(spec, bundle);

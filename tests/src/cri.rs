@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -137,6 +137,10 @@ pub struct PodOptions {
     /// Pod-level resources (containerd turns them into `sandbox-cpu-*`/`sandbox-memory`
     /// annotations where it supports them).
     pub resources: Option<LinuxContainerResources>,
+    /// The pod's sysctls (`securityContext.sysctls`).
+    pub sysctls: HashMap<String, String>,
+    /// A privileged pod (needed for privileged containers).
+    pub privileged: bool,
 }
 
 /// A pod [`CriEnv::run_pod`] started.
@@ -169,6 +173,8 @@ pub struct ContainerOptions {
     pub mounts: Vec<MountSpec>,
     pub annotations: HashMap<String, String>,
     pub resources: Option<LinuxContainerResources>,
+    /// The container's security context (its namespace options are the harness's).
+    pub security: LinuxContainerSecurityContext,
 }
 
 impl ContainerOptions {
@@ -299,8 +305,10 @@ impl CriEnv {
                         },
                         ..namespaces(opts.share_pid)
                     }),
+                    privileged: opts.privileged,
                     ..Default::default()
                 }),
+                sysctls: opts.sysctls.clone(),
                 resources: opts.resources.clone(),
                 ..Default::default()
             }),
@@ -391,7 +399,7 @@ impl CriEnv {
                 resources: opts.resources.clone(),
                 security_context: Some(LinuxContainerSecurityContext {
                     namespace_options: Some(namespaces(share_pid)),
-                    ..Default::default()
+                    ..opts.security.clone()
                 }),
             }),
             ..Default::default()
@@ -697,16 +705,27 @@ fn namespaces(share_pid: bool) -> NamespaceOption {
 /// Imports the test and pause images into the CRI namespace.
 fn import_cri_images(c: &Containerd) -> Result<()> {
     for tar in [crate::containerd::test_image_tar(), pause_image_tar()] {
-        let mut cmd = std::process::Command::new("ctr");
-        cmd.arg("--address")
-            .arg(c.socket())
-            .args(["--namespace", CRI_NAMESPACE, "images", "import"])
-            .arg(&tar);
-        let out = run_with_deadline(&mut cmd, None, Duration::from_secs(120))
-            .map_err(|e| anyhow!("ctr images import {}: {e}", tar.display()))?;
-        if !out.status.success() {
-            bail!("ctr images import {}: {}", tar.display(), describe(&out));
-        }
+        import_cri_image(c, &tar)?;
+    }
+    Ok(())
+}
+
+/// Imports the OCI image tarball `tar` into the CRI plugin's namespace.
+pub fn import_cri_image(c: &Containerd, tar: &Path) -> Result<()> {
+    ensure!(
+        tar.is_file(),
+        "image {} is missing: run `make images` first",
+        tar.display()
+    );
+    let mut cmd = std::process::Command::new("ctr");
+    cmd.arg("--address")
+        .arg(c.socket())
+        .args(["--namespace", CRI_NAMESPACE, "images", "import"])
+        .arg(tar);
+    let out = run_with_deadline(&mut cmd, None, Duration::from_secs(120))
+        .map_err(|e| anyhow!("ctr images import {}: {e}", tar.display()))?;
+    if !out.status.success() {
+        bail!("ctr images import {}: {}", tar.display(), describe(&out));
     }
     Ok(())
 }

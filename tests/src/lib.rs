@@ -12,6 +12,7 @@ pub mod ctr_child;
 pub mod ctr_pty;
 pub mod keeper;
 pub mod mounts;
+pub mod probe;
 
 use std::path::{Path, PathBuf};
 

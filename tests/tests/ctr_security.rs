@@ -8,42 +8,16 @@ use std::process::Output;
 use std::time::Duration;
 
 use isola_tests::containerd::{describe, Containerd, RUNTIME};
+use isola_tests::probe::{
+    caps, confinement, field, CHMOD_DENIED_PROFILE, DENIED_BY_PROFILE, PROBE,
+};
 
 /// How long a container may take to reach RUNNING (a VM boot under TCG, on a shared host).
 const BOOT: Duration = Duration::from_secs(120);
 const RUNC: &str = "io.containerd.runc.v2";
 
-/// A Localhost-style profile: everything allowed but changing a file's mode, which fails with
-/// EOPNOTSUPP ("Operation not supported"), an errno nothing else gives here.
-const PROFILE: &str = r#"{
-    "defaultAction": "SCMP_ACT_ALLOW",
-    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-    "syscalls": [
-        {"names": ["chmod", "fchmod", "fchmodat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 95}
-    ]
-}"#;
-
-/// What a process reports of its own confinement: status lines, uid, open-file limit, and
-/// whether it may change a file's mode.
-const PROBE: &str = "grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm|CapBnd):' /proc/self/status; \
-     echo uid=$(id -u); echo nofile=$(ulimit -n); f=/tmp/probe-file; touch $f; \
-     if chmod 600 $f 2>/tmp/probe-err; then echo chmod=allowed; else echo chmod=$(cat /tmp/probe-err); fi; \
-     rm -f $f /tmp/probe-err";
-
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The value of `key=` or `key:` in a probe's output.
-fn field<'a>(probe: &'a str, key: &str) -> &'a str {
-    probe
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix(key)
-                .and_then(|r| r.strip_prefix(':').or_else(|| r.strip_prefix('=')))
-        })
-        .map(str::trim)
-        .unwrap_or_else(|| panic!("no {key} in the probe's output:\n{probe}"))
 }
 
 fn started() -> Containerd {
@@ -103,29 +77,11 @@ fn exec_probe_tty(c: &Containerd, id: &str, exec_id: &str) -> String {
     term.replace('\r', "")
 }
 
-/// The seccomp, capability and no_new_privs lines and the chmod verdict of `probe`, which
-/// must be the same for the same container under isola and under runc.
-fn confinement(probe: &str) -> Vec<String> {
-    [
-        "Seccomp",
-        "NoNewPrivs",
-        "CapEff",
-        "CapPrm",
-        "CapBnd",
-        "uid",
-        "nofile",
-        "chmod",
-    ]
-    .iter()
-    .map(|k| format!("{k}={}", field(probe, k)))
-    .collect()
-}
-
 #[test]
 fn vm_ctr_exec_runs_under_the_containers_seccomp_filter_like_runc() {
     let c = started();
     let profile = c.dir().join("chmod-denied.json");
-    std::fs::write(&profile, PROFILE).unwrap();
+    std::fs::write(&profile, CHMOD_DENIED_PROFILE).unwrap();
     let profile = profile.to_string_lossy().into_owned();
     // --allow-new-privs: no no_new_privs, the Kubernetes default, where installing the filter
     // needs CAP_SYS_ADMIN, which the container does not have. An AppArmor profile is host
@@ -150,17 +106,17 @@ fn vm_ctr_exec_runs_under_the_containers_seccomp_filter_like_runc() {
     );
     assert_eq!(field(&plain, "NoNewPrivs"), "0", "{plain}");
     assert!(
-        field(&plain, "chmod").contains("Operation not supported"),
+        field(&plain, "chmod").contains(DENIED_BY_PROFILE),
         "{plain}"
     );
     // The filter is installed with CAP_SYS_ADMIN held for the moment: it is gone afterwards.
-    let cap_eff = u64::from_str_radix(field(&plain, "CapEff"), 16).unwrap();
+    let cap_eff = caps(&plain, "CapEff");
     assert_eq!(
         cap_eff & (1 << 21),
         0,
         "CAP_SYS_ADMIN left in CapEff:\n{plain}"
     );
-    let cap_bnd = u64::from_str_radix(field(&plain, "CapBnd"), 16).unwrap();
+    let cap_bnd = caps(&plain, "CapBnd");
     assert_eq!(
         cap_bnd & (1 << 21),
         0,
@@ -169,18 +125,12 @@ fn vm_ctr_exec_runs_under_the_containers_seccomp_filter_like_runc() {
 
     let tty = exec_probe_tty(&c, "t-sec", "e-tty");
     assert_eq!(field(&tty, "Seccomp"), "2", "exec with a terminal:\n{tty}");
-    assert!(
-        field(&tty, "chmod").contains("Operation not supported"),
-        "{tty}"
-    );
+    assert!(field(&tty, "chmod").contains(DENIED_BY_PROFILE), "{tty}");
 
     let user = exec_probe(&c, "t-sec", "e-user", &["--user", "1000"]);
     assert_eq!(field(&user, "uid"), "1000", "{user}");
     assert_eq!(field(&user, "Seccomp"), "2", "exec as uid 1000:\n{user}");
-    assert!(
-        field(&user, "chmod").contains("Operation not supported"),
-        "{user}"
-    );
+    assert!(field(&user, "chmod").contains(DENIED_BY_PROFILE), "{user}");
 
     // The container's own process has it too (pid 1 of its PID namespace).
     let init = c.ctr(&[
@@ -237,7 +187,7 @@ fn vm_ctr_exec_gets_the_default_profile_and_no_new_privs_like_runc() {
     let ours = exec_probe(&c, "t-def", "e1", &[]);
     assert_eq!(field(&ours, "Seccomp"), "2", "{ours}");
     assert_eq!(field(&ours, "NoNewPrivs"), "1", "{ours}");
-    let cap_eff = u64::from_str_radix(field(&ours, "CapEff"), 16).unwrap();
+    let cap_eff = caps(&ours, "CapEff");
     assert_eq!(cap_eff & (1 << 13), 0, "CAP_NET_RAW was dropped:\n{ours}");
     // RuntimeDefault refuses new user namespaces to a container without CAP_SYS_ADMIN.
     let unshare = c.ctr(&[
@@ -254,6 +204,14 @@ fn vm_ctr_exec_gets_the_default_profile_and_no_new_privs_like_runc() {
         !unshare.status.success(),
         "unshare -U under RuntimeDefault: {}",
         describe(&unshare)
+    );
+    let tty = exec_probe_tty(&c, "t-def", "e-tty");
+    assert_eq!(field(&tty, "Seccomp"), "2", "exec with a terminal:\n{tty}");
+    let runc_tty = exec_probe_tty(&c, "t-def-runc", "e-tty");
+    assert_eq!(
+        confinement(&tty),
+        confinement(&runc_tty),
+        "isola:\n{tty}\nrunc:\n{runc_tty}"
     );
     let runc = exec_probe(&c, "t-def-runc", "e1", &[]);
     assert_eq!(
