@@ -209,6 +209,8 @@ async fn netns_tap_joined_to_the_veth_with_tc() {
         );
     }
 
+    port_forward_path(pod, n);
+
     // A frame for the pod (the peer's ARP request for 10.99.0.7) arrives on the tap.
     let tap_fd = attached.taps.into_iter().next().unwrap();
     nix::fcntl::fcntl(
@@ -216,6 +218,7 @@ async fn netns_tap_joined_to_the_veth_with_tc() {
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )
     .unwrap();
+    cluster_cannot_reach_the_loopback(peer, &tap_fd);
     let mut ping = Command::new("ip")
         .args([
             "netns",
@@ -256,9 +259,143 @@ async fn netns_tap_joined_to_the_veth_with_tc() {
     net.detach("t", &ns.path(), n).await.unwrap();
     let q = run(&["tc", "-n", pod, "qdisc", "show", "dev", "eth0"]);
     assert!(!q.contains("ingress"), "{q}");
+    let lo = run(&["ip", "-n", pod, "-4", "addr", "show", "dev", "lo"]);
+    assert!(lo.contains("127.0.0.1/8"), "lo got its address back: {lo}");
     // A netns that is already gone is fine.
     drop(ns);
     net.detach("t", &PathBuf::from("/var/run/netns/isola-gone"), n)
         .await
         .unwrap();
+}
+
+/// The host side of port-forward (shim/src/network/port_forward.rs): the netns's 127.0.0.1
+/// leads to the tap, the guest's answers reach the netns's stack, the tap's MAC is reported.
+fn port_forward_path(pod: &str, n: &containerd_shim_isola_v2::network::PodNetwork) {
+    let link = n.port_forward.as_ref().expect("a port-forward link");
+    assert_eq!(link.device, "eth0");
+    let tap = run(&["ip", "-n", pod, "link", "show", "tap0_isola"]);
+    assert!(tap.contains(&link.host_mac), "{tap} / {link:?}");
+    let lo = run(&["ip", "-n", pod, "-4", "addr", "show", "dev", "lo"]);
+    assert!(!lo.contains("127.0.0.1"), "lo still has 127.0.0.1: {lo}");
+    let route = run(&["ip", "-n", pod, "route", "get", "127.0.0.1"]);
+    assert!(
+        route.contains("dev tap0_isola") && route.contains("src 169.254.233.1"),
+        "{route}"
+    );
+    let neigh = run(&["ip", "-n", pod, "neigh", "show", "dev", "tap0_isola"]);
+    assert!(
+        neigh.contains("127.0.0.1 lladdr 0a:58:0a:63:00:07 PERMANENT"),
+        "{neigh}"
+    );
+    let localnet = run(&[
+        "ip",
+        "netns",
+        "exec",
+        pod,
+        "cat",
+        "/proc/sys/net/ipv4/conf/tap0_isola/route_localnet",
+    ]);
+    assert_eq!(localnet.trim(), "1");
+    let f = run(&["tc", "-n", pod, "filter", "show", "dev", "eth0", "ingress"]);
+    assert_eq!(
+        f.matches("mirred (Egress Redirect to device lo)").count(),
+        2,
+        "{f}"
+    );
+    let f = run(&[
+        "tc",
+        "-n",
+        pod,
+        "filter",
+        "show",
+        "dev",
+        "tap0_isola",
+        "ingress",
+    ]);
+    assert!(f.contains("flowid 1:1"), "{f}");
+}
+
+/// A peer on the cluster network sends to 127.0.0.2 through the pod's veth (as an attacker
+/// would, CVE-2020-8558): nothing of it reaches the tap, while the same peer's datagrams for
+/// the pod still do.
+fn cluster_cannot_reach_the_loopback(peer: &str, tap: &OwnedFd) {
+    run(&[
+        "ip",
+        "-n",
+        peer,
+        "route",
+        "add",
+        "127.0.0.2/32",
+        "dev",
+        "peer0",
+    ]);
+    run(&[
+        "ip",
+        "-n",
+        peer,
+        "neigh",
+        "add",
+        "127.0.0.2",
+        "lladdr",
+        "0a:58:0a:63:00:07",
+        "dev",
+        "peer0",
+        "nud",
+        "permanent",
+    ]);
+    run(&[
+        "ip",
+        "netns",
+        "exec",
+        peer,
+        "sysctl",
+        "-qw",
+        "net.ipv4.conf.peer0.route_localnet=1",
+    ]);
+    // No guest answers ARP here: the peer knows the pod's MAC.
+    run(&[
+        "ip",
+        "-n",
+        peer,
+        "neigh",
+        "replace",
+        "10.99.0.7",
+        "lladdr",
+        "0a:58:0a:63:00:07",
+        "dev",
+        "peer0",
+        "nud",
+        "permanent",
+    ]);
+    // UDP datagrams (not every host has ping).
+    let send = |to: &str| {
+        let code = format!(
+            "import socket\nfor _ in range(3):\n    \
+             socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('{to}', 9))"
+        );
+        run(&["ip", "netns", "exec", peer, "python3", "-c", &code]);
+    };
+    // Frames to the tap whose IPv4 destination is `to`, for up to `wait`.
+    let frames_to = |to: [u8; 4], wait: Duration| {
+        let deadline = Instant::now() + wait;
+        let mut n = 0;
+        while let Some(f) = read_frame(tap, deadline.saturating_duration_since(Instant::now())) {
+            // After the 10-byte virtio-net header the tap was opened with (IFF_VNET_HDR).
+            if f.len() >= 44 && f[22..24] == [0x08, 0x00] && f[40..44] == to {
+                n += 1;
+            }
+        }
+        n
+    };
+    send("127.0.0.2");
+    assert_eq!(
+        frames_to([127, 0, 0, 2], Duration::from_secs(1)),
+        0,
+        "a packet for 127.0.0.2 from the cluster reached the guest's tap"
+    );
+    send("10.99.0.7");
+    assert!(
+        frames_to([10, 99, 0, 7], Duration::from_secs(2)) > 0,
+        "the peer's datagrams to the pod never reached the tap"
+    );
 }

@@ -7,6 +7,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod cri_leaks;
+pub mod cri_port_forward;
 pub mod cri_stream;
 pub mod ctr_child;
 pub mod ctr_pty;

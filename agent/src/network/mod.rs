@@ -125,6 +125,8 @@ pub struct IfaceSpec {
     /// None keeps the current MTU.
     pub mtu: Option<u32>,
     pub addrs: Vec<Cidr>,
+    /// Accept 127.0.0.0/8 on the link (`route_localnet`), for the host's port-forward path.
+    pub localnet: bool,
 }
 
 /// Whether `name` is a usable interface name (what the kernel's `dev_valid_name` accepts).
@@ -168,6 +170,7 @@ pub fn parse_interface(i: &Interface) -> Result<IfaceSpec> {
         name,
         mtu,
         addrs,
+        localnet: i.localnet,
     })
 }
 

@@ -193,12 +193,30 @@ pub async fn update_interface(spec: IfaceSpec) -> Result<Interface> {
     }
     announce_on_up().await;
     set_up(&h, index, &mac).await?;
-    tracing::info!(%mac, name = ?spec.name, mtu = ?spec.mtu, addrs = ?spec.addrs, "network interface configured");
-    list(&h)
+    let now = list(&h)
         .await?
         .into_iter()
         .find(|i| i.hw_addr == mac)
-        .ok_or_else(|| AgentError::NotFound(format!("the NIC {mac} vanished")))
+        .ok_or_else(|| AgentError::NotFound(format!("the NIC {mac} vanished")))?;
+    if spec.localnet {
+        accept_localnet(&now.name).await?;
+    }
+    tracing::info!(%mac, name = ?spec.name, mtu = ?spec.mtu, addrs = ?spec.addrs, localnet = spec.localnet, "network interface configured");
+    Ok(now)
+}
+
+/// Lets IPv4 packets to and from 127.0.0.0/8 through link `name` (`route_localnet`): the
+/// host's port-forward connections arrive addressed to 127.0.0.1 and are answered from it.
+async fn accept_localnet(name: &str) -> Result<()> {
+    if !super::valid_ifname(name) {
+        return Err(AgentError::InvalidArgument(format!(
+            "invalid interface name {name:?}"
+        )));
+    }
+    let path = format!("/proc/sys/net/ipv4/conf/{name}/route_localnet");
+    tokio::fs::write(&path, b"1")
+        .await
+        .map_err(|e| AgentError::io(format!("writing {path}"), e))
 }
 
 /// `arp_notify`: the kernel sends a gratuitous ARP when a NIC comes up, so the pod network

@@ -7,12 +7,16 @@
 
 use isola_agent_proto::types::{ARPNeighbor, IPAddress, IPFamily, Interface, Route};
 
-use super::{IpNet, PodNetwork};
+use std::net::IpAddr;
+
+use super::{port_forward, IpNet, PodNetwork};
 use crate::agent::AgentApi;
 use crate::error::Result;
 
 /// `NUD_PERMANENT` from linux/neighbour.h.
 pub const NUD_PERMANENT: i32 = 0x80;
+/// `RT_SCOPE_LINK`.
+const SCOPE_LINK: u8 = 253;
 
 fn family(ipv6: bool) -> IPFamily {
     if ipv6 {
@@ -31,8 +35,11 @@ fn ip_address(n: &IpNet) -> IPAddress {
     }
 }
 
-/// The interfaces, routes and neighbours to send, in the order the agent needs them.
+/// The interfaces, routes and neighbours to send, in the order the agent needs them. With a
+/// port-forward link, its NIC accepts loopback traffic and has a route and a permanent
+/// neighbour for the host's [`port_forward::PEER`].
 pub fn describe(net: &PodNetwork) -> (Vec<Interface>, Vec<Route>, Vec<ARPNeighbor>) {
+    let forward = net.port_forward.as_ref();
     let interfaces = net
         .interfaces
         .iter()
@@ -42,11 +49,29 @@ pub fn describe(net: &PodNetwork) -> (Vec<Interface>, Vec<Route>, Vec<ARPNeighbo
             ip_addresses: i.addrs.iter().map(ip_address).collect(),
             mtu: u64::from(i.mtu),
             hw_addr: i.mac.clone(),
+            localnet: forward.is_some_and(|f| f.device == i.name),
             ..Default::default()
         })
         .collect();
+    let peer = IpAddr::V4(port_forward::PEER);
+    let peer_route = forward.map(|f| super::PodRoute {
+        dest: Some(IpNet {
+            addr: peer,
+            prefix: 32,
+        }),
+        gateway: None,
+        source: None,
+        scope: SCOPE_LINK,
+        device: f.device.clone(),
+        ipv6: false,
+    });
+    let peer_neighbor = forward.map(|f| super::PodNeighbor {
+        ip: peer,
+        mac: f.host_mac.clone(),
+        device: f.device.clone(),
+    });
     // Routes without a gateway first: a gateway must be reachable when its route is added.
-    let mut routes: Vec<&super::PodRoute> = net.routes.iter().collect();
+    let mut routes: Vec<&super::PodRoute> = net.routes.iter().chain(&peer_route).collect();
     routes.sort_by_key(|r| r.gateway.is_some());
     let routes = routes
         .into_iter()
@@ -63,6 +88,7 @@ pub fn describe(net: &PodNetwork) -> (Vec<Interface>, Vec<Route>, Vec<ARPNeighbo
     let neighbors = net
         .neighbors
         .iter()
+        .chain(&peer_neighbor)
         .map(|n| ARPNeighbor {
             to_ip_address: Some(ip_address(&IpNet {
                 addr: n.ip,
@@ -110,6 +136,7 @@ mod tests {
     /// What CNI's bridge + host-local plugins leave in a pod netns.
     pub fn cni_bridge_pod() -> PodNetwork {
         PodNetwork {
+            port_forward: None,
             interfaces: vec![PodInterface {
                 name: "eth0".into(),
                 mac: "0a:58:0a:58:00:07".into(),
@@ -204,6 +231,38 @@ mod tests {
         assert_eq!(neighbors[0].ll_address, "0a:58:0a:58:00:01");
         assert_eq!(neighbors[0].state, NUD_PERMANENT);
         assert_eq!(neighbors[0].to_ip_address.mask, "32");
+    }
+
+    #[test]
+    fn a_port_forward_link_opens_the_guest_nic_to_the_hosts_peer() {
+        let mut pod = cni_bridge_pod();
+        assert!(!describe(&pod).0[0].localnet, "no link, no localnet");
+        pod.port_forward = Some(port_forward::PortForwardLink {
+            device: "eth0".into(),
+            host_mac: "02:00:00:00:00:aa".into(),
+        });
+        let (ifs, routes, neighbors) = describe(&pod);
+        assert!(ifs[0].localnet);
+        let peer = routes
+            .iter()
+            .position(|r| r.dest == "169.254.233.1/32")
+            .expect("a route to the peer");
+        assert_eq!(
+            (routes[peer].device.as_str(), routes[peer].scope),
+            ("eth0", 253)
+        );
+        assert!(routes[peer].gateway.is_empty());
+        let via_gateway = routes.iter().position(|r| !r.gateway.is_empty()).unwrap();
+        assert!(peer < via_gateway, "link routes first: {routes:?}");
+        let n = neighbors
+            .iter()
+            .find(|n| n.to_ip_address.address == "169.254.233.1")
+            .expect("a neighbour for the peer");
+        assert_eq!(
+            (n.ll_address.as_str(), n.state),
+            ("02:00:00:00:00:aa", NUD_PERMANENT)
+        );
+        assert_eq!(neighbors.len(), 2, "the pod's own neighbour stays");
     }
 
     #[test]

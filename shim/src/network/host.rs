@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::TryStreamExt;
 use rtnetlink::{Handle, LinkUnspec};
 
+use super::port_forward::{self, PortForwardLink};
 use super::scan::{self, LinkFacts};
 use super::{netns, tap, Attachment, NetError, PodNetwork, PodNetworking};
 
@@ -30,15 +31,23 @@ impl PodNetworking for HostNetworking {
         let t0 = std::time::Instant::now();
         let attached = netns::run_in(ns, move || async move {
             let handle = netns::connect()?;
-            let (network, links) = scan::scan(&handle).await?;
+            let (mut network, links) = scan::scan(&handle).await?;
             let mut taps = Vec::new();
             for (i, link) in links.iter().enumerate() {
                 match plug(&handle, i, link).await {
-                    Ok(fd) => taps.push(fd),
+                    Ok((fd, forward)) => {
+                        taps.push(fd);
+                        if forward.is_some() {
+                            network.port_forward = forward;
+                        }
+                    }
                     Err(e) => {
                         drop(taps);
                         for l in &links {
                             unplug(&handle, &l.name).await;
+                        }
+                        if let Err(e) = port_forward::set_loopback_address(&handle, true).await {
+                            tracing::warn!(sandbox_id = %sid, error = %e, "cannot give lo its address back");
                         }
                         return Err(e);
                     }
@@ -64,10 +73,15 @@ impl PodNetworking for HostNetworking {
             return Ok(());
         }
         let names: Vec<String> = net.interfaces.iter().map(|i| i.name.clone()).collect();
+        let forwarded = net.port_forward.is_some();
         netns::run_in(ns, move || async move {
             let handle = netns::connect()?;
             for name in &names {
                 unplug(&handle, name).await;
+            }
+            if forwarded {
+                // The rest went with the tap; the netns is CNI's again as CNI left it.
+                port_forward::set_loopback_address(&handle, true).await?;
             }
             Ok(())
         })
@@ -75,7 +89,7 @@ impl PodNetworking for HostNetworking {
     }
 }
 
-async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
+pub(super) async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
     let mut s = handle.link().get().match_name(name.to_string()).execute();
     match s.try_next().await {
         Ok(Some(m)) => Ok(m.header.index),
@@ -84,8 +98,13 @@ async fn link_index(handle: &Handle, name: &str) -> Result<u32, NetError> {
     }
 }
 
-/// Creates tap `i` for `link`, sets it up with the link's MTU and redirects each way.
-async fn plug(handle: &Handle, i: usize, link: &LinkFacts) -> Result<OwnedFd, NetError> {
+/// Creates tap `i` for `link`, sets it up with the link's MTU and redirects each way; the
+/// first one also carries port-forward connections ([`port_forward`]).
+async fn plug(
+    handle: &Handle,
+    i: usize,
+    link: &LinkFacts,
+) -> Result<(OwnedFd, Option<PortForwardLink>), NetError> {
     let name = tap::tap_name(i);
     let fd = tap::create(&name)?;
     let tap_index = link_index(handle, &name).await?;
@@ -129,7 +148,19 @@ async fn plug(handle: &Handle, i: usize, link: &LinkFacts) -> Result<OwnedFd, Ne
                 NetError::netlink(format!("adding the redirect filter of {from_name}"), e)
             })?;
     }
-    Ok(fd)
+    let guest_mac = link.mac.as_deref().and_then(super::mac_bytes);
+    let forward = match guest_mac {
+        Some(mac) if i == 0 => {
+            let host_mac =
+                port_forward::arrange(handle, (&name, tap_index), link.index, &mac).await?;
+            Some(PortForwardLink {
+                device: link.name.clone(),
+                host_mac,
+            })
+        }
+        _ => None,
+    };
+    Ok((fd, forward))
 }
 
 /// Removes the ingress qdisc (and its filters) from link `name`, quietly: absent is fine.

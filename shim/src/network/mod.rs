@@ -21,6 +21,7 @@
 pub mod guest;
 mod host;
 pub mod netns;
+pub mod port_forward;
 mod scan;
 mod tap;
 
@@ -131,6 +132,9 @@ pub struct PodNetwork {
     pub interfaces: Vec<PodInterface>,
     pub routes: Vec<PodRoute>,
     pub neighbors: Vec<PodNeighbor>,
+    /// The way from the netns's `127.0.0.1` into the guest's, for CRI PortForward
+    /// ([`port_forward`]); None until the host side is arranged.
+    pub port_forward: Option<port_forward::PortForwardLink>,
 }
 
 /// A pod netns joined to taps for the VM.
@@ -169,6 +173,17 @@ pub fn netns_path(spec: &Spec) -> Option<PathBuf> {
         .path()
         .clone()
         .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// The bytes of `aa:bb:cc:dd:ee:ff`, None for anything else.
+pub fn mac_bytes(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in out.iter_mut() {
+        let p = parts.next().filter(|p| p.len() == 2)?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(out)
 }
 
 /// `aa:bb:cc:dd:ee:ff` for a 6-byte hardware address, None for anything else.
@@ -210,6 +225,18 @@ mod tests {
             Some("02:42:ac:11:00:02")
         );
         assert_eq!(mac_string(&[1, 2, 3]), None);
+        assert_eq!(
+            mac_bytes("02:42:ac:11:00:02"),
+            Some([0x02, 0x42, 0xac, 0x11, 0, 2])
+        );
+        for bad in [
+            "02:42:ac:11:00",
+            "02:42:ac:11:00:02:03",
+            "2:42:ac:11:00:02",
+            "zz:42:ac:11:00:02",
+        ] {
+            assert_eq!(mac_bytes(bad), None, "{bad}");
+        }
     }
 }
 

@@ -270,6 +270,7 @@ pub async fn scan(handle: &Handle) -> Result<(PodNetwork, Vec<LinkFacts>), NetEr
             interfaces,
             routes,
             neighbors,
+            port_forward: None,
         },
         chosen,
     ))

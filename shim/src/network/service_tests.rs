@@ -8,6 +8,7 @@ use crate::fake::Env;
 
 fn pod() -> PodNetwork {
     PodNetwork {
+        port_forward: None,
         interfaces: vec![PodInterface {
             name: "eth0".into(),
             mac: "0a:58:0a:58:00:07".into(),
