@@ -50,6 +50,7 @@ images:
 	scripts/build-test-image.sh $(IMAGES_OUT)/busybox.tar
 	IMAGE_KIND=pause scripts/build-test-image.sh $(IMAGES_OUT)/pause.tar
 	IMAGE_KIND=noenv scripts/build-test-image.sh $(IMAGES_OUT)/busybox-noenv.tar
+	IMAGE_KIND=tools scripts/build-test-image.sh $(IMAGES_OUT)/tools.tar
 
 # The main job: a private containerd (scripts/containerd-dev.sh) runs a container in its own VM
 # with ctr run --runtime io.containerd.isola.v2, then stops again.

@@ -13,9 +13,13 @@
 # sandbox_image instead: the same files, entrypoint `/bin/sleep 2147483647`, and no `Env` at all,
 # like sandbox images built FROM scratch (the runtime must start it without PATH).
 # IMAGE_KIND=noenv is the busybox image without `Env` (an app image without PATH).
+# IMAGE_KIND=tools adds, to the busybox tree, the workload tools the guest-kernel tests use:
+# Debian's iproute2 `ip`, iptables (legacy and nft back ends, with their extensions), `nft`
+# and `bindfs` (a FUSE file system), with the shared libraries `ldd` names for them.
 #
 #   IMAGE_KIND=pause scripts/build-test-image.sh build/images/pause.tar  # localhost/isola/pause:latest
 #   IMAGE_KIND=noenv scripts/build-test-image.sh build/images/busybox-noenv.tar
+#   IMAGE_KIND=tools scripts/build-test-image.sh build/images/tools.tar    # localhost/isola/tools:latest
 set -euo pipefail
 
 out=${1:?usage: build-test-image.sh <out.tar>}
@@ -27,12 +31,22 @@ case "$kind" in
                    "${path_env[@]}") ;;
   noenv)   name=${IMAGE_NAME:-localhost/isola/busybox-noenv:latest}
            config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-noenv) ;;
+  tools)   name=${IMAGE_NAME:-localhost/isola/tools:latest}
+           config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-tools
+                   "${path_env[@]}") ;;
   pause)   name=${IMAGE_NAME:-localhost/isola/pause:latest}
            config=(--config.entrypoint /bin/sleep --config.cmd 2147483647
                    --config.label org.opencontainers.image.title=isola-test-pause) ;;
-  *) echo "IMAGE_KIND must be busybox, noenv or pause, not $kind" >&2; exit 1 ;;
+  *) echo "IMAGE_KIND must be busybox, noenv, tools or pause, not $kind" >&2; exit 1 ;;
 esac
 busybox=${BUSYBOX:-/bin/busybox}
+# The tools image's programs (Debian packages iproute2, iptables, nftables, bindfs) and the
+# names they answer to.
+tool_bins=(/usr/sbin/ip /usr/sbin/xtables-legacy-multi /usr/sbin/xtables-nft-multi
+           /usr/sbin/nft /usr/bin/bindfs)
+xtables_links=(iptables-legacy iptables-legacy-save iptables-legacy-restore
+               ip6tables-legacy iptables-nft iptables-nft-save iptables-nft-restore ip6tables-nft)
+xtables_dir=/usr/lib/x86_64-linux-gnu/xtables
 
 log() { printf '\033[1m[image]\033[0m %s\n' "$*"; }
 
@@ -49,7 +63,14 @@ if ldd "$busybox" >/dev/null 2>&1; then
   exit 1
 fi
 
-inputs=$( { sha256sum "$0" "$busybox" | cut -d' ' -f1; echo "$name $kind"; } | sha256sum | cut -d' ' -f1)
+extra_inputs=()
+if [ "$kind" = tools ]; then
+  for b in "${tool_bins[@]}"; do
+    [ -x "$b" ] || { echo "$b is missing: run make setup (iproute2 iptables nftables bindfs)" >&2; exit 1; }
+  done
+  extra_inputs=("${tool_bins[@]}")
+fi
+inputs=$( { sha256sum "$0" "$busybox" "${extra_inputs[@]}" | cut -d' ' -f1; echo "$name $kind"; } | sha256sum | cut -d' ' -f1)
 if [ -f "$out" ] && [ "$(cat "$out.inputs" 2>/dev/null)" = "$inputs" ]; then
   log "$out is up to date ($name)"
   exit 0
@@ -87,6 +108,27 @@ daemon:x:1:
 nogroup:x:65534:
 EOF
 echo 'hosts: files dns' >"$rootfs/etc/nsswitch.conf"
+
+# Copies a file into the rootfs at the same path, and each shared library ldd names for it.
+copy_with_libs() {
+  install -D -m 0755 "$1" "$rootfs$1"
+  ldd "$1" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+    [ -e "$rootfs$lib" ] || install -D -m 0755 "$(readlink -f "$lib")" "$rootfs$lib"
+  done
+}
+if [ "$kind" = tools ]; then
+  for b in "${tool_bins[@]}"; do copy_with_libs "$b"; done
+  # Debian's binaries, not busybox's applets of the same name.
+  ln -sf /usr/sbin/ip "$rootfs/sbin/ip"
+  ln -sf /usr/sbin/ip "$rootfs/bin/ip"
+  for l in "${xtables_links[@]}"; do
+    case "$l" in *legacy*) target=xtables-legacy-multi ;; *) target=xtables-nft-multi ;; esac
+    ln -sf "$target" "$rootfs/usr/sbin/$l"
+  done
+  # iptables loads its matches and targets at run time.
+  for ext in "$xtables_dir"/*.so; do copy_with_libs "$ext"; done
+  cp -a /etc/iproute2 "$rootfs/etc/" 2>/dev/null || true
+fi
 
 # Fixed timestamps so that the same inputs give the same layer and image digests.
 created=2024-01-01T00:00:00Z

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   containerd runc                    # the container engine and the runc baseline
   containernetworking-plugins iproute2
   protobuf-compiler                  # protoc, for the k8s-cri crate (the CRI test client)
+  iptables nftables bindfs           # the workload tools of the tools test image
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

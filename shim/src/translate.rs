@@ -6,13 +6,17 @@
 //! - pod semantics (namespaces shared with the pod's sandbox container, the pod's network,
 //!   `/dev/shm` and emptyDir volumes in the guest) are [`crate::pod`]'s;
 //! - host-only parts are dropped or mapped: `linux.cgroupsPath` becomes `/isola/<cid>`,
-//!   `linux.devices` (host device numbers), hooks (host binaries), AppArmor/SELinux labels
+//!   `linux.devices` (host device numbers; the kernel-numbered virtual devices the guest has,
+//!   `/dev/net/tun` and `/dev/fuse`, are kept, and binds of them become guest devices), hooks
+//!   (host binaries), AppArmor/SELinux labels
 //!   (host policy), Intel RDT, host network devices, and per-device block I/O limits (host
 //!   device numbers).
 
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Mount, MountBuilder, Process, Spec};
+use oci_spec::runtime::{
+    LinuxDevice, LinuxDeviceBuilder, LinuxDeviceType, Mount, MountBuilder, Process, Spec,
+};
 
 use crate::error::{Result, ShimError};
 use crate::mounts::{HostBind, SourceKind};
@@ -94,13 +98,19 @@ pub fn translate(
     }
     if let Some(linux) = spec.linux_mut() {
         linux.set_cgroups_path(Some(guest_cgroup(cid)));
-        if let Some(devices) = linux.devices().as_ref().filter(|d| !d.is_empty()) {
+        let (kept, host): (Vec<_>, Vec<_>) = linux
+            .devices()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .partition(is_guest_device);
+        if !host.is_empty() {
             dropped.push(format!(
                 "{} linux.devices (host device numbers)",
-                devices.len()
+                host.len()
             ));
         }
-        linux.set_devices(None);
+        linux.set_devices((!kept.is_empty()).then_some(kept));
         if linux.intel_rdt().is_some() {
             dropped.push("Intel RDT (host resource)".into());
             linux.set_intel_rdt(None);
@@ -182,6 +192,7 @@ fn translate_mounts(
         return Ok(Vec::new());
     };
     let mut binds = Vec::new();
+    let mut guest_devices = Vec::new();
     let mut out = Vec::with_capacity(mounts.len());
     for m in mounts {
         if !is_bind(&m) {
@@ -216,10 +227,13 @@ fn translate_mounts(
             )))
             }
             SourceKind::Device => {
-                dropped.push(format!(
-                    "bind of device {} to {dest} (host device numbers)",
-                    source.display()
-                ));
+                match guest_device_at(&source, m.destination()) {
+                    Some(device) => guest_devices.push(device),
+                    None => dropped.push(format!(
+                        "bind of device {} to {dest} (host device numbers)",
+                        source.display()
+                    )),
+                }
                 continue;
             }
             SourceKind::Dir | SourceKind::File => {}
@@ -236,7 +250,44 @@ fn translate_mounts(
         out.push(guest_mount(&m, guest_bind(cid, index), options)?);
     }
     spec.set_mounts(Some(out));
+    if !guest_devices.is_empty() {
+        if let Some(linux) = spec.linux_mut() {
+            let mut devices = linux.devices().clone().unwrap_or_default();
+            devices.extend(guest_devices);
+            linux.set_devices(Some(devices));
+        }
+    }
     Ok(binds)
+}
+
+/// Device nodes whose numbers the kernel fixes, so that the host's and the guest's are the
+/// same device, and which the guest kernel has: a pod that asks for one (CRI `devices`, a
+/// device plugin, a hostPath of the node) gets the guest's. The host's other devices mean
+/// nothing in the guest.
+const GUEST_DEVICES: [(&str, i64, i64); 2] = [("/dev/net/tun", 10, 200), ("/dev/fuse", 10, 229)];
+
+/// Whether `d` is one of [`GUEST_DEVICES`] (by kind and numbers, wherever it is mounted).
+fn is_guest_device(d: &LinuxDevice) -> bool {
+    d.typ() == LinuxDeviceType::C
+        && GUEST_DEVICES
+            .iter()
+            .any(|(_, major, minor)| d.major() == *major && d.minor() == *minor)
+}
+
+/// The guest's device node at `dest` for a bind of the host's `source`, if it is one of
+/// [`GUEST_DEVICES`].
+fn guest_device_at(source: &Path, dest: &Path) -> Option<LinuxDevice> {
+    let (_, major, minor) = GUEST_DEVICES
+        .iter()
+        .find(|(p, _, _)| source == Path::new(p))?;
+    LinuxDeviceBuilder::default()
+        .path(dest)
+        .typ(LinuxDeviceType::C)
+        .major(*major)
+        .minor(*minor)
+        .file_mode(0o666u32)
+        .build()
+        .ok()
 }
 
 /// The guest's bind of `source` in place of the host's bind `m`.

@@ -129,7 +129,10 @@ fn host_only_parts_are_dropped_or_mapped() {
         linux.cgroups_path().as_deref(),
         Some(Path::new("/isola/c1"))
     );
-    assert!(linux.devices().is_none());
+    // /dev/fuse has the same numbers in the guest, which has it: kept.
+    let devices = linux.devices().as_ref().unwrap();
+    assert_eq!(devices.len(), 1);
+    assert_eq!(devices[0].path(), Path::new("/dev/fuse"));
     assert!(linux.mount_label().is_none());
     // An app container of pod s1: the pod's network is the guest's (no netns entry), IPC is
     // the sandbox container's (see pod_tests.rs).
@@ -185,7 +188,7 @@ fn host_only_parts_are_dropped_or_mapped() {
             .map(String::as_str),
         Some("s1")
     );
-    for what in ["hooks", "AppArmor", "linux.devices", "block I/O"] {
+    for what in ["hooks", "AppArmor", "/dev/kmsg", "block I/O"] {
         assert!(
             t.dropped.iter().any(|d| d.contains(what)),
             "{what}: {:?}",
@@ -256,4 +259,70 @@ fn an_exec_process_loses_host_policy_and_keeps_its_security_settings() {
     let err = super::exec_process(b"{", "e2", false).unwrap_err();
     assert!(matches!(err, ShimError::InvalidArgument(_)), "{err}");
     assert!(err.to_string().contains("e2"), "{err}");
+}
+
+#[test]
+fn host_devices_are_dropped_and_guest_devices_kept_or_made_from_binds() {
+    let json = CRI_SPEC.replace(
+        r#""devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229}]"#,
+        r#""devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229},
+                       {"path": "/dev/sda", "type": "b", "major": 8, "minor": 0},
+                       {"path": "/dev/nvidia0", "type": "c", "major": 195, "minor": 0}]"#,
+    );
+    assert_ne!(json, CRI_SPEC, "the test spec changed");
+    let mut s = spec(&json);
+    let mut mounts = s.mounts().clone().unwrap();
+    for (src, dst) in [("/dev/net/tun", "/dev/net/tun"), ("/dev/kvm", "/dev/kvm")] {
+        mounts.push(
+            oci_spec::runtime::MountBuilder::default()
+                .destination(dst)
+                .typ("bind")
+                .source(src)
+                .options(vec!["rbind".to_string(), "rw".to_string()])
+                .build()
+                .unwrap(),
+        );
+    }
+    s.set_mounts(Some(mounts));
+    let classify_dev = |p: &Path| {
+        if p.starts_with("/dev") {
+            SourceKind::Device
+        } else {
+            classify(p)
+        }
+    };
+    let t = translate(&s, "c1", Path::new("/bundle"), &classify_dev).unwrap();
+    let devices = t.spec.linux().as_ref().unwrap().devices().clone().unwrap();
+    let got: Vec<_> = devices
+        .iter()
+        .map(|d| {
+            (
+                d.path().to_string_lossy().into_owned(),
+                d.major(),
+                d.minor(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("/dev/fuse".to_string(), 10, 229),
+            ("/dev/net/tun".to_string(), 10, 200)
+        ]
+    );
+    let mounts = t.spec.mounts().as_ref().unwrap();
+    assert!(mounts
+        .iter()
+        .all(|m| !m.destination().starts_with("/dev/net")
+            && m.destination() != Path::new("/dev/kvm")));
+    assert!(
+        t.dropped.iter().any(|d| d.contains("2 linux.devices")),
+        "{:?}",
+        t.dropped
+    );
+    assert!(
+        t.dropped.iter().any(|d| d.contains("/dev/kvm")),
+        "{:?}",
+        t.dropped
+    );
 }

@@ -329,20 +329,19 @@ fn cluster_cannot_reach_the_loopback(peer: &str, tap: &OwnedFd) {
         "dev",
         "peer0",
     ]);
-    run(&[
-        "ip",
-        "-n",
-        peer,
-        "neigh",
-        "add",
-        "127.0.0.2",
-        "lladdr",
-        "0a:58:0a:63:00:07",
-        "dev",
-        "peer0",
-        "nud",
-        "permanent",
-    ]);
+    // The pod's MAC for both destinations (no guest answers ARP here).
+    for ip in ["127.0.0.2", "10.99.0.7"] {
+        let args = [
+            "neigh",
+            "replace",
+            ip,
+            "lladdr",
+            "0a:58:0a:63:00:07",
+            "dev",
+            "peer0",
+        ];
+        run(&[&["ip", "-n", peer][..], &args, &["nud", "permanent"]].concat());
+    }
     run(&[
         "ip",
         "netns",
@@ -351,21 +350,6 @@ fn cluster_cannot_reach_the_loopback(peer: &str, tap: &OwnedFd) {
         "sysctl",
         "-qw",
         "net.ipv4.conf.peer0.route_localnet=1",
-    ]);
-    // No guest answers ARP here: the peer knows the pod's MAC.
-    run(&[
-        "ip",
-        "-n",
-        peer,
-        "neigh",
-        "replace",
-        "10.99.0.7",
-        "lladdr",
-        "0a:58:0a:63:00:07",
-        "dev",
-        "peer0",
-        "nud",
-        "permanent",
     ]);
     // UDP datagrams (not every host has ping).
     let send = |to: &str| {

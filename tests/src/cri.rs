@@ -48,12 +48,12 @@ use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ContainerStatusRequest,
-    CreateContainerRequest, DnsConfig, ExecSyncRequest, ImageSpec, KeyValue, LinuxContainerConfig,
-    LinuxContainerResources, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest, RemoveContainerRequest,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest, StopContainerRequest,
-    StopPodSandboxRequest,
+    CreateContainerRequest, Device, DnsConfig, ExecSyncRequest, ImageSpec, KeyValue,
+    LinuxContainerConfig, LinuxContainerResources, LinuxContainerSecurityContext,
+    LinuxPodSandboxConfig, LinuxSandboxSecurityContext, Mount, NamespaceMode, NamespaceOption,
+    PodSandboxConfig, PodSandboxMetadata, PodSandboxStatus, PodSandboxStatusRequest,
+    RemoveContainerRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StopContainerRequest, StopPodSandboxRequest,
 };
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -175,6 +175,8 @@ pub struct ContainerOptions {
     pub resources: Option<LinuxContainerResources>,
     /// The container's security context (its namespace options are the harness's).
     pub security: LinuxContainerSecurityContext,
+    /// Devices asked for (CRI `devices`: host path, container path, permissions).
+    pub devices: Vec<Device>,
 }
 
 impl ContainerOptions {
@@ -394,6 +396,7 @@ impl CriEnv {
                 })
                 .collect(),
             annotations: opts.annotations.clone(),
+            devices: opts.devices.clone(),
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig {
                 resources: opts.resources.clone(),

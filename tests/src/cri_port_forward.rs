@@ -1,6 +1,6 @@
 //! CRI PortForward as `kubectl port-forward` uses it: the call gives a URL on containerd's
-//! streaming server, which speaks Kubernetes' websocket protocol `v4.channel.k8s.io` for port
-//! forwarding: one forwarded connection per websocket, channel 0 its data (both ways) and
+//! streaming server, which speaks Kubernetes' websocket protocol `v4.channel.k8s.io`
+//! ([`crate::cri_stream::connect`]) for port forwarding: one forwarded connection per websocket, channel 0 its data (both ways) and
 //! channel 1 its errors; the server opens each channel with the port (two bytes,
 //! little-endian). Every message starts with its channel.
 //!
@@ -16,14 +16,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use k8s_cri::v1::PortForwardRequest;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::cri::CriEnv;
 
-/// The websocket subprotocol asked for.
-pub const PROTOCOL: &str = "v4.channel.k8s.io";
 /// How long one forwarded connection may take.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(180);
 /// The largest websocket message sent.
@@ -69,18 +65,7 @@ impl CriEnv {
 }
 
 async fn forward(url: &str, port: u16, send: Vec<u8>, expect: Option<usize>) -> Result<Forwarded> {
-    let ws_url = url
-        .strip_prefix("http://")
-        .map(|rest| format!("ws://{rest}"))
-        .ok_or_else(|| anyhow!("the streaming URL {url} is not http://"))?;
-    let mut request = ws_url.into_client_request()?;
-    request
-        .headers_mut()
-        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .context("the websocket handshake")?;
-    let (mut sink, mut stream) = ws.split();
+    let (mut sink, mut stream) = crate::cri_stream::connect(url).await?.split();
     let writer = tokio::spawn(async move {
         for chunk in send.chunks(CHUNK) {
             let mut msg = Vec::with_capacity(chunk.len() + 1);

@@ -53,7 +53,9 @@ impl CriEnv {
     }
 }
 
-async fn stream(url: &str) -> Result<ExecOutput> {
+/// A websocket on CRI's streaming `url` (`http://`), speaking [`PROTOCOL`] (Exec, Attach and
+/// PortForward all use it).
+pub async fn connect(url: &str) -> Result<Websocket> {
     let ws_url = url
         .strip_prefix("http://")
         .map(|rest| format!("ws://{rest}"))
@@ -62,9 +64,18 @@ async fn stream(url: &str) -> Result<ExecOutput> {
     request
         .headers_mut()
         .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(PROTOCOL));
-    let (mut ws, _) = tokio_tungstenite::connect_async(request)
+    let (ws, _) = tokio_tungstenite::connect_async(request)
         .await
         .context("the websocket handshake")?;
+    Ok(ws)
+}
+
+/// What [`connect`] gives.
+pub type Websocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn stream(url: &str) -> Result<ExecOutput> {
+    let mut ws = connect(url).await?;
     let (mut stdout, mut stderr, mut status) = (Vec::new(), Vec::new(), Vec::new());
     while let Some(msg) = ws.next().await {
         let data = match msg {

@@ -10,7 +10,7 @@ pub mod cri_leaks;
 pub mod cri_port_forward;
 pub mod cri_stream;
 pub mod ctr_child;
-pub mod ctr_pty;
+pub mod ctr_tasks;
 pub mod keeper;
 pub mod mounts;
 pub mod probe;

@@ -28,20 +28,11 @@ fn started() -> Containerd {
 
 /// `ctr run -d` with `runtime` and `opts`, sleeping; waits until it runs.
 fn run_detached(c: &Containerd, runtime: &str, opts: &[&str], id: &str) {
-    let mut all = vec!["-d"];
-    all.extend_from_slice(opts);
-    let out = c.run_with_runtime(runtime, &all, id, &["sleep", "100000"], None);
-    assert!(out.status.success(), "ctr run -d {id}: {}", describe(&out));
-    c.wait_task_status(id, "RUNNING", BOOT);
+    c.run_detached(runtime, opts, id, &["sleep", "100000"], BOOT);
 }
 
 fn remove(c: &Containerd, id: &str) {
-    let _ = c.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-    c.wait_task_status(id, "STOPPED", Duration::from_secs(60));
-    let rm = c.ctr(&["tasks", "rm", id]);
-    assert!(rm.status.success(), "ctr tasks rm: {}", describe(&rm));
-    let rm = c.ctr(&["containers", "rm", id]);
-    assert!(rm.status.success(), "ctr containers rm: {}", describe(&rm));
+    c.kill_and_remove(id);
 }
 
 /// The probe run by `ctr tasks exec` (with `opts`, e.g. `--user`) in container `id`.

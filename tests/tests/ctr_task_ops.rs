@@ -12,7 +12,7 @@ use std::os::unix::net::UnixStream;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use isola_tests::containerd::{describe, Containerd, CtrChild, NAMESPACE};
+use isola_tests::containerd::{describe, Containerd, CtrChild, NAMESPACE, RUNTIME};
 
 /// How long a container may take to reach RUNNING (a VM boot under TCG, on a shared host).
 const BOOT: Duration = Duration::from_secs(120);
@@ -33,21 +33,12 @@ fn stderr(out: &Output) -> String {
 
 /// `ctr run -d` of `cmd` with extra options; waits until the task runs.
 fn run_detached(c: &Containerd, opts: &[&str], id: &str, cmd: &[&str]) {
-    let mut all = vec!["-d"];
-    all.extend_from_slice(opts);
-    let out = c.run_with(&all, id, cmd, None);
-    assert!(out.status.success(), "ctr run -d {id}: {}", describe(&out));
-    c.wait_task_status(id, "RUNNING", BOOT);
+    c.run_detached(RUNTIME, opts, id, cmd, BOOT);
 }
 
 /// Kills and removes a detached task and its container, then checks nothing is left.
 fn remove(c: &Containerd, id: &str) {
-    let _ = c.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
-    c.wait_task_status(id, "STOPPED", Duration::from_secs(60));
-    let rm = c.ctr(&["tasks", "rm", id]);
-    assert!(rm.status.success(), "ctr tasks rm: {}", describe(&rm));
-    let rm = c.ctr(&["containers", "rm", id]);
-    assert!(rm.status.success(), "ctr containers rm: {}", describe(&rm));
+    c.kill_and_remove(id);
     c.assert_nothing_left(id);
 }
 

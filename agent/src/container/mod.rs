@@ -18,9 +18,11 @@
 //! What the containers of one pod share (the sandbox container's namespaces, the pod's shm and
 //! emptyDir volumes) is [`pod`]'s.
 
+mod devices;
 mod inherit;
 mod pod;
 pub mod spec;
+mod sysctl;
 mod task;
 
 pub use task::{unix_nanos, ContainerStatus};
@@ -300,6 +302,12 @@ impl Containers {
                 .map(|p| p.as_raw())
         })?;
         pod::prepare_volumes(&pod::pod_volumes(&cs.spec, &c.id)?)?;
+        let net_sysctls = sysctl::take_net(&mut cs.spec, &c.id)?;
+        sysctl::apply(&net_sysctls, Path::new("/proc/sys"), &c.id)?;
+        if devices::allows_all(&cs.spec) {
+            let added = devices::add(&mut cs.spec, devices::guest_devices(Path::new("/dev")));
+            tracing::info!(container_id = %c.id, added, "privileged: given the guest's device nodes");
+        }
         for s in storages {
             let mount_point = storage::mount_storage(s)?;
             c.lock().mounts.push(mount_point);

@@ -1,14 +1,42 @@
-//! `ctr` on a pseudo-terminal: `ctr run -t` and `ctr tasks exec -t` need one, and pass its
-//! size on with ResizePty.
+//! Tasks through `ctr` beyond `ctr run`: detached tasks and their removal, and `ctr` on a
+//! pseudo-terminal (`ctr run -t` and `ctr tasks exec -t` need one, and pass its size on with
+//! ResizePty).
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::containerd::Containerd;
+use crate::containerd::{describe, Containerd};
 
 impl Containerd {
+    /// `ctr run -d` of `cmd` with `runtime` and extra options; waits up to `boot` until the
+    /// task runs.
+    pub fn run_detached(
+        &self,
+        runtime: &str,
+        opts: &[&str],
+        id: &str,
+        cmd: &[&str],
+        boot: Duration,
+    ) {
+        let mut all = vec!["-d"];
+        all.extend_from_slice(opts);
+        let out = self.run_with_runtime(runtime, &all, id, cmd, None);
+        assert!(out.status.success(), "ctr run -d {id}: {}", describe(&out));
+        self.wait_task_status(id, "RUNNING", boot);
+    }
+
+    /// Kills and removes a detached task and its container.
+    pub fn kill_and_remove(&self, id: &str) {
+        let _ = self.ctr(&["tasks", "kill", "-s", "SIGKILL", id]);
+        self.wait_task_status(id, "STOPPED", Duration::from_secs(60));
+        let rm = self.ctr(&["tasks", "rm", id]);
+        assert!(rm.status.success(), "ctr tasks rm: {}", describe(&rm));
+        let rm = self.ctr(&["containers", "rm", id]);
+        assert!(rm.status.success(), "ctr containers rm: {}", describe(&rm));
+    }
+
     /// Runs `ctr <args>` on a new pseudo-terminal; returns the exit code and what appeared on
     /// the terminal.
     pub fn ctr_on_pty(&self, args: &[&str], timeout: Duration) -> (Option<i32>, String) {
