@@ -22,7 +22,7 @@ ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: all setup build agent guest images demo test lint unit bench install uninstall clean
+.PHONY: all setup build agent guest images k8s demo test lint unit bench install uninstall clean
 
 all: build guest images
 
@@ -52,6 +52,11 @@ images:
 	IMAGE_KIND=noenv scripts/build-test-image.sh $(IMAGES_OUT)/busybox-noenv.tar
 	IMAGE_KIND=tools scripts/build-test-image.sh $(IMAGES_OUT)/tools.tar
 
+# Kubernetes 1.32 node binaries and CRI-O from ../shared/k8s (not on any reachable registry),
+# unpacked into build/k8s/bin for the CRI-O and cluster tests; says what is missing without it.
+k8s:
+	scripts/unpack-k8s.sh
+
 # The main job: a private containerd (scripts/containerd-dev.sh) runs a container in its own VM
 # with ctr run --runtime io.containerd.isola.v2, then stops again.
 demo: setup build guest images
@@ -64,7 +69,7 @@ lint:
 
 # nextest builds every workspace binary, the shim the ctr tests run included
 # (target/debug/containerd-shim-isola-v2).
-test: setup guest images lint
+test: setup guest images k8s lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 
 # Boot (spawn -> agent ready vs the bare-kernel floor) for the default (tailored) kernel and the

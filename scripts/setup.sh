@@ -18,6 +18,7 @@ APT_PACKAGES=(
   containernetworking-plugins iproute2
   protobuf-compiler                  # protoc, for the k8s-cri crate (the CRI test client)
   iptables nftables bindfs           # the workload tools of the tools test image
+  conmon                             # CRI-O's monitor (its runc handler) in the CRI-O tests
 )
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }

@@ -6,7 +6,8 @@
 //! 1. `hypervisor.vcpus` and `hypervisor.memory_mib`: the size of a pod that declares nothing;
 //! 2. the pod's declared limits, which containerd's CRI plugin puts on the sandbox as
 //!    `io.kubernetes.cri.sandbox-cpu-quota`/`-cpu-period` and `io.kubernetes.cri.sandbox-memory`
-//!    (from the pod sandbox's `linux.resources`): vCPUs = `pod.overhead_vcpus` + ⌈quota/period⌉,
+//!    and CRI-O as the JSON `io.kubernetes.cri-o.PodLinuxResources` (both from the pod
+//!    sandbox's `linux.resources`): vCPUs = `pod.overhead_vcpus` + ⌈quota/period⌉,
 //!    memory = `pod.overhead_memory_mib` + ⌈limit in MiB⌉ — the overhead keeps the guest kernel
 //!    and agent from competing with a pod that uses all it declared;
 //! 3. `io.isola.config.hypervisor.vcpus` / `.memory_mib` annotations, when the configuration
@@ -32,6 +33,10 @@ pub const CRI_SANDBOX_CPU_QUOTA: &str = "io.kubernetes.cri.sandbox-cpu-quota";
 pub const CRI_SANDBOX_CPU_PERIOD: &str = "io.kubernetes.cri.sandbox-cpu-period";
 /// containerd's CRI annotation: the sandbox's memory limit in bytes.
 pub const CRI_SANDBOX_MEMORY: &str = "io.kubernetes.cri.sandbox-memory";
+
+/// CRI-O's annotation: the pod sandbox's `linux.resources` as JSON (cri-api's field names),
+/// or `null`.
+pub const CRIO_POD_RESOURCES: &str = "io.kubernetes.cri-o.PodLinuxResources";
 
 /// The configuration keys a pod annotation `io.isola.config.<key>` can override, when listed
 /// in `pod.enable_annotations`.
@@ -267,11 +272,39 @@ fn check_kernel_params(value: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The pod's declared CPU limit in whole vCPUs, from containerd's sandbox annotations.
+/// The pod's declared CPU limit in whole vCPUs, from containerd's sandbox annotations or
+/// CRI-O's.
 fn declared_vcpus(a: &HashMap<String, String>) -> Result<Option<u32>, AnnotationError> {
     let quota = number(a, CRI_SANDBOX_CPU_QUOTA)?;
     let period = number(a, CRI_SANDBOX_CPU_PERIOD)?;
+    let (quota, period) = match (quota, period, crio_resources(a)?) {
+        (None, None, Some(r)) => (Some(r.cpu_quota), Some(r.cpu_period)),
+        (q, p, _) => (q, p),
+    };
     Ok(quota.zip(period).and_then(|(q, p)| vcpus_for_quota(q, p)))
+}
+
+/// The part of CRI-O's [`CRIO_POD_RESOURCES`] that sizes a VM.
+#[derive(Debug, Default, Deserialize)]
+struct CrioResources {
+    #[serde(default)]
+    cpu_period: i64,
+    #[serde(default)]
+    cpu_quota: i64,
+    #[serde(default)]
+    memory_limit_in_bytes: i64,
+}
+
+/// CRI-O's pod resources annotation, if the pod has one that is not `null`.
+fn crio_resources(a: &HashMap<String, String>) -> Result<Option<CrioResources>, AnnotationError> {
+    let Some(value) = a.get(CRIO_POD_RESOURCES) else {
+        return Ok(None);
+    };
+    serde_json::from_str::<Option<CrioResources>>(value).map_err(|e| AnnotationError::Invalid {
+        key: CRIO_POD_RESOURCES.to_string(),
+        value: value.clone(),
+        problem: format!("is not CRI-O's JSON of the pod's linux.resources: {e}"),
+    })
 }
 
 /// Whole vCPUs a CFS `quota` per `period` allows (rounded up); None when either is not
@@ -289,9 +322,13 @@ pub fn mib_for_bytes(bytes: i64) -> Option<u64> {
         .map(|b| b.div_ceil(1 << 20))
 }
 
-/// The pod's declared memory limit in MiB, from containerd's sandbox annotations.
+/// The pod's declared memory limit in MiB, from containerd's sandbox annotations or CRI-O's.
 fn declared_memory_mib(a: &HashMap<String, String>) -> Result<Option<u64>, AnnotationError> {
-    Ok(number(a, CRI_SANDBOX_MEMORY)?.and_then(mib_for_bytes))
+    let bytes = match number(a, CRI_SANDBOX_MEMORY)? {
+        Some(b) => Some(b),
+        None => crio_resources(a)?.map(|r| r.memory_limit_in_bytes),
+    };
+    Ok(bytes.and_then(mib_for_bytes))
 }
 
 /// A CRI sizing annotation as a number (negative and 0 mean "no limit" to CRI).

@@ -36,6 +36,45 @@ fn declared_limits_plus_overhead_size_the_vm() {
 }
 
 #[test]
+fn cri_o_declares_the_pods_limits_as_json() {
+    let a = annotations(&[(
+        CRIO_POD_RESOURCES,
+        r#"{"cpu_period":100000,"cpu_quota":150000,"memory_limit_in_bytes":209715200}"#,
+    )]);
+    let (c, sizing) = Config::default().for_pod(&a).unwrap();
+    assert_eq!(sizing.declared_vcpus, Some(2));
+    assert_eq!(sizing.declared_memory_mib, Some(200));
+    assert_eq!(c.hypervisor.memory_mib, 200 + DEFAULT_OVERHEAD_MEMORY_MIB);
+    // A pod without limits: "null", or fields left out.
+    for nothing in ["null", "{}", r#"{"cpu_shares":2}"#] {
+        let (_, sizing) = Config::default()
+            .for_pod(&annotations(&[(CRIO_POD_RESOURCES, nothing)]))
+            .unwrap();
+        assert_eq!(
+            (sizing.declared_vcpus, sizing.declared_memory_mib),
+            (None, None),
+            "{nothing}"
+        );
+    }
+    // containerd's annotations win when both are there.
+    let both = annotations(&[
+        (CRIO_POD_RESOURCES, r#"{"memory_limit_in_bytes":209715200}"#),
+        (CRI_SANDBOX_MEMORY, "104857600"),
+    ]);
+    assert_eq!(
+        Config::default()
+            .for_pod(&both)
+            .unwrap()
+            .1
+            .declared_memory_mib,
+        Some(100)
+    );
+    let bad = annotations(&[(CRIO_POD_RESOURCES, "{not json")]);
+    let e = Config::default().for_pod(&bad).unwrap_err();
+    assert!(matches!(e, AnnotationError::Invalid { .. }), "{e}");
+}
+
+#[test]
 fn cri_no_limit_values_leave_the_default() {
     // CRI writes 0 (unset) or -1 (unlimited) when the pod declares nothing.
     let a = annotations(&[

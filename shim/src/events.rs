@@ -1,5 +1,6 @@
 //! Task events for containerd: [`EventSink`], with [`RemoteEvents`] forwarding to containerd's
-//! event service through containerd-shim's `RemotePublisher`.
+//! event service through containerd-shim's `RemotePublisher`, and [`NoEvents`] for CRI-O,
+//! which gives the shim no event service.
 
 use async_trait::async_trait;
 use containerd_shim::publisher::RemotePublisher;
@@ -70,4 +71,17 @@ impl EventSink for RemoteEvents {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), wait).await;
         }
     }
+}
+
+/// No event service to publish to: CRI-O starts VM runtimes' shims without one (`-address ""`,
+/// an empty `TTRPC_ADDRESS`) and learns about exits through the Task API's Wait instead.
+pub struct NoEvents;
+
+#[async_trait]
+impl EventSink for NoEvents {
+    fn publish(&self, topic: &'static str, _event: Box<dyn MessageDyn>) {
+        tracing::debug!(topic, "event (no event service to publish to)");
+    }
+
+    async fn flush(&self) {}
 }

@@ -8,6 +8,7 @@ pub mod cleanup;
 pub mod control;
 pub mod error;
 pub mod events;
+pub mod features;
 pub mod logging;
 pub mod metrics;
 pub mod mountinfo;

@@ -1,10 +1,11 @@
-//! `containerd-shim-isola-v2`: containerd runs it as `start` (find or spawn the sandbox's
-//! shim), without an action (serve the Task API) and as `delete` (clean up after a dead shim).
+//! `containerd-shim-isola-v2`: containerd (and CRI-O, for `runtime_type = "vm"`) runs it as
+//! `start` (find or spawn the sandbox's shim), without an action (serve the Task API), as
+//! `delete` (clean up after a dead shim) and as `features` (what the runtime supports).
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use containerd_shim_isola_v2::{cleanup, logging, serve, start};
+use containerd_shim_isola_v2::{cleanup, features, logging, serve, start};
 use protobuf::Message;
 
 /// The runtime name containerd knows this shim by.
@@ -35,6 +36,19 @@ fn main() -> ExitCode {
         return match std::io::stdout().write_all(&bytes) {
             Ok(()) => ExitCode::SUCCESS,
             Err(_) => ExitCode::FAILURE,
+        };
+    }
+    if flags.action == "features" {
+        // CRI-O asks every runtime what it supports (the OCI "features" document).
+        return match features::document() {
+            Ok(doc) => {
+                println!("{doc}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{RUNTIME_ID} features: {e}");
+                ExitCode::FAILURE
+            }
         };
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -97,7 +111,9 @@ fn main() -> ExitCode {
             }
         }
         other => {
-            eprintln!("{RUNTIME_ID}: unknown action {other:?} (expected start, delete or none)");
+            eprintln!(
+                "{RUNTIME_ID}: unknown action {other:?} (expected start, delete, features or none)"
+            );
             ExitCode::FAILURE
         }
     }

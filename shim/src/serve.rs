@@ -11,7 +11,7 @@ use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
 use crate::error::{Result, ShimError};
-use crate::events::RemoteEvents;
+use crate::events::{EventSink, NoEvents, RemoteEvents};
 use crate::options::RuntimeOptions;
 use crate::sandbox::VmFactory;
 use crate::service::Service;
@@ -34,17 +34,21 @@ pub async fn serve(flags: &Flags) -> Result<()> {
         signal_ready();
         return Ok(());
     };
-    let ttrpc_address = std::env::var("TTRPC_ADDRESS").map_err(|_| {
-        ShimError::InvalidArgument(
-            "TTRPC_ADDRESS is not set: containerd sets it when starting the shim".into(),
-        )
-    })?;
-    let publisher = RemotePublisher::new(&ttrpc_address).await.map_err(|e| {
-        ShimError::Internal(format!(
-            "connecting to containerd's events at {ttrpc_address}: {e}"
-        ))
-    })?;
-    let events = Arc::new(RemoteEvents::new(publisher, flags.namespace.clone()));
+    let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
+    let events: Arc<dyn EventSink> = match event_service(&flags.address, &ttrpc_address) {
+        Some(address) => {
+            let publisher = RemotePublisher::new(address).await.map_err(|e| {
+                ShimError::Internal(format!(
+                    "connecting to containerd's events at {address}: {e}"
+                ))
+            })?;
+            Arc::new(RemoteEvents::new(publisher, flags.namespace.clone()))
+        }
+        None => {
+            tracing::info!("no event service (started by CRI-O): events are not published");
+            Arc::new(NoEvents)
+        }
+    };
     let exit = Arc::new(ExitSignal::default());
     let service = Service::new(
         &flags.namespace,
@@ -79,12 +83,30 @@ pub async fn serve(flags: &Flags) -> Result<()> {
             let _ = service.shutdown(true).await;
         }
     }
+    // The socket goes first: whatever kills this process during the grace period below (a
+    // runtime that does not wait, a test harness) leaves no socket behind. Connections already
+    // made keep working.
+    let _ = std::fs::remove_file(path);
     // Let the event publisher hand the last events over before the process goes.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let _ = server.shutdown().await;
-    let _ = std::fs::remove_file(path);
     tracing::info!("shim exiting");
     Ok(())
+}
+
+/// Where to publish task events: containerd's `TTRPC_ADDRESS`. CRI-O starts the shim with
+/// neither a containerd address (`-address ""`) nor a `TTRPC_ADDRESS`: no event service.
+fn event_service<'a>(containerd_address: &str, ttrpc_address: &'a str) -> Option<&'a str> {
+    if ttrpc_address.is_empty() {
+        if !containerd_address.is_empty() {
+            tracing::warn!(
+                containerd_address,
+                "TTRPC_ADDRESS is empty: events are not published"
+            );
+        }
+        return None;
+    }
+    Some(ttrpc_address)
 }
 
 /// Binds the socket; None when a live shim already has it.
@@ -117,5 +139,24 @@ fn signal_ready() {
         unsafe {
             libc::dup2(null.as_raw_fd(), libc::STDOUT_FILENO);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_go_to_containerd_when_it_says_where() {
+        assert_eq!(
+            event_service(
+                "/run/containerd/containerd.sock",
+                "/run/containerd/containerd.sock.ttrpc"
+            ),
+            Some("/run/containerd/containerd.sock.ttrpc")
+        );
+        // CRI-O: `-address ""` and an empty TTRPC_ADDRESS.
+        assert_eq!(event_service("", ""), None);
+        assert_eq!(event_service("/run/containerd/containerd.sock", ""), None);
     }
 }

@@ -40,8 +40,8 @@ pub const TEST_IMAGE: &str = "localhost/isola/busybox:latest";
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Short: a CRI pod's VM sockets live at <dir>/s/vm/<64-character id>/ (107-byte limit).
-const DIR_PREFIX: &str = "ic.";
-const OWNER_FILE: &str = "owner.pid";
+pub(crate) const DIR_PREFIX: &str = "ic.";
+pub(crate) const OWNER_FILE: &str = "owner.pid";
 
 /// The directory holding the shim binary: `$ISOLA_SHIM_DIR`, else the cargo profile directory of
 /// the running test executable (`target/debug/deps/<test>` -> `target/debug`). Panics with a
@@ -698,6 +698,7 @@ state = "{d}/state"
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
   runtime_type = "{RUNTIME}"
   pod_annotations = ["io.isola.config.*"]
+  privileged_without_host_devices = true
 
 [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
   ConfigPath = "{cfg}"
@@ -708,7 +709,7 @@ state = "{d}/state"
 }
 
 /// Kills every process mentioning `dir`, unmounts everything under it, removes it.
-fn cleanup_dir(dir: &Path) {
+pub(crate) fn cleanup_dir(dir: &Path) {
     let needle = dir.to_string_lossy().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -738,7 +739,7 @@ fn cleanup_dir(dir: &Path) {
 }
 
 /// Removes the private directories of test processes that died without cleaning up.
-fn reap_stale() {
+pub(crate) fn reap_stale() {
     let Ok(entries) = std::fs::read_dir("/tmp") else {
         return;
     };

@@ -43,7 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use hyper_util::rt::TokioIo;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
@@ -58,13 +58,14 @@ use k8s_cri::v1::{
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::containerd::{describe, run_with_deadline, Containerd, TEST_IMAGE};
+use crate::containerd::{Containerd, TEST_IMAGE};
+use crate::cri_engine::Engine;
+pub use crate::cri_engine::CRI_NAMESPACE;
+use crate::crio::Crio;
 use crate::{repo_root, TestEnv};
 
 /// The sandbox ("pause") image containerd's CRI plugin is configured with.
 pub const PAUSE_IMAGE: &str = "localhost/isola/pause:latest";
-/// The containerd namespace of the CRI plugin.
-pub const CRI_NAMESPACE: &str = "k8s.io";
 /// The CRI runtime handler of isola.
 pub const ISOLA: &str = "isola";
 /// The CRI runtime handler of runc (baselines).
@@ -212,10 +213,10 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// A private containerd with a CRI client; see the module docs.
+/// A private containerd (or CRI-O) with a CRI client; see the module docs.
 pub struct CriEnv {
-    /// The private containerd (its log, state directory and leak checks).
-    pub containerd: Containerd,
+    /// The private CRI runtime (its log, state directory and leak checks).
+    pub engine: Engine,
     client: RuntimeServiceClient<Channel>,
     unique: String,
     counter: AtomicU32,
@@ -233,21 +234,38 @@ impl CriEnv {
     pub async fn start_with(env: Option<TestEnv>) -> Result<CriEnv> {
         // containerd is forked from a thread of its own (crate::keeper), so which thread
         // starts it does not matter; the start blocks, so keep it off the async workers.
-        let start = move || {
-            crate::cri_leaks::reap_stale_netns();
-            let c = match env {
+        CriEnv::start_engine(move || {
+            Ok(Engine::Containerd(match env {
                 Some(env) => Containerd::start_with(env),
                 None => Containerd::start(),
-            };
-            import_cri_images(&c)?;
-            Ok::<_, anyhow::Error>(c)
+            }))
+        })
+        .await
+    }
+
+    /// Starts a private CRI-O with isola's handler (as `isola install crio` writes it) and
+    /// runc, imports the test and pause images and connects.
+    pub async fn start_crio() -> Result<CriEnv> {
+        CriEnv::start_engine(|| Crio::start().map(Engine::Crio)).await
+    }
+
+    async fn start_engine(start: impl FnOnce() -> Result<Engine>) -> Result<CriEnv> {
+        // The runtime is forked from a thread of its own (crate::keeper), so which thread
+        // starts it does not matter; the start blocks, so keep it off the async workers.
+        let start = move || {
+            crate::cri_leaks::reap_stale_netns();
+            let engine = start()?;
+            for tar in [crate::containerd::test_image_tar(), pause_image_tar()] {
+                engine.import_image(&tar)?;
+            }
+            Ok::<_, anyhow::Error>(engine)
         };
-        let containerd = match tokio::runtime::Handle::current().runtime_flavor() {
+        let engine = match tokio::runtime::Handle::current().runtime_flavor() {
             tokio::runtime::RuntimeFlavor::CurrentThread => start(),
             _ => tokio::task::block_in_place(start),
         }
-        .context("starting containerd")?;
-        let channel = connect(containerd.socket()).await?;
+        .context("starting the CRI runtime")?;
+        let channel = connect(engine.socket()).await?;
         let unique = format!(
             "{}-{}",
             std::process::id(),
@@ -257,7 +275,7 @@ impl CriEnv {
                 .subsec_nanos()
         );
         Ok(CriEnv {
-            containerd,
+            engine,
             client: RuntimeServiceClient::new(channel),
             unique,
             counter: AtomicU32::new(0),
@@ -275,7 +293,7 @@ impl CriEnv {
     pub async fn run_pod(&self, name: &str, handler: &str, opts: PodOptions) -> Result<Pod> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let log_dir = self
-            .containerd
+            .engine
             .dir()
             .join("pod-logs")
             .join(format!("{name}-{n}"));
@@ -372,8 +390,11 @@ impl CriEnv {
                 name: name.into(),
                 attempt: 0,
             }),
+            // As kubelet 1.29+ sends it (CRI-O verifies signatures against the name the user
+            // wrote).
             image: Some(ImageSpec {
                 image: opts.image.clone().unwrap_or_else(|| TEST_IMAGE.into()),
+                user_specified_image: opts.image.clone().unwrap_or_else(|| TEST_IMAGE.into()),
                 ..Default::default()
             }),
             command: opts.command.clone(),
@@ -400,10 +421,12 @@ impl CriEnv {
             log_path: format!("{name}.log"),
             linux: Some(LinuxContainerConfig {
                 resources: opts.resources.clone(),
-                security_context: Some(LinuxContainerSecurityContext {
-                    namespace_options: Some(namespaces(share_pid)),
-                    ..opts.security.clone()
-                }),
+                security_context: Some(crate::cri_engine::as_kubelet_sends(
+                    LinuxContainerSecurityContext {
+                        namespace_options: Some(namespaces(share_pid)),
+                        ..opts.security.clone()
+                    },
+                )),
             }),
             ..Default::default()
         };
@@ -632,9 +655,9 @@ impl CriEnv {
 
     /// What pod `pod_id` left on the host (empty when nothing): see [`crate::cri_leaks`].
     pub async fn pod_leftovers(&self, pod_id: &str) -> Vec<String> {
-        let dir = self.containerd.dir().to_path_buf();
-        let state = self.containerd.state_dir().to_path_buf();
-        let containerd = self.containerd.pid();
+        let dir = self.engine.dir().to_path_buf();
+        let state = self.engine.state_dir().to_path_buf();
+        let containerd = self.engine.pid();
         let pod = pod_id.to_string();
         let before = self.interfaces_before.clone();
         tokio::task::spawn_blocking(move || {
@@ -654,9 +677,10 @@ impl CriEnv {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "pod {pod_id} left behind:\n  {}\ncontainerd's log:\n{}",
+                    "pod {pod_id} left behind:\n  {}\n{}'s log:\n{}",
                     left.join("\n  "),
-                    self.containerd.log_tail(40)
+                    self.engine.name(),
+                    self.engine.log_tail(40)
                 );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -673,7 +697,11 @@ impl CriEnv {
     pub fn check<T>(&self, r: Result<T>) -> T {
         match r {
             Ok(v) => v,
-            Err(e) => panic!("{e:#}\ncontainerd's log:\n{}", self.containerd.log_tail(60)),
+            Err(e) => panic!(
+                "{e:#}\n{}'s log:\n{}",
+                self.engine.name(),
+                self.engine.log_tail(60)
+            ),
         }
     }
 }
@@ -687,7 +715,7 @@ pub(crate) async fn connect(socket: PathBuf) -> Result<Channel> {
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }))
         .await
-        .context("connecting to containerd's CRI API")
+        .context("connecting to the CRI API")
 }
 
 /// Namespace options of a pod or container: network and IPC per pod, PID per container unless
@@ -703,34 +731,6 @@ fn namespaces(share_pid: bool) -> NamespaceOption {
         ipc: NamespaceMode::Pod as i32,
         ..Default::default()
     }
-}
-
-/// Imports the test and pause images into the CRI namespace.
-fn import_cri_images(c: &Containerd) -> Result<()> {
-    for tar in [crate::containerd::test_image_tar(), pause_image_tar()] {
-        import_cri_image(c, &tar)?;
-    }
-    Ok(())
-}
-
-/// Imports the OCI image tarball `tar` into the CRI plugin's namespace.
-pub fn import_cri_image(c: &Containerd, tar: &Path) -> Result<()> {
-    ensure!(
-        tar.is_file(),
-        "image {} is missing: run `make images` first",
-        tar.display()
-    );
-    let mut cmd = std::process::Command::new("ctr");
-    cmd.arg("--address")
-        .arg(c.socket())
-        .args(["--namespace", CRI_NAMESPACE, "images", "import"])
-        .arg(tar);
-    let out = run_with_deadline(&mut cmd, None, Duration::from_secs(120))
-        .map_err(|e| anyhow!("ctr images import {}: {e}", tar.display()))?;
-    if !out.status.success() {
-        bail!("ctr images import {}: {}", tar.display(), describe(&out));
-    }
-    Ok(())
 }
 
 /// The CRI log format: `<RFC3339 time> <stream> <P|F> <text>` per line; `P` lines are parts of a

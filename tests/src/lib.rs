@@ -6,9 +6,11 @@
 
 pub mod containerd;
 pub mod cri;
+pub mod cri_engine;
 pub mod cri_leaks;
 pub mod cri_port_forward;
 pub mod cri_stream;
+pub mod crio;
 pub mod ctr_child;
 pub mod ctr_tasks;
 pub mod keeper;

@@ -193,7 +193,7 @@ async fn vm_cri_pods_reach_the_host_and_each_other() -> Result<()> {
     exec_until_ok(&cri, &web, &["ping", "-c", "1", "-W", "2", ip_b.as_str()]).await?;
 
     // What the network set-up cost (the shims' own measurements, from containerd's log).
-    for line in cri.containerd.log_tail(2000).lines() {
+    for line in cri.engine.log_tail(2000).lines() {
         if line.contains("pod network attached") || line.contains("guest network configured") {
             eprintln!("{line}");
         }

@@ -40,7 +40,7 @@ async fn ns(cri: &CriEnv, cid: &str, kind: &str) -> Result<String> {
 /// A host directory for hostPath- or emptyDir-style volumes, inside the private containerd
 /// directory (removed with it).
 fn host_dir(cri: &CriEnv, rel: &str) -> Result<std::path::PathBuf> {
-    let d = cri.containerd.dir().join("volumes").join(rel);
+    let d = cri.engine.dir().join("volumes").join(rel);
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
@@ -279,7 +279,12 @@ async fn cri_unknown_runtime_handler_is_refused() -> Result<()> {
         .expect_err("a hostNetwork pod ran in a VM");
     let msg = format!("{err:#}");
     assert!(msg.contains("hostNetwork"), "the error says why: {msg}");
-    assert!(cri.containerd.vm_processes().is_empty());
+    assert!(cri
+        .engine
+        .containerd()
+        .expect("containerd")
+        .vm_processes()
+        .is_empty());
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! Tests that boot a VM are `vm_*`; one pair of pods serves many assertions.
 
 use anyhow::{ensure, Result};
-use isola_tests::cri::{import_cri_image, ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
+use isola_tests::cri::{ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
 use isola_tests::probe::{
     caps, confinement, field, CHMOD_DENIED_PROFILE, DENIED_BY_PROFILE, PROBE,
 };
@@ -93,7 +93,7 @@ async fn vm_cri_every_process_runs_under_the_containers_seccomp_profile_like_run
 }
 
 async fn seccomp_profiles(cri: &CriEnv) -> Result<()> {
-    let localhost = cri.containerd.dir().join("chmod-denied.json");
+    let localhost = cri.engine.dir().join("chmod-denied.json");
     std::fs::write(&localhost, CHMOD_DENIED_PROFILE)?;
     let localhost = localhost.to_string_lossy().into_owned();
     // The test pause image has no Env: both sandboxes start without PATH.
@@ -190,7 +190,7 @@ async fn sandbox_env(cri: &CriEnv, pod: &Pod) -> Result<Vec<String>> {
 
 async fn without_path(cri: &CriEnv) -> Result<()> {
     let noenv = isola_tests::repo_root().join("build/images/busybox-noenv.tar");
-    import_cri_image(&cri.containerd, &noenv)?;
+    cri.import_image(&noenv)?;
     let image = Some("localhost/isola/busybox-noenv:latest".to_string());
     // The sandbox image has no Env, and containerd adds none to a sandbox's spec: the pause
     // container starts without PATH (its entrypoint is absolute), under isola as under runc.

@@ -152,7 +152,7 @@ async fn vm_cri_pod_sizing_follows_resources_and_annotations() -> Result<()> {
         "{err:#}"
     );
     // Refused before booting: no VM ran, so no VM state exists for any pod.
-    let vms = cri.containerd.state_dir().join("vm");
+    let vms = cri.engine.state_dir().join("vm");
     let left: Vec<_> = std::fs::read_dir(&vms)
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use anyhow::{ensure, Context, Result};
-use isola_tests::cri::{import_cri_image, ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
+use isola_tests::cri::{ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
 use k8s_cri::v1::{Capability, Device, LinuxContainerSecurityContext};
 
 const TOOLS_IMAGE: &str = "localhost/isola/tools:latest";
@@ -19,7 +19,7 @@ const SLEEPER: &[&str] = &["sleep", "100000"];
 /// Imports the tools image into the CRI namespace.
 fn import_tools(cri: &CriEnv) -> Result<()> {
     let tar = isola_tests::repo_root().join("build/images/tools.tar");
-    import_cri_image(&cri.containerd, &tar)
+    cri.import_image(&tar)
 }
 
 fn tools(security: LinuxContainerSecurityContext) -> ContainerOptions {

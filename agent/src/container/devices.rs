@@ -11,13 +11,18 @@
 //!
 //! A container counts as privileged here when its device cgroup allows every device (a rule
 //! `{"allow": true, "access": "rwm"}` with no type or numbers, what containerd and CRI-O write
-//! for `privileged: true` and `ctr run --privileged`): any narrower rule set means the spec
-//! chose its devices, and they stay as they are.
+//! for `privileged: true` and `ctr run --privileged`), or when it has CAP_SYS_ADMIN and no
+//! masked or read-only paths: containerd 1.6 with `privileged_without_host_devices` writes a
+//! privileged container that way, without the allow-all rule (1.7 added an option for it). Such
+//! a container also gets the allow-all rule, as under runc. Any other container chose its
+//! devices, and they stay as they are.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{LinuxDevice, LinuxDeviceBuilder, LinuxDeviceType, Spec};
+use oci_spec::runtime::{
+    Capability, LinuxDevice, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, Spec,
+};
 
 /// Directories under /dev runc does not take devices from.
 const SKIPPED_DIRS: [&str; 4] = ["pts", "shm", "mqueue", "fd"];
@@ -45,6 +50,45 @@ pub fn allows_all(spec: &Spec) -> bool {
                 .as_deref()
                 .is_some_and(|a| a.contains('r') && a.contains('w') && a.contains('m'))
     })
+}
+
+/// Whether the container is privileged (see the module docs).
+pub fn is_privileged(spec: &Spec) -> bool {
+    if allows_all(spec) {
+        return true;
+    }
+    let sys_admin = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|b| b.contains(&Capability::SysAdmin));
+    let linux = spec.linux().as_ref();
+    let none = |paths: Option<&Vec<String>>| paths.map_or(true, |p| p.is_empty());
+    sys_admin
+        && none(linux.and_then(|l| l.masked_paths().as_ref()))
+        && none(linux.and_then(|l| l.readonly_paths().as_ref()))
+}
+
+/// Makes the device cgroup allow every device (privileged), unless it already does.
+pub fn allow_all(spec: &mut Spec) {
+    if allows_all(spec) {
+        return;
+    }
+    let Some(linux) = spec.linux_mut() else {
+        return;
+    };
+    let mut resources = linux.resources().clone().unwrap_or_default();
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    if let Ok(rule) = LinuxDeviceCgroupBuilder::default()
+        .allow(true)
+        .access("rwm")
+        .build()
+    {
+        rules.push(rule);
+    }
+    resources.set_devices(Some(rules));
+    linux.set_resources(Some(resources));
 }
 
 /// The character and block devices below `dev`, as container paths under `/dev`.
@@ -147,6 +191,31 @@ mod tests {
         assert!(!allows_all(&spec(r#"[{"allow": true, "access": "r"}]"#)));
         let bare: Spec = serde_json::from_str(r#"{"ociVersion": "1.0.2", "linux": {}}"#).unwrap();
         assert!(!allows_all(&bare));
+    }
+
+    #[test]
+    fn containerd_16s_privileged_without_host_devices_counts_as_privileged() {
+        let spec = |caps: &str, masked: &str| -> Spec {
+            serde_json::from_str(&format!(
+                r#"{{"ociVersion": "1.0.2",
+                    "process": {{"args": ["sh"], "cwd": "/", "user": {{"uid": 0, "gid": 0}},
+                                 "capabilities": {{"bounding": {caps}}}}},
+                    "linux": {{"maskedPaths": {masked},
+                               "resources": {{"devices": [{{"allow": false, "access": "rwm"}}]}}}}}}"#
+            ))
+            .unwrap()
+        };
+        let mut privileged = spec(r#"["CAP_SYS_ADMIN", "CAP_NET_ADMIN"]"#, "[]");
+        assert!(is_privileged(&privileged));
+        assert!(!allows_all(&privileged));
+        allow_all(&mut privileged);
+        assert!(allows_all(&privileged));
+        // CAP_SYS_ADMIN alone, with the default masked paths: not privileged.
+        assert!(!is_privileged(&spec(
+            r#"["CAP_SYS_ADMIN"]"#,
+            r#"["/proc/kcore"]"#
+        )));
+        assert!(!is_privileged(&spec(r#"["CAP_NET_ADMIN"]"#, "[]")));
     }
 
     #[test]

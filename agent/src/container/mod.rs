@@ -304,7 +304,8 @@ impl Containers {
         pod::prepare_volumes(&pod::pod_volumes(&cs.spec, &c.id)?)?;
         let net_sysctls = sysctl::take_net(&mut cs.spec, &c.id)?;
         sysctl::apply(&net_sysctls, Path::new("/proc/sys"), &c.id)?;
-        if devices::allows_all(&cs.spec) {
+        if devices::is_privileged(&cs.spec) {
+            devices::allow_all(&mut cs.spec);
             let added = devices::add(&mut cs.spec, devices::guest_devices(Path::new("/dev")));
             tracing::info!(container_id = %c.id, added, "privileged: given the guest's device nodes");
         }

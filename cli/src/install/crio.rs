@@ -9,16 +9,18 @@
 //! runtime_root = "/run/isola/crio"
 //! runtime_config_path = "/usr/local/share/isola/configuration.toml"
 //! privileged_without_host_devices = true
-//! allowed_annotations = ["io.isola.config.*"]
 //! ```
 //!
 //! `runtime_type = "vm"` makes CRI-O speak the containerd shim v2 protocol to the binary, as it
 //! does for Kata Containers; it hands `runtime_config_path` to the shim as the runtime option
-//! `ConfigPath`, the same option containerd sends.
+//! `ConfigPath`, the same option containerd sends. No `allowed_annotations`: CRI-O 1.32 accepts
+//! there only annotations of its own fixed list and drops a whole handler that names another
+//! ("invalid allowed_annotation: io.isola.config.*"); it passes every pod annotation into the
+//! spec anyway, so `io.isola.config.*` reaches the runtime without it.
 
 use std::path::Path;
 
-use super::containerd::{POD_ANNOTATIONS, RUNTIME_NAME};
+use super::containerd::RUNTIME_NAME;
 
 /// CRI-O's drop-in directory.
 pub const DEFAULT_CRIO_DROP_IN_DIR: &str = "/etc/crio/crio.conf.d";
@@ -46,13 +48,10 @@ pub fn drop_in(shim: &Path, isola_config: &Path, state_dir: &Path) -> String {
          runtime_root = {}\n\
          runtime_config_path = {}\n\
          # A privileged pod gets no host devices: they would be the host's, not the guest's.\n\
-         privileged_without_host_devices = true\n\
-         # The pod annotations isola's [pod] enable_annotations may allow.\n\
-         allowed_annotations = [{}]\n",
+         privileged_without_host_devices = true\n",
         quoted(&shim.to_string_lossy()),
         quoted(&state_dir.join("crio").to_string_lossy()),
         quoted(&isola_config.to_string_lossy()),
-        quoted(POD_ANNOTATIONS),
     )
 }
 
@@ -86,10 +85,8 @@ mod tests {
         );
         assert_eq!(h["runtime_root"].as_str(), Some("/run/isola/crio"));
         assert_eq!(h["privileged_without_host_devices"].as_bool(), Some(true));
-        assert_eq!(
-            h["allowed_annotations"].as_array().unwrap()[0].as_str(),
-            Some("io.isola.config.*")
-        );
+        // CRI-O 1.32 drops a handler whose allowed_annotations name anything of another's.
+        assert!(h.get("allowed_annotations").is_none(), "{text}");
     }
 
     #[test]

@@ -144,8 +144,9 @@ fn install_crio(
             );
         }
     }
-    let state_dir = isola_config::Config::load()
-        .map(|(c, _)| c.runtime.state_dir)
+    // The state directory of the configuration the runtime will use, not of isola's own.
+    let state_dir = isola_config::Config::load_from(&isola_config)
+        .map(|c| c.runtime.state_dir)
         .unwrap_or_else(|_| PathBuf::from(isola_config::DEFAULT_STATE_DIR));
     let text = crio::drop_in(&shim, &isola_config, &state_dir);
     if dry_run {
