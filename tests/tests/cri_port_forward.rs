@@ -6,14 +6,18 @@
 use anyhow::{ensure, Result};
 use isola_tests::cri::{ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
 
-/// The servers: busybox httpd on 127.0.0.1:8080 only (an index and a large file), and an echo
-/// server (nc running cat for each connection) on every address, port 9000.
+/// The servers: busybox httpd on 127.0.0.1:8080 only (an index and a large file), and echo
+/// servers (nc running cat for each connection) on every address, ports 9000 to 9003. busybox
+/// nc listens with a backlog of one, so connections arriving together at one nc can be reset by
+/// the pod's own kernel (under runc too); the concurrent forwards each get their own port, and
+/// the concurrent GETs go to httpd, whose backlog is larger.
 const SERVERS: &str = "mkdir -p /www && echo hello-from-the-pod > /www/index.html && \
      seq 1 300000 > /www/big && \
-     (httpd -f -p 127.0.0.1:8080 -h /www &) && (nc -ll -p 9000 -e cat &) && \
+     (httpd -f -p 127.0.0.1:8080 -h /www &) && \
+     for p in 9000 9001 9002 9003; do (nc -ll -p $p -e cat &); done && \
      trap 'exit 0' TERM; while :; do sleep 1; done";
 const HTTP_PORT: u16 = 8080;
-const ECHO_PORT: u16 = 9000;
+const ECHO_PORTS: [u16; 4] = [9000, 9001, 9002, 9003];
 const CLOSED_PORT: u16 = 9999;
 
 /// What `seq 1 300000` writes.
@@ -53,9 +57,9 @@ async fn get(cri: &CriEnv, pod: &Pod, path: &str) -> Result<Vec<u8>> {
     Ok(out.data[head_end + 4..].to_vec())
 }
 
-async fn echo(cri: &CriEnv, pod: &Pod, data: Vec<u8>) -> Result<Vec<u8>> {
+async fn echo(cri: &CriEnv, pod: &Pod, port: u16, data: Vec<u8>) -> Result<Vec<u8>> {
     let n = data.len();
-    let out = cri.port_forward(&pod.id, ECHO_PORT, data, Some(n)).await?;
+    let out = cri.port_forward(&pod.id, port, data, Some(n)).await?;
     ensure!(out.error.is_empty(), "echo: {}", out.error);
     Ok(out.data)
 }
@@ -75,7 +79,9 @@ async fn start_servers(cri: &CriEnv, handler: &str) -> Result<Pod> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     loop {
         let ls = cri.exec_ok(&cid, &["netstat", "-ltn"]).await?;
-        if ls.contains("127.0.0.1:8080") && ls.contains(":9000") {
+        if ls.contains("127.0.0.1:8080")
+            && ECHO_PORTS.iter().all(|p| ls.contains(&format!(":{p} ")))
+        {
             break;
         }
         ensure!(
@@ -114,7 +120,7 @@ async fn port_forward(cri: &CriEnv) -> Result<()> {
         );
         // Megabytes to the pod and back.
         let sent = pattern(1 << 20, 7);
-        let back = echo(cri, &pod, sent.clone()).await?;
+        let back = echo(cri, &pod, ECHO_PORTS[0], sent.clone()).await?;
         ensure!(
             back == sent,
             "{handler}: the echo differs ({} of {} bytes)",
@@ -124,9 +130,10 @@ async fn port_forward(cri: &CriEnv) -> Result<()> {
         // Several forwards at once, each its own connection.
         let pod_ref = &pod;
         let many: Vec<_> = (0..4u8)
-            .map(|i| {
+            .zip(ECHO_PORTS)
+            .map(|(i, port)| {
                 let data = pattern(64 << 10, i);
-                async move { (data.clone(), echo(cri, pod_ref, data).await) }
+                async move { (data.clone(), echo(cri, pod_ref, port, data).await) }
             })
             .collect();
         for (i, (sent, back)) in futures::future::join_all(many)
@@ -136,12 +143,20 @@ async fn port_forward(cri: &CriEnv) -> Result<()> {
         {
             ensure!(back? == sent, "{handler}: concurrent forward {i} differs");
         }
-        let both =
-            futures::future::join(get(cri, &pod, "/big"), get(cri, &pod, "/index.html")).await;
-        ensure!(
-            both.0? == big && both.1?.starts_with(b"hello"),
-            "{handler}: concurrent GETs"
-        );
+        // Several at once to one port.
+        let gets = futures::future::join_all(
+            ["/big", "/index.html", "/big", "/index.html"].map(|path| get(cri, pod_ref, path)),
+        )
+        .await;
+        for (i, got) in gets.into_iter().enumerate() {
+            let got = got?;
+            let want: &[u8] = if i % 2 == 0 {
+                &big
+            } else {
+                b"hello-from-the-pod\n"
+            };
+            ensure!(got == want, "{handler}: concurrent GET {i} differs");
+        }
         // Nothing listens: the forward fails, with containerd's "connection refused".
         let closed = cri
             .port_forward(&pod.id, CLOSED_PORT, b"anyone?".to_vec(), None)
