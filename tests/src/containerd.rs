@@ -759,7 +759,7 @@ pub(crate) fn reap_stale() {
         };
         if !owner_alive {
             eprintln!("reaping {} (its test process is gone)", dir.display());
-            cleanup_dir(&dir);
+            crate::cluster::reap(&dir);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! They need the guest image from `make guest` (build/guest/); a missing image is a test
 //! failure with a message saying so, never a silent pass.
 
+pub mod cluster;
 pub mod containerd;
 pub mod cri;
 pub mod cri_engine;

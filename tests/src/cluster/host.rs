@@ -1,0 +1,232 @@
+//! What a kubelet changes on the host outside its directories, recorded before the cluster
+//! starts and put back when it goes: the node interface the harness adds (an `ifb` link with
+//! the node IP: the node IP cannot be a loopback address, and this kind of host has no `dummy`
+//! driver), the sysctls kubelet sets (`vm.overcommit_memory`, `kernel.panic`,
+//! `kernel.panic_on_oops`), the iptables chains it adds (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
+//! KUBE-IPTABLES-HINT, in the filter, mangle and nat tables, v4 and v6), and the fixed paths it
+//! creates (`/var/lib/kubelet`, `/var/log/containers`, `/var/log/pods`).
+//!
+//! The record is written to the cluster's directory before anything changes ([`STATE_FILE`]),
+//! so a run that was interrupted (killed, Ctrl-C: no drop runs) is put back by the next one,
+//! which reaps directories whose test process is gone ([`restore_stale`]).
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The record's file in the cluster's directory.
+pub const STATE_FILE: &str = "host-state.json";
+
+/// The sysctls kubelet sets on the host.
+const KUBELET_SYSCTLS: [&str; 3] = [
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+];
+/// The iptables chains kubelet adds.
+const KUBELET_CHAINS: [&str; 3] = ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT"];
+/// Paths kubelet creates whatever its flags say.
+const KUBELET_PATHS: [&str; 3] = ["/var/lib/kubelet", "/var/log/containers", "/var/log/pods"];
+
+/// The host as it was, to put back.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HostState {
+    link: String,
+    sysctls: Vec<(PathBuf, String)>,
+    absent_paths: Vec<PathBuf>,
+    /// (tool, table) pairs whose kubelet chains existed before (a real kubelet's): kept.
+    had_chains: Vec<(String, String)>,
+}
+
+const IPTABLES: [&str; 2] = ["iptables", "ip6tables"];
+const TABLES: [&str; 3] = ["filter", "mangle", "nat"];
+
+fn run(args: &[&str]) -> Result<String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
+    ensure!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+impl HostState {
+    /// Records the host (also in `dir`'s [`STATE_FILE`]) and adds the node link `link` with
+    /// `ip`.
+    pub fn prepare(dir: &Path, link: &str, ip: Ipv4Addr) -> Result<HostState> {
+        let sysctls = KUBELET_SYSCTLS
+            .iter()
+            .map(|k| {
+                let p = Path::new("/proc/sys").join(k);
+                let v = std::fs::read_to_string(&p).unwrap_or_default();
+                (p, v.trim().to_string())
+            })
+            .collect();
+        let absent_paths = KUBELET_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .filter(|p| !p.exists())
+            .collect();
+        let mut had_chains = Vec::new();
+        for tool in IPTABLES {
+            for table in TABLES {
+                let rules = run(&[tool, "-w", "-t", table, "-S"]).unwrap_or_default();
+                if KUBELET_CHAINS
+                    .iter()
+                    .any(|c| rules.lines().any(|l| l == format!("-N {c}")))
+                {
+                    had_chains.push((tool.to_string(), table.to_string()));
+                }
+            }
+        }
+        let state = HostState {
+            link: link.to_string(),
+            sysctls,
+            absent_paths,
+            had_chains,
+        };
+        std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?)
+            .context("recording the host's state")?;
+        let _ = Command::new("ip").args(["link", "del", link]).output();
+        run(&["ip", "link", "add", link, "type", "ifb"])?;
+        run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", link])?;
+        run(&["ip", "link", "set", link, "up"])?;
+        Ok(state)
+    }
+
+    /// Puts the host back (best effort: what fails is reported and the rest still done).
+    pub fn restore(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if let Err(e) = run(&["ip", "link", "del", &self.link]) {
+            problems.push(format!("removing {}: {e:#}", self.link));
+        }
+        for (path, value) in &self.sysctls {
+            if value.is_empty() {
+                continue;
+            }
+            if let Err(e) = std::fs::write(path, value) {
+                problems.push(format!("restoring {}: {e}", path.display()));
+            }
+        }
+        for tool in IPTABLES {
+            for table in TABLES {
+                if !self
+                    .had_chains
+                    .iter()
+                    .any(|(t, tb)| t == tool && tb == table)
+                {
+                    remove_chains(tool, table);
+                }
+            }
+        }
+        for p in &self.absent_paths {
+            if let Err(e) = std::fs::remove_dir_all(p) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    problems.push(format!("removing {}: {e}", p.display()));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// The record in a cluster directory whose test process is gone, if it has one (read before
+/// the directory goes; [`HostState::restore`] after its processes are dead).
+pub fn stale_record(dir: &Path) -> Option<HostState> {
+    let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes kubelet's chains from `table` (rules jumping to them first).
+fn remove_chains(tool: &str, table: &str) {
+    let Ok(rules) = run(&[tool, "-w", "-t", table, "-S"]) else {
+        return;
+    };
+    for line in rules.lines() {
+        let jumps = KUBELET_CHAINS
+            .iter()
+            .any(|c| line.contains(&format!("-j {c}")));
+        if let Some(rule) = line.strip_prefix("-A ").filter(|_| jumps) {
+            let words = split_quoted(rule);
+            let mut args = vec![tool, "-w", "-t", table, "-D"];
+            args.extend(words.iter().map(String::as_str));
+            let _ = run(&args);
+        }
+    }
+    for chain in KUBELET_CHAINS {
+        if rules.lines().any(|l| l == format!("-N {chain}")) {
+            let _ = run(&[tool, "-w", "-t", table, "-F", chain]);
+            let _ = run(&[tool, "-w", "-t", table, "-X", chain]);
+        }
+    }
+}
+
+/// Splits an `iptables -S` rule into words, a double-quoted run being one word.
+fn split_quoted(rule: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in rule.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ' ' if !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            _ => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_record_round_trips_through_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = HostState {
+            link: "isola-k8s0".into(),
+            sysctls: vec![("/proc/sys/kernel/panic".into(), "0".into())],
+            absent_paths: vec!["/var/log/pods".into()],
+            had_chains: vec![("iptables".into(), "nat".into())],
+        };
+        std::fs::write(
+            dir.path().join(STATE_FILE),
+            serde_json::to_vec(&state).unwrap(),
+        )
+        .unwrap();
+        let back = stale_record(dir.path()).expect("a record");
+        assert_eq!(format!("{back:?}"), format!("{state:?}"));
+        assert!(stale_record(&dir.path().join("nothing")).is_none());
+    }
+
+    #[test]
+    fn rules_split_with_quoted_comments() {
+        let rule = r#"INPUT -m comment --comment "kubernetes firewall for dropping marked packets" -j KUBE-FIREWALL"#;
+        assert_eq!(
+            split_quoted(rule),
+            [
+                "INPUT",
+                "-m",
+                "comment",
+                "--comment",
+                "kubernetes firewall for dropping marked packets",
+                "-j",
+                "KUBE-FIREWALL"
+            ]
+        );
+    }
+}

@@ -1,0 +1,147 @@
+//! isola on a real Kubernetes node: a single-node 1.32 cluster (tests/src/cluster) with the
+//! kubelet on a private containerd, isola's RuntimeClass from deploy/runtimeclass.yaml. What a
+//! user tries first: a `runtimeClassName: isola` pod runs in its own VM (the guest kernel seen
+//! from inside), a pod without it runs under runc on the same node, the RuntimeClass overhead
+//! shows in the pod spec and the VM follows requests/limits plus overhead; deleting the pods
+//! leaves nothing on the host.
+//!
+//! One cluster serves the whole test (a cluster start costs seconds).
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use isola_tests::cluster::{Cluster, Runtime};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+
+const NS: &str = "default";
+
+/// A pod running `command` in the test image, with `runtime_class` if given.
+fn pod(
+    name: &str,
+    runtime_class: Option<&str>,
+    command: &[&str],
+    resources: serde_json::Value,
+) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "runtimeClassName": runtime_class,
+            "terminationGracePeriodSeconds": 2,
+            "containers": [{
+                "name": "main",
+                "image": isola_tests::containerd::TEST_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": command,
+                "resources": resources,
+            }],
+        }
+    }))
+    .expect("a pod")
+}
+
+async fn wait_running(pods: &Api<Pod>, name: &str) -> Result<Pod> {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let p = pods.get(name).await?;
+        let phase = p
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default();
+        match phase.as_str() {
+            "Running" => return Ok(p),
+            "Failed" | "Succeeded" => bail!("pod {name} is {phase}: {:?}", p.status),
+            _ => {}
+        }
+        if Instant::now() > deadline {
+            bail!("pod {name} is not Running after 180 s: {:?}", p.status);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_k8s_runtimeclass_on_containerd() {
+    let cluster = tokio::task::block_in_place(|| Cluster::start(Runtime::Containerd))
+        .expect("starting the cluster");
+    let result = runtimeclass(&cluster).await;
+    if let Err(e) = result {
+        panic!("{e:#}\n{}", cluster.logs_tail(30));
+    }
+}
+
+async fn runtimeclass(cluster: &Cluster) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await?, NS);
+    let sleeper = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
+    let limits = serde_json::json!({"limits": {"cpu": "1", "memory": "128Mi"}});
+    pods.create(
+        &PostParams::default(),
+        &pod("in-vm", Some("isola"), &sleeper, limits),
+    )
+    .await
+    .context("creating the isola pod")?;
+    pods.create(
+        &PostParams::default(),
+        &pod("in-runc", None, &sleeper, serde_json::json!({})),
+    )
+    .await
+    .context("creating the runc pod")?;
+    let vm = wait_running(&pods, "in-vm").await?;
+    wait_running(&pods, "in-runc").await?;
+
+    // The RuntimeClass's overhead is in the pod spec.
+    let overhead = vm
+        .spec
+        .as_ref()
+        .and_then(|s| s.overhead.clone())
+        .context("no overhead")?;
+    ensure!(
+        overhead.contains_key("memory") && overhead.contains_key("cpu"),
+        "{overhead:?}"
+    );
+
+    // The guest kernel inside, the node's kernel under runc.
+    let uname = |name: &str| cluster.kubectl(&["exec", name, "--", "uname", "-r"]);
+    let in_vm = out(&uname("in-vm")?);
+    let in_runc = out(&uname("in-runc")?);
+    ensure!(
+        in_vm.contains("-isola"),
+        "the isola pod's kernel: {in_vm:?}"
+    );
+    ensure!(
+        !in_runc.contains("-isola") && !in_runc.is_empty(),
+        "the runc pod's kernel: {in_runc:?}"
+    );
+
+    // The VM follows the limits (1 CPU, 128 MiB) plus isola's configured overhead.
+    let cpus = out(&cluster.kubectl(&[
+        "exec",
+        "in-vm",
+        "--",
+        "grep",
+        "-c",
+        "^processor",
+        "/proc/cpuinfo",
+    ])?);
+    ensure!(
+        cpus.trim() == "2",
+        "vCPUs of a pod limited to 1 CPU: {cpus:?}"
+    );
+
+    for name in ["in-vm", "in-runc"] {
+        pods.delete(name, &DeleteParams::default()).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pods.list(&Default::default()).await?.items.is_empty() {
+        ensure!(Instant::now() < deadline, "pods not deleted after 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
