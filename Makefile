@@ -22,7 +22,7 @@ ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: all setup build agent guest images k8s demo test lint unit bench install uninstall clean
+.PHONY: all setup build agent guest images k8s k8s-demo k8s-demo-stop demo test lint unit bench install uninstall clean
 
 all: build guest images
 
@@ -56,6 +56,16 @@ images:
 # unpacked into build/k8s/bin for the CRI-O and cluster tests; says what is missing without it.
 k8s:
 	scripts/unpack-k8s.sh
+
+# A single-node Kubernetes with isola for a person to try (the tests' cluster, one isola pod and
+# one runc pod): prints an `export KUBECONFIG=` line and returns with the cluster running.
+# RUNTIME=crio for CRI-O on the node. `make k8s-demo-stop` takes it all down.
+k8s-demo: setup guest images k8s
+	$(CARGO) build -p containerd-shim-isola-v2 -p isola-tests --bin k8s-demo
+	scripts/k8s-demo.sh start
+
+k8s-demo-stop:
+	scripts/k8s-demo.sh stop
 
 # The main job: a private containerd (scripts/containerd-dev.sh) runs a container in its own VM
 # with ctr run --runtime io.containerd.isola.v2, then stops again.

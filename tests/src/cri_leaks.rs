@@ -118,7 +118,13 @@ impl Drop for CriEnv {
     /// Stops and removes every pod still there through CRI (so that CNI releases their network
     /// namespaces, veths and addresses), before the private containerd goes.
     fn drop(&mut self) {
-        let socket = self.engine.socket();
+        remove_all_pods_blocking(self.engine.socket());
+    }
+}
+
+/// [`remove_all_pods`] from any context (also inside a test's runtime), reporting failures.
+pub(crate) fn remove_all_pods_blocking(socket: PathBuf) {
+    {
         // A thread of its own: this may run inside the test's runtime, which cannot block_on.
         let done = std::thread::spawn(move || {
             tokio::runtime::Builder::new_current_thread()

@@ -194,6 +194,8 @@ impl CtrChild {
 
 impl Drop for CtrChild {
     fn drop(&mut self) {
+        // A stdin holder waiting for the exit lets go.
+        self.exited.store(true, Ordering::Relaxed);
         if let Ok(None) = self.child.try_wait() {
             let _ = self.child.kill();
             let _ = self.child.wait();

@@ -1,16 +1,18 @@
 //! isola on a real Kubernetes node: a single-node 1.32 cluster (tests/src/cluster) with the
-//! kubelet on a private containerd, isola's RuntimeClass from deploy/runtimeclass.yaml. What a
-//! user tries first: a `runtimeClassName: isola` pod runs in its own VM (the guest kernel seen
-//! from inside), a pod without it runs under runc on the same node, the RuntimeClass overhead
-//! shows in the pod spec and the VM follows requests/limits plus overhead; deleting the pods
-//! leaves nothing on the host.
+//! kubelet on a private containerd, then on CRI-O, isola's RuntimeClass from
+//! deploy/runtimeclass.yaml. What a user tries first: a `runtimeClassName: isola` pod runs in
+//! its own VM (the guest kernel seen from inside), a pod without it runs under runc on the same
+//! node, the RuntimeClass overhead shows in the pod spec and the VM follows requests/limits
+//! plus overhead; then every kubectl feature of [`isola_tests::cluster::checks`] on an isola
+//! pod and a runc pod side by side; deleting the pods leaves nothing on the host.
 //!
-//! One cluster serves the whole test (a cluster start costs seconds).
+//! One cluster per runtime serves the whole test (a cluster start costs seconds); the two
+//! runtimes' clusters take turns (one node per host).
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use isola_tests::cluster::{Cluster, Runtime};
+use isola_tests::cluster::{checks, Cluster, Runtime};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 
@@ -67,14 +69,26 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn vm_k8s_runtimeclass_on_containerd() {
-    let cluster = tokio::task::block_in_place(|| Cluster::start(Runtime::Containerd))
-        .expect("starting the cluster");
-    let result = runtimeclass(&cluster).await;
-    if let Err(e) = result {
-        panic!("{e:#}\n{}", cluster.logs_tail(30));
+async fn node(runtime: Runtime) {
+    let cluster =
+        tokio::task::block_in_place(|| Cluster::start(runtime)).expect("starting the cluster");
+    let mut result = runtimeclass(&cluster).await.context("RuntimeClass");
+    if result.is_ok() {
+        result = checks::workloads(&cluster).await;
     }
+    if let Err(e) = result {
+        panic!("{runtime:?}: {e:#}\n{}", cluster.logs_tail(30));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_k8s_node_on_containerd() {
+    node(Runtime::Containerd).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_k8s_node_on_crio() {
+    node(Runtime::Crio).await;
 }
 
 async fn runtimeclass(cluster: &Cluster) -> Result<()> {

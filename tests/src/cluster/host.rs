@@ -39,7 +39,15 @@ pub struct HostState {
     absent_paths: Vec<PathBuf>,
     /// (tool, table) pairs whose kubelet chains existed before (a real kubelet's): kept.
     had_chains: Vec<(String, String)>,
+    /// The kubelet's QoS cgroup trees this cluster creates (none existed before).
+    #[serde(default)]
+    cgroup_trees: Vec<PathBuf>,
 }
+
+/// Where kubelet (cgroupfs driver, cgroups v1) puts its pod cgroups: `kubepods` under each
+/// controller.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const KUBEPODS: &str = "kubepods";
 
 const IPTABLES: [&str; 2] = ["iptables", "ip6tables"];
 const TABLES: [&str; 3] = ["filter", "mangle", "nat"];
@@ -86,11 +94,22 @@ impl HostState {
                 }
             }
         }
+        let cgroup_trees: Vec<PathBuf> = std::fs::read_dir(CGROUP_ROOT)
+            .map(|d| d.flatten().map(|e| e.path().join(KUBEPODS)).collect())
+            .unwrap_or_default();
+        if let Some(t) = cgroup_trees.iter().find(|t| t.exists()) {
+            anyhow::bail!(
+                "{} exists: another kubelet runs on this host (or one left it); \
+                 a test node needs the host's cgroups to itself",
+                t.display()
+            );
+        }
         let state = HostState {
             link: link.to_string(),
             sysctls,
             absent_paths,
             had_chains,
+            cgroup_trees,
         };
         std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?)
             .context("recording the host's state")?;
@@ -126,6 +145,11 @@ impl HostState {
                 }
             }
         }
+        for tree in &self.cgroup_trees {
+            if let Err(e) = remove_cgroup_tree(tree) {
+                problems.push(format!("removing {}: {e}", tree.display()));
+            }
+        }
         for p in &self.absent_paths {
             if let Err(e) = std::fs::remove_dir_all(p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -142,6 +166,49 @@ impl HostState {
 pub fn stale_record(dir: &Path) -> Option<HostState> {
     let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Removes a cgroup directory and the ones below it (cgroupfs: rmdir, deepest first; a cgroup
+/// whose last process is still exiting is retried for a few seconds).
+fn remove_cgroup_tree(dir: &Path) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match remove_cgroup_once(dir) {
+            Err(e)
+                if e.raw_os_error() == Some(nix::errno::Errno::EBUSY as i32)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Kills what still runs in the tree (it is this cluster's: none existed before), then
+/// removes it bottom-up.
+fn remove_cgroup_once(dir: &Path) -> std::io::Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    for e in entries.flatten() {
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            remove_cgroup_once(&e.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 /// Removes kubelet's chains from `table` (rules jumping to them first).
@@ -202,6 +269,7 @@ mod tests {
             sysctls: vec![("/proc/sys/kernel/panic".into(), "0".into())],
             absent_paths: vec!["/var/log/pods".into()],
             had_chains: vec![("iptables".into(), "nat".into())],
+            cgroup_trees: vec!["/sys/fs/cgroup/memory/kubepods".into()],
         };
         std::fs::write(
             dir.path().join(STATE_FILE),

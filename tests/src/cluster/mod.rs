@@ -9,9 +9,11 @@
 //! ([`host`]). Binaries: `build/k8s/bin` (`make k8s`, from ../shared/k8s) and Debian's etcd.
 //! A cluster starts in seconds: tests share one per runtime (one test function each).
 
+pub mod checks;
 mod host;
 pub mod pki;
 mod procs;
+pub mod workload;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -62,6 +64,30 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
+/// Takes the host's node lock, waiting while another cluster (a parallel test binary, or
+/// `make k8s-demo`) has it.
+fn lock_node() -> Result<nix::fcntl::Flock<std::fs::File>> {
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(NODE_LOCK)
+            .with_context(|| format!("opening {NODE_LOCK}"))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(lock),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err((_, e)) => bail!(
+                "{NODE_LOCK}: {e}: another test cluster holds this host's node \
+                 (a `make k8s-demo` still running? `make k8s-demo-stop`)"
+            ),
+        }
+    }
+}
+
 /// The directory of the Kubernetes binaries and etcd.
 pub fn bin_dir() -> Result<PathBuf> {
     let dir = crate::crio::k8s_bin_dir()?;
@@ -87,15 +113,9 @@ impl Cluster {
     /// RuntimeClass and waits until the node is Ready and the default ServiceAccount exists.
     pub fn start(runtime: Runtime) -> Result<Cluster> {
         let bin = bin_dir()?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(NODE_LOCK)
-            .with_context(|| format!("opening {NODE_LOCK}"))?;
-        let node_lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| anyhow::anyhow!("locking {NODE_LOCK}: {e}"))?;
+        let node_lock = lock_node()?;
         reap_stale();
+        crate::cri_leaks::reap_stale_netns();
         let dir = tempfile::Builder::new()
             .prefix(DIR_PREFIX)
             .tempdir_in("/tmp")?
@@ -303,6 +323,43 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
     }
 
+    /// `kubectl <args>` in the background (killed when dropped), its output collected.
+    pub fn kubectl_bg(&self, args: &[&str]) -> Result<crate::ctr_child::CtrChild> {
+        self.spawn_kubectl(args, None)
+    }
+
+    /// Like [`Cluster::kubectl_bg`] with `input` on stdin, which stays open until it exits.
+    pub fn kubectl_bg_input(
+        &self,
+        args: &[&str],
+        input: Vec<u8>,
+    ) -> Result<crate::ctr_child::CtrChild> {
+        self.spawn_kubectl(args, Some(input))
+    }
+
+    fn spawn_kubectl(
+        &self,
+        args: &[&str],
+        input: Option<Vec<u8>>,
+    ) -> Result<crate::ctr_child::CtrChild> {
+        let mut cmd = Command::new(bin_dir()?.join("kubectl"));
+        cmd.env("KUBECONFIG", &self.kubeconfig).args(args);
+        let hold: Option<crate::ctr_child::Hold> = input.as_ref().map(|_| {
+            Box::new(|exited: &std::sync::atomic::AtomicBool| {
+                while !exited.load(std::sync::atomic::Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }) as crate::ctr_child::Hold
+        });
+        crate::ctr_child::CtrChild::spawn_with_input(
+            &mut cmd,
+            input,
+            hold,
+            format!("kubectl {}", args.join(" ")),
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     /// A kube-rs client as the admin.
     pub async fn client(&self) -> Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
@@ -338,8 +395,12 @@ impl Drop for Cluster {
             ]);
         }
         self.procs.stop_all();
-        // The runtime removes what the kubelet left (its own drop), then the host goes back.
-        self.engine.take();
+        // The pods the kubelet left go through CRI (CNI releases their addresses; runc's
+        // processes are not the runtime directory's), then the runtime, then the host.
+        if let Some(engine) = self.engine.take() {
+            crate::cri_leaks::remove_all_pods_blocking(engine.socket());
+            drop(engine);
+        }
         if let Some(host) = self.host.take() {
             for p in host.restore() {
                 eprintln!("restoring the host after the cluster: {p}");
@@ -361,9 +422,9 @@ pub(crate) fn reap(dir: &Path) {
     }
 }
 
-/// The kubelet's configuration: cgroupfs (no systemd here), no swap check, x509 clients from
-/// the cluster CA, no QoS cgroup tree on the host (pods' resources are the runtime's),
-/// stats from CRI, logs and state under the cluster's directory, images never collected.
+/// The kubelet's configuration: cgroupfs (no systemd here) with kubelet's QoS tree (pods get
+/// a cgroup parent, which containerd's CRI stats need), no swap check, x509 clients from the
+/// cluster CA, stats from CRI, pod syncs every 10 s (volume updates reach pods quickly), logs and state under the cluster's directory, images never collected.
 fn kubelet_config(dir: &Path, pki: &pki::Pki, cri: &Path, port: u16) -> String {
     let d = dir.display();
     format!(
@@ -375,8 +436,6 @@ readOnlyPort: 0
 healthzPort: 0
 containerRuntimeEndpoint: "unix://{cri}"
 cgroupDriver: cgroupfs
-cgroupsPerQOS: false
-enforceNodeAllocatable: []
 failSwapOn: false
 protectKernelDefaults: false
 resolvConf: "{d}/resolv.conf"
@@ -396,6 +455,7 @@ evictionHard:
   nodefs.available: "1%"
   imagefs.available: "1%"
   nodefs.inodesFree: "1%"
+syncFrequency: 10s
 featureGates:
   PodAndContainerStatsFromCRI: true
 "#,
