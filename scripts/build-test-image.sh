@@ -10,8 +10,10 @@
 # the tarball in <out>.inputs). Set IMAGE_NAME to name the image differently.
 #
 # IMAGE_KIND=pause makes the pod sandbox ("pause") image the CRI tests configure as containerd's
-# sandbox_image instead: the same files, entrypoint `/bin/sleep 2147483647`, and no `Env` at all,
-# like sandbox images built FROM scratch (the runtime must start it without PATH).
+# sandbox_image instead: the same files, entrypoint `/bin/sh -c` with a loop that sleeps and exits
+# 0 on SIGTERM or SIGINT as the real pause does (CRI-O stops a VM runtime's sandbox with SIGTERM and
+# waits), absolute paths only and no `Env` at all, like sandbox images built FROM scratch (the
+# runtime must start it without PATH).
 # IMAGE_KIND=noenv is the busybox image without `Env` (an app image without PATH).
 # IMAGE_KIND=tools adds, to the busybox tree, the workload tools the guest-kernel tests use:
 # Debian's iproute2 `ip`, iptables (legacy and nft back ends, with their extensions), `nft`
@@ -35,7 +37,8 @@ case "$kind" in
            config=(--config.cmd sh --config.label org.opencontainers.image.title=isola-test-tools
                    "${path_env[@]}") ;;
   pause)   name=${IMAGE_NAME:-localhost/isola/pause:latest}
-           config=(--config.entrypoint /bin/sleep --config.cmd 2147483647
+           config=(--config.entrypoint /bin/sh --config.cmd=-c
+                   "--config.cmd=trap 'exit 0' TERM INT; while :; do /bin/sleep 2147483647 & wait; done"
                    --config.label org.opencontainers.image.title=isola-test-pause) ;;
   *) echo "IMAGE_KIND must be busybox, noenv, tools or pause, not $kind" >&2; exit 1 ;;
 esac

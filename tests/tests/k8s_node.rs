@@ -77,7 +77,18 @@ async fn node(runtime: Runtime) {
         result = checks::workloads(&cluster).await;
     }
     if let Err(e) = result {
-        panic!("{runtime:?}: {e:#}\n{}", cluster.logs_tail(30));
+        let engine = cluster.engine.as_ref().map(|e| e.log_tail(60));
+        if let Some(e) = cluster.engine.as_ref() {
+            let kept = std::env::temp_dir().join(format!("isola-k8s-{runtime:?}-runtime.log"));
+            if std::fs::write(&kept, e.log_tail(usize::MAX)).is_ok() {
+                eprintln!("the node runtime's whole log: {}", kept.display());
+            }
+        }
+        panic!(
+            "{runtime:?}: {e:#}\n{}\n--- the node's runtime ---\n{}",
+            cluster.logs_tail(30),
+            engine.unwrap_or_default()
+        );
     }
 }
 

@@ -19,6 +19,7 @@
 //! emptyDir volumes) is [`pod`]'s.
 
 mod devices;
+mod hugepages;
 mod inherit;
 mod pod;
 pub mod spec;
@@ -238,7 +239,11 @@ impl Containers {
     /// CreateContainer.
     pub async fn create(&self, req: CreateRequest) -> Result<()> {
         spec::check_container_id(&req.id)?;
-        let cs = spec::container_spec(&req.spec_json, &req.id, req.stdio.terminal)?;
+        let mut cs = spec::container_spec(&req.spec_json, &req.id, req.stdio.terminal)?;
+        let dropped = hugepages::keep_supported(&mut cs.spec, &hugepages::guest_sizes());
+        if !dropped.is_empty() {
+            tracing::debug!(container_id = %req.id, ?dropped, "huge-page limits on sizes the guest lacks left out");
+        }
         let wanted = StdioWanted {
             terminal: cs.terminal,
             ..req.stdio

@@ -200,13 +200,15 @@ pub async fn workloads(cluster: &Cluster) -> Result<()> {
     }
     termination(cluster).await.context("graceful termination")?;
 
-    // Nothing of the isola pod is left on the host.
+    // Nothing of the isola pod is left on the host. containerd ends the VM at StopPodSandbox;
+    // CRI-O only at RemovePodSandbox, which the kubelet sends from its garbage collection (once
+    // a minute), so the VM of a deleted pod can outlive it by up to about a minute there.
     let engine = cluster.engine.as_ref().context("no runtime")?;
     for id in sandboxes {
         let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
         eventually(
             "the isola pod's leftovers gone",
-            Duration::from_secs(30),
+            Duration::from_secs(120),
             || {
                 let left =
                     crate::cri_leaks::pod_leftovers(dir, state, &id, pid, &interfaces_before);
@@ -354,7 +356,14 @@ fn md5_hex(data: &[u8]) -> String {
 }
 
 /// `kubectl port-forward pod/<name> :8080` and an HTTP GET through it.
+///
+/// On CRI-O the isola pod gets an empty answer: CRI-O 1.32 serves PortForward for
+/// `runtime_type = "vm"` handlers with a function that returns at once (runtime_vm.go,
+/// `PortForwardContainer`), without dialing anything or calling the shim, so nothing isola
+/// does reaches it (Kata on CRI-O is in the same place). The check asserts exactly that, so
+/// that a CRI-O that forwards shows up here.
 fn port_forward(cluster: &Cluster, class: Class) -> Result<()> {
+    let crio_vm = cluster.runtime == super::Runtime::Crio && class == Class::Isola;
     let target = format!("pod/{}", class.full_pod());
     let mut child = cluster.kubectl_bg(&["port-forward", &target, ":8080"])?;
     let out = child.wait_for_stdout(Duration::from_secs(30), |s| s.contains("Forwarding from"));
@@ -371,6 +380,11 @@ fn port_forward(cluster: &Cluster, class: Class) -> Result<()> {
         conn.write_all(b"GET /healthz HTTP/1.0\r\n\r\n")?;
         let mut answer = String::new();
         conn.read_to_string(&mut answer)?;
+        if crio_vm {
+            ensure!(answer.is_empty(), "CRI-O forwarded to a VM pod: {answer:?}");
+            eprintln!("port-forward to the isola pod on CRI-O: no data (CRI-O's VM runtime type does not forward)");
+            continue;
+        }
         ensure!(
             answer.starts_with("HTTP/1.") && answer.ends_with("\r\n\r\nok\n"),
             "{answer:?}"

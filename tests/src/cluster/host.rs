@@ -39,6 +39,9 @@ pub struct HostState {
     absent_paths: Vec<PathBuf>,
     /// (tool, table) pairs whose kubelet chains existed before (a real kubelet's): kept.
     had_chains: Vec<(String, String)>,
+    /// Whether the harness mounted the hugetlb v1 hierarchy (see [`HUGETLB`]).
+    #[serde(default)]
+    mounted_hugetlb: bool,
     /// The kubelet's QoS cgroup trees this cluster creates (none existed before).
     #[serde(default)]
     cgroup_trees: Vec<PathBuf>,
@@ -48,6 +51,11 @@ pub struct HostState {
 /// controller.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const KUBEPODS: &str = "kubepods";
+/// This host enables the hugetlb controller without mounting it in its v1 (hybrid) hierarchy,
+/// which a systemd host does; CRI-O (through the kubelet's huge-page limits, one per page size
+/// of the node) and runc then fail every container. The harness mounts it as a node has it,
+/// and unmounts it afterwards.
+const HUGETLB: &str = "/sys/fs/cgroup/hugetlb";
 
 const IPTABLES: [&str; 2] = ["iptables", "ip6tables"];
 const TABLES: [&str; 3] = ["filter", "mangle", "nat"];
@@ -94,9 +102,14 @@ impl HostState {
                 }
             }
         }
+        let mounted_hugetlb = !Path::new(HUGETLB).exists() && hugetlb_unmounted_but_enabled();
         let cgroup_trees: Vec<PathBuf> = std::fs::read_dir(CGROUP_ROOT)
             .map(|d| d.flatten().map(|e| e.path().join(KUBEPODS)).collect())
             .unwrap_or_default();
+        let mut cgroup_trees = cgroup_trees;
+        if mounted_hugetlb {
+            cgroup_trees.push(Path::new(HUGETLB).join(KUBEPODS));
+        }
         if let Some(t) = cgroup_trees.iter().find(|t| t.exists()) {
             anyhow::bail!(
                 "{} exists: another kubelet runs on this host (or one left it); \
@@ -109,10 +122,15 @@ impl HostState {
             sysctls,
             absent_paths,
             had_chains,
+            mounted_hugetlb,
             cgroup_trees,
         };
         std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?)
             .context("recording the host's state")?;
+        if mounted_hugetlb {
+            std::fs::create_dir_all(HUGETLB)?;
+            run(&["mount", "-t", "cgroup", "-o", "hugetlb", "hugetlb", HUGETLB])?;
+        }
         let _ = Command::new("ip").args(["link", "del", link]).output();
         run(&["ip", "link", "add", link, "type", "ifb"])?;
         run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", link])?;
@@ -150,6 +168,13 @@ impl HostState {
                 problems.push(format!("removing {}: {e}", tree.display()));
             }
         }
+        if self.mounted_hugetlb && Path::new(HUGETLB).exists() {
+            if let Err(e) = run(&["umount", HUGETLB]) {
+                problems.push(format!("unmounting {HUGETLB}: {e:#}"));
+            } else if let Err(e) = std::fs::remove_dir(HUGETLB) {
+                problems.push(format!("removing {HUGETLB}: {e}"));
+            }
+        }
         for p in &self.absent_paths {
             if let Err(e) = std::fs::remove_dir_all(p) {
                 if e.kind() != std::io::ErrorKind::NotFound {
@@ -159,6 +184,25 @@ impl HostState {
         }
         problems
     }
+}
+
+/// Whether /proc/cgroups lists hugetlb as enabled while no cgroup v1 mount carries it and the
+/// unified hierarchy does not use it either (so a v1 mount can take it).
+fn hugetlb_unmounted_but_enabled() -> bool {
+    let cgroups = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    let enabled = cgroups.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 4 && f[0] == "hugetlb" && f[3] == "1"
+    });
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mounted = mounts.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() > 3 && f[2] == "cgroup" && f[3].split(',').any(|o| o == "hugetlb")
+    });
+    let unified_uses = std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.subtree_control")
+        .map(|s| s.contains("hugetlb"))
+        .unwrap_or(false);
+    enabled && !mounted && !unified_uses
 }
 
 /// The record in a cluster directory whose test process is gone, if it has one (read before
@@ -269,6 +313,7 @@ mod tests {
             sysctls: vec![("/proc/sys/kernel/panic".into(), "0".into())],
             absent_paths: vec!["/var/log/pods".into()],
             had_chains: vec![("iptables".into(), "nat".into())],
+            mounted_hugetlb: true,
             cgroup_trees: vec!["/sys/fs/cgroup/memory/kubepods".into()],
         };
         std::fs::write(

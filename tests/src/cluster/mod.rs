@@ -54,6 +54,8 @@ pub struct Cluster {
     host: Option<host::HostState>,
     /// The node's CRI runtime (dropped after the kubelet).
     pub engine: Option<Engine>,
+    /// The node's CRI runtime kind.
+    pub runtime: Runtime,
     /// Held while the cluster exists (released last).
     _node_lock: nix::fcntl::Flock<std::fs::File>,
 }
@@ -127,6 +129,7 @@ impl Cluster {
             host: None,
             engine: None,
             dir,
+            runtime,
             _node_lock: node_lock,
         };
         cluster.bring_up(runtime, &bin)?;
