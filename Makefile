@@ -85,12 +85,14 @@ test: setup guest images k8s lint
 # Boot (spawn -> agent ready vs the bare-kernel floor) for the default (tailored) kernel and the
 # Debian kernel side by side, then ctr run --rm start-to-exit for isola vs runc vs that floor,
 # then the host memory of one idle pod, then pod start to container running through CRI for isola
-# vs runc: all in one run.
-bench: setup build guest images
+# vs runc, then pod create -> Running through a real kubelet for isola vs runc and the memory the
+# kubelet sees for an idle isola pod: all in one run.
+bench: setup build guest images k8s
 	scripts/dev-config.sh $(CURDIR) > build/isola-dev.toml
 	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml scripts/bench-ctr.sh $(BENCH_RUNS)
-	$(CARGO) build --release -p isola-tests --bin bench-pod
+	$(CARGO) build --release -p isola-tests --bin bench-pod --bin bench-k8s
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-pod $(BENCH_RUNS)
+	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-k8s $(BENCH_RUNS)
 
 install: build guest
 	install -D -m 0755 target/release/isola $(DESTDIR)$(PREFIX)/bin/isola

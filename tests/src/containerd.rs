@@ -713,7 +713,7 @@ pub(crate) fn cleanup_dir(dir: &Path) {
     let needle = dir.to_string_lossy().to_string();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let procs = processes_mentioning(&needle);
+        let procs = crate::processes_mentioning_or_in(&needle);
         if procs.is_empty() {
             break;
         }

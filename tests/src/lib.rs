@@ -4,6 +4,7 @@
 //! They need the guest image from `make guest` (build/guest/); a missing image is a test
 //! failure with a message saying so, never a silent pass.
 
+pub mod bench;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
@@ -97,6 +98,17 @@ impl Default for TestEnv {
 
 /// Pids of processes whose command line mentions `needle` (e.g. a state directory).
 pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
+    processes_matching(needle, false)
+}
+
+/// Like [`processes_mentioning`], and also those working in a directory whose path mentions
+/// `needle`: a shim CRI-O starts names no directory of CRI-O's on its command line
+/// (`-address ""`) but works in the sandbox's bundle there.
+pub fn processes_mentioning_or_in(needle: &str) -> Vec<(u32, String)> {
+    processes_matching(needle, true)
+}
+
+fn processes_matching(needle: &str, or_cwd: bool) -> Vec<(u32, String)> {
     let mut found = Vec::new();
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return found;
@@ -112,7 +124,12 @@ pub fn processes_mentioning(needle: &str) -> Vec<(u32, String)> {
             continue;
         };
         let cmd = String::from_utf8_lossy(&raw).replace('\0', " ");
-        if cmd.contains(needle) {
+        let in_it = || {
+            std::fs::read_link(e.path().join("cwd"))
+                .map(|p| p.to_string_lossy().contains(needle))
+                .unwrap_or(false)
+        };
+        if cmd.contains(needle) || (or_cwd && in_it()) {
             found.push((pid, cmd));
         }
     }

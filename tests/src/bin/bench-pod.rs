@@ -8,6 +8,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use isola_tests::bench::{list, median};
 use isola_tests::cri::{ContainerOptions, CriEnv, PodOptions, ISOLA, RUNC};
 
 const SLEEPER: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
@@ -23,23 +24,6 @@ async fn pod_start(cri: &CriEnv, name: &str, handler: &str) -> Result<Duration> 
         .await
         .with_context(|| format!("removing pod {name}"))?;
     Ok(took)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
-fn list(v: &[f64]) -> String {
-    v.iter()
-        .map(|s| format!("{s:.3}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -68,8 +52,8 @@ async fn main() -> Result<()> {
     }
     let (mi, mr) = (median(isola.clone()), median(runc.clone()));
     println!("bench-pod: pod start to container running (CRI RunPodSandbox + CreateContainer + StartContainer, {runs} runs each)");
-    println!("  isola   median {mi:.3} s   [{}]", list(&isola));
-    println!("  runc    median {mr:.3} s   [{}]", list(&runc));
+    println!("  isola   median {mi:.3} s   [{}]", list(&isola, 3));
+    println!("  runc    median {mr:.3} s   [{}]", list(&runc, 3));
     println!("  ratio isola/runc {:.2}", mi / mr);
     Ok(())
 }

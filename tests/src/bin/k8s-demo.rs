@@ -9,46 +9,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use isola_tests::cluster::workload::{self, Class};
 use isola_tests::cluster::{Cluster, Runtime};
-
-const PODS: &str = r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: demo-isola
-spec:
-  runtimeClassName: isola
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: main
-    image: IMAGE
-    imagePullPolicy: Never
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do date; sleep 5; done"]
-    resources: {limits: {cpu: "1", memory: 256Mi}}
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: demo-runc
-spec:
-  terminationGracePeriodSeconds: 2
-  containers:
-  - name: main
-    image: IMAGE
-    imagePullPolicy: Never
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do date; sleep 5; done"]
-"#;
-
-fn kubectl(cluster: &Cluster, args: &[&str], input: Option<&str>) -> Result<String> {
-    let out = cluster.kubectl_input(args, input.map(|s| s.as_bytes().to_vec()))?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            args.join(" "),
-            isola_tests::containerd::describe(&out)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
 
 fn instructions(cluster: &Cluster, runtime: Runtime) -> String {
     let kubectl = isola_tests::cluster::bin_dir()
@@ -87,10 +49,13 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let cluster = Cluster::start(runtime)?;
-    let pods = PODS.replace("IMAGE", isola_tests::containerd::TEST_IMAGE);
-    kubectl(&cluster, &["apply", "-f", "-"], Some(&pods))?;
-    kubectl(
-        &cluster,
+    let pods = format!(
+        "{}---\n{}",
+        workload::sleeper_pod("demo-isola", Class::Isola, "cpu: \"1\", memory: 256Mi"),
+        workload::sleeper_pod("demo-runc", Class::Runc, "")
+    );
+    cluster.kubectl_ok(&["apply", "-f", "-"], Some(&pods))?;
+    cluster.kubectl_ok(
         &[
             "wait",
             "--for=condition=Ready",

@@ -32,14 +32,8 @@ pub async fn kubectl_input(
     args: &[&str],
     input: Option<Vec<u8>>,
 ) -> Result<String> {
-    let out = tokio::task::block_in_place(|| cluster.kubectl_input(args, input))?;
-    ensure!(
-        out.status.success(),
-        "kubectl {}: {}",
-        args.join(" "),
-        crate::containerd::describe(&out)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    let input = input.map(|b| String::from_utf8_lossy(&b).into_owned());
+    tokio::task::block_in_place(|| cluster.kubectl_ok(args, input.as_deref()))
 }
 
 /// `kubectl exec <pod> -c <container> -- <cmd>`'s stdout.
@@ -121,7 +115,7 @@ async fn poll_ready(cluster: &Cluster, name: &str) -> Result<Value> {
 }
 
 /// The CRI sandbox ids of pod `name` (what the leak check looks for on the host).
-async fn sandbox_ids(cluster: &Cluster, name: &str) -> Result<Vec<String>> {
+pub async fn sandbox_ids(cluster: &Cluster, name: &str) -> Result<Vec<String>> {
     let engine = cluster.engine.as_ref().context("no runtime")?;
     let mut client = RuntimeServiceClient::new(crate::cri::connect(engine.socket()).await?);
     let filter = PodSandboxFilter {

@@ -326,6 +326,18 @@ impl Cluster {
             .map_err(|e| anyhow::anyhow!("kubectl {}: {e}", args.join(" ")))
     }
 
+    /// `kubectl <args>` with `input` on stdin; its stdout, or an error with its output.
+    pub fn kubectl_ok(&self, args: &[&str], input: Option<&str>) -> Result<String> {
+        let out = self.kubectl_input(args, input.map(|s| s.as_bytes().to_vec()))?;
+        ensure!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            describe(&out)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `kubectl <args>` in the background (killed when dropped), its output collected.
     pub fn kubectl_bg(&self, args: &[&str]) -> Result<crate::ctr_child::CtrChild> {
         self.spawn_kubectl(args, None)

@@ -170,6 +170,27 @@ spec:
     )
 }
 
+/// A pod of `class` whose one container sleeps until SIGTERM (the bench's and the demo's).
+pub fn sleeper_pod(name: &str, class: Class, limits: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+{runtime_class}  terminationGracePeriodSeconds: 2
+  containers:
+  - name: main
+    image: {image}
+    imagePullPolicy: Never
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do date; sleep 5; done"]
+    resources: {{limits: {{{limits}}}}}
+"#,
+        runtime_class = class.spec_line(),
+        image = crate::containerd::TEST_IMAGE,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
