@@ -86,7 +86,7 @@ metadata:
   labels: {{app: full, class: {class}}}
   annotations: {{note: downward}}
 spec:
-{runtime_class}  terminationGracePeriodSeconds: 20
+{runtime_class}  terminationGracePeriodSeconds: 45
   initContainers:
   - name: init
     image: {image}
