@@ -16,8 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::containerd::{cleanup_dir, describe, reap_stale, shim_dir, DIR_PREFIX, OWNER_FILE};
 use crate::ctr_child::run_with_deadline;
@@ -175,19 +174,9 @@ impl Crio {
     }
 
     fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut child) = self.child.take() {
+            crate::stop_child(&mut child, Duration::from_secs(15));
         }
-        let _ = child.kill();
-        let _ = child.wait();
     }
 }
 

@@ -136,6 +136,21 @@ fn processes_matching(needle: &str, or_cwd: bool) -> Vec<(u32, String)> {
     found
 }
 
+/// Stops `child`: SIGTERM, up to `grace` for it to exit, then SIGKILL; reaps it either way.
+pub fn stop_child(child: &mut std::process::Child, grace: std::time::Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The short process name (`/proc/<pid>/comm`).
 pub fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
