@@ -8,4 +8,8 @@ cat <<TOML
 [hypervisor]
 kernel = "$root/build/guest/vmlinux"
 initrd = "$root/build/guest/initrd.img"
+# The VMM: "qemu" (the default) or "cloud-hypervisor", which needs hardware KVM (vmx/svm) and
+# its binary at cloud_hypervisor_path (config/configuration.toml documents both keys).
+# kind = "cloud-hypervisor"
+# cloud_hypervisor_path = "/usr/local/bin/cloud-hypervisor"
 TOML

@@ -194,11 +194,11 @@ impl Backoff {
 
 /// Opens a stream to `endpoint`, retrying until `deadline` passes.
 pub async fn dial(
-    endpoint: &isola_hypervisor::AgentEndpoint,
+    endpoint: &isola_agent_proto::AgentEndpoint,
     deadline: Instant,
     backoff: Backoff,
 ) -> Result<Socket, DialError> {
-    use isola_hypervisor::AgentEndpoint;
+    use isola_agent_proto::AgentEndpoint;
     let started = Instant::now();
     let port = match endpoint {
         AgentEndpoint::Vsock { port, .. } | AgentEndpoint::HybridVsock { port, .. } => *port,
@@ -319,7 +319,7 @@ mod tests {
     async fn dial_retries_until_the_guest_listens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vm.vsock");
-        let endpoint = isola_hypervisor::AgentEndpoint::HybridVsock {
+        let endpoint = isola_agent_proto::AgentEndpoint::HybridVsock {
             path: path.clone(),
             port: 1024,
         };
@@ -342,7 +342,7 @@ mod tests {
     #[tokio::test]
     async fn dial_gives_up_at_the_deadline_with_the_last_error() {
         let dir = tempfile::tempdir().unwrap();
-        let endpoint = isola_hypervisor::AgentEndpoint::HybridVsock {
+        let endpoint = isola_agent_proto::AgentEndpoint::HybridVsock {
             path: dir.path().join("absent.vsock"),
             port: 1024,
         };

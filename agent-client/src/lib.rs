@@ -2,7 +2,7 @@
 //! deadline and backoff, then talk ttrpc to it.
 //!
 //! ```no_run
-//! # async fn f(endpoint: isola_hypervisor::AgentEndpoint) -> Result<(), isola_agent_client::ClientError> {
+//! # async fn f(endpoint: isola_agent_proto::AgentEndpoint) -> Result<(), isola_agent_client::ClientError> {
 //! use std::time::Duration;
 //! let agent = isola_agent_client::AgentClient::connect(&endpoint, Duration::from_secs(30)).await?;
 //! let version = agent.version(Duration::from_secs(1)).await?;
@@ -18,7 +18,7 @@ use isola_agent_proto::health::{
     health_check_response::ServingStatus, CheckRequest, VersionCheckResponse,
 };
 use isola_agent_proto::health_ttrpc::HealthClient;
-use isola_hypervisor::AgentEndpoint;
+use isola_agent_proto::AgentEndpoint;
 use tokio::time::Instant;
 
 pub use dial::{Backoff, DialError};

@@ -20,6 +20,9 @@
 //! The agent holds a process's output pipes until its stream attaches, so no bytes are lost
 //! between start and attach. The header is bounded by [`MAX_STDIO_HEADER_LEN`].
 
+mod endpoint;
+pub use endpoint::AgentEndpoint;
+
 mod generated {
     #![allow(clippy::all, clippy::undocumented_unsafe_blocks)]
     #![allow(

@@ -10,7 +10,7 @@ use isola_agent_proto::agent::{
     ContainerRequest, CopyFileRequest, GuestDetailsRequest, StartContainerRequest,
 };
 use isola_agent_proto::types::Empty;
-use isola_hypervisor::AgentEndpoint;
+use isola_agent_proto::AgentEndpoint;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::process::{Child, Command};

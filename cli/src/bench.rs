@@ -33,7 +33,16 @@ pub enum Which {
 }
 
 pub async fn run(config: Option<&Path>, which: Which) -> anyhow::Result<bool> {
-    let (cfg, _) = crate::load_config(config)?;
+    let (mut cfg, _) = crate::load_config(config)?;
+    // The boot benchmark measures QEMU (the floor VM is started with `new_qemu`); the agent
+    // boots run on it too, so that both sides of the comparison use the same VMM.
+    if cfg.hypervisor.kind != isola_config::HypervisorKind::Qemu {
+        eprintln!(
+            "isola: the boot benchmark measures QEMU; ignoring hypervisor.kind = \"{}\"",
+            cfg.hypervisor.kind
+        );
+        cfg.hypervisor.kind = isola_config::HypervisorKind::Qemu;
+    }
     match which {
         Which::Boot {
             runs,
@@ -122,6 +131,7 @@ async fn floor_once(
     let paths = SandboxPaths::new(&cfg.runtime.state_dir, &id);
     let mut vm_cfg = vm_config(cfg, &id, &paths);
     vm_cfg.initrd = initrd.to_path_buf();
+    vm_cfg.kind = isola_hypervisor::HypervisorKind::Qemu;
     if vm_cfg.shared_fs.is_some() {
         std::fs::create_dir_all(&paths.shared_dir)?;
     }

@@ -1,9 +1,13 @@
 //! `isola check`: every host prerequisite, then a throwaway VM whose agent must answer.
+//!
+//! Both backends are reported: the configured one (`hypervisor.kind`) must work, the other is
+//! shown for information (its problems are warnings), so an operator sees at once whether this
+//! node could also serve a Cloud Hypervisor runtime handler.
 
 use std::path::Path;
 use std::time::Instant;
 
-use isola_config::{Config, SharedFs, Vsock};
+use isola_config::{Config, HypervisorKind, SharedFs, Vsock};
 use isola_hypervisor::{accel, AcceleratorChoice};
 use isola_sandbox::BootedVm;
 
@@ -34,33 +38,16 @@ pub async fn run(config: Option<&Path>, boot: bool) -> anyhow::Result<bool> {
 
 async fn host_checks(cfg: &Config, r: &mut Report) {
     let h = &cfg.hypervisor;
+    let qemu = h.kind == HypervisorKind::Qemu;
+    r.line(
+        Status::Ok,
+        "hypervisor kind",
+        format!("{} (hypervisor.kind)", h.kind),
+    );
 
-    match host::version_of(&h.path).await {
-        Ok(v) => match host::qemu_version(&v) {
-            Some(ver) if ver >= host::MIN_QEMU => {
-                r.line(Status::Ok, "qemu", format!("{} ({v})", h.path.display()))
-            }
-            Some(_) => r.line(
-                Status::Fail,
-                "qemu",
-                format!(
-                    "{v}: QEMU {}.{} or newer is needed",
-                    host::MIN_QEMU.0,
-                    host::MIN_QEMU.1
-                ),
-            ),
-            None => r.line(
-                Status::Warn,
-                "qemu",
-                format!("{}: unrecognised version line {v:?}", h.path.display()),
-            ),
-        },
-        Err(e) => r.line(
-            Status::Fail,
-            "qemu",
-            format!("{e}; install qemu-system-x86 (make setup) or set hypervisor.path"),
-        ),
-    }
+    let (status, text) = qemu_line(&h.path, host::version_of(&h.path).await);
+    let (status, text) = for_kind((status, text), qemu, HypervisorKind::Qemu);
+    r.line(status, "qemu", text);
 
     let choice = match h.accelerator {
         isola_config::Accelerator::Auto => AcceleratorChoice::Auto,
@@ -68,19 +55,40 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         isola_config::Accelerator::Tcg => AcceleratorChoice::Tcg,
     };
     let facts = accel::probe_host().await;
-    match accel::choose(choice, &facts.cpuinfo, facts.kvm_openable) {
+    let line = match accel::choose(choice, &facts.cpuinfo, facts.kvm_openable) {
         Ok((a, reason)) => {
             let status = if a == isola_hypervisor::Accelerator::Kvm {
                 Status::Ok
             } else {
                 Status::Warn
             };
-            r.line(status, "accelerator", format!("{a:?}: {reason}"));
+            (status, format!("{a:?}: {reason}"))
         }
-        Err(e) => r.line(Status::Fail, "accelerator", e.to_string()),
-    }
+        Err(e) => (Status::Fail, e.to_string()),
+    };
+    let (status, text) = for_kind(line, qemu, HypervisorKind::Qemu);
+    r.line(status, "accelerator", text);
+
+    let (status, text) = clh_binary_line(
+        &h.cloud_hypervisor_path,
+        host::version_of(&h.cloud_hypervisor_path).await,
+    );
+    let clh = !qemu;
+    let (status, text) = for_kind((status, text), clh, HypervisorKind::CloudHypervisor);
+    r.line(status, "cloud-hypervisor", text);
+    let (status, text) = clh_host_line(accel::cloud_hypervisor_problem(
+        &facts.cpuinfo,
+        facts.kvm_openable,
+    ));
+    let (status, text) = for_kind((status, text), clh, HypervisorKind::CloudHypervisor);
+    r.line(status, "clh: hardware kvm", text);
 
     match h.vsock.resolve() {
+        _ if clh => r.line(
+            Status::Ok,
+            "vsock",
+            "Cloud Hypervisor's own hybrid vsock (a Unix socket; no vsock daemon needed)",
+        ),
         Vsock::Vhost => r.line(Status::Ok, "vsock", "kernel vhost-vsock (/dev/vhost-vsock)"),
         _ => match host::version_of(&h.vhost_user_vsock_path).await {
             Ok(v) => r.line(
@@ -156,14 +164,15 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         }
     }
     if let Some(fw) = h.firmware_path() {
-        match host::file_size(fw) {
-            Ok(_) => r.line(Status::Ok, "firmware", fw.display().to_string()),
-            Err(e) => r.line(
+        let line = match host::file_size(fw) {
+            Ok(_) => (Status::Ok, fw.display().to_string()),
+            Err(e) => (
                 Status::Fail,
-                "firmware",
                 format!("{e}; install qemu-system-data or set hypervisor.firmware = \"\""),
             ),
-        }
+        };
+        let (status, text) = for_kind(line, qemu, HypervisorKind::Qemu);
+        r.line(status, "firmware", text);
     }
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
@@ -171,6 +180,70 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         CgroupMode::Unified => r.line(Status::Ok, "host cgroups", "v2 (unified)"),
         CgroupMode::Hybrid => r.line(Status::Warn, "host cgroups", "v1 + v2 hybrid (cgroup2 at /sys/fs/cgroup/unified); containers use cgroup v2 inside the guest, so this only matters for host-side accounting"),
         CgroupMode::Legacy => r.line(Status::Warn, "host cgroups", "v1 only; containers use cgroup v2 inside the guest"),
+    }
+}
+
+/// The QEMU binary's line from its `--version` (or why it could not run).
+fn qemu_line(path: &Path, version: Result<String, String>) -> (Status, String) {
+    match version {
+        Ok(v) => match host::qemu_version(&v) {
+            Some(ver) if ver >= host::MIN_QEMU => (Status::Ok, format!("{} ({v})", path.display())),
+            Some(_) => (
+                Status::Fail,
+                format!(
+                    "{v}: QEMU {}.{} or newer is needed",
+                    host::MIN_QEMU.0,
+                    host::MIN_QEMU.1
+                ),
+            ),
+            None => (
+                Status::Warn,
+                format!("{}: unrecognised version line {v:?}", path.display()),
+            ),
+        },
+        Err(e) => (
+            Status::Fail,
+            format!("{e}; install qemu-system-x86 (make setup) or set hypervisor.path"),
+        ),
+    }
+}
+
+/// The Cloud Hypervisor binary's line from its `--version` (or why it could not run).
+fn clh_binary_line(path: &Path, version: Result<String, String>) -> (Status, String) {
+    match version {
+        Ok(v) => (Status::Ok, format!("{} ({v})", path.display())),
+        Err(e) => (
+            Status::Fail,
+            format!(
+                "{e}; install a Cloud Hypervisor release binary there or set \
+                 hypervisor.cloud_hypervisor_path"
+            ),
+        ),
+    }
+}
+
+/// Whether this host can run Cloud Hypervisor guests, from
+/// [`accel::cloud_hypervisor_problem`].
+fn clh_host_line(problem: Option<String>) -> (Status, String) {
+    match problem {
+        None => (
+            Status::Ok,
+            "the CPU exposes vmx/svm and /dev/kvm is usable: Cloud Hypervisor can run here".into(),
+        ),
+        Some(reason) => (Status::Fail, reason),
+    }
+}
+
+/// A backend's line as the configured kind sees it: a failure of the backend `of` counts only
+/// when it is the one configured (`used`); for the other it is a warning saying so.
+fn for_kind(line: (Status, String), used: bool, of: HypervisorKind) -> (Status, String) {
+    match line {
+        (Status::Ok, text) => (Status::Ok, text),
+        (status, text) if used => (status, text),
+        (_, text) => (
+            Status::Warn,
+            format!("{text} (only matters with hypervisor.kind = \"{of}\")"),
+        ),
     }
 }
 
@@ -250,5 +323,65 @@ async fn boot_check(cfg: &Config, r: &mut Report) {
             Some(stop_started.elapsed()),
             e.to_string(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PVM: &str = "flags\t\t: fpu vme sse2 hypervisor\n";
+    const VMX: &str = "flags\t\t: fpu vmx sse2\n";
+
+    #[test]
+    fn cloud_hypervisor_on_a_host_without_vmx_warns_under_qemu_and_fails_when_chosen() {
+        let line = || clh_host_line(accel::cloud_hypervisor_problem(PVM, true));
+        let (status, text) = for_kind(line(), false, HypervisorKind::CloudHypervisor);
+        assert_eq!(status, Status::Warn);
+        assert!(text.contains("no vmx/svm"), "{text}");
+        assert!(
+            text.ends_with("(only matters with hypervisor.kind = \"cloud-hypervisor\")"),
+            "{text}"
+        );
+        let (status, text) = for_kind(line(), true, HypervisorKind::CloudHypervisor);
+        assert_eq!(status, Status::Fail);
+        assert!(text.contains("no software emulation"), "{text}");
+        assert!(!text.contains("only matters"), "{text}");
+        let (status, text) = clh_host_line(accel::cloud_hypervisor_problem(VMX, true));
+        assert_eq!(status, Status::Ok);
+        assert!(text.contains("can run here"), "{text}");
+    }
+
+    #[test]
+    fn the_cloud_hypervisor_binary_is_reported_with_its_version() {
+        let path = Path::new("/usr/local/bin/cloud-hypervisor");
+        let (status, text) = clh_binary_line(path, Ok("cloud-hypervisor v43.0".into()));
+        assert_eq!(status, Status::Ok);
+        assert_eq!(
+            text,
+            "/usr/local/bin/cloud-hypervisor (cloud-hypervisor v43.0)"
+        );
+        let missing = || clh_binary_line(path, Err("cannot run /x: No such file".into()));
+        let (status, text) = missing();
+        assert_eq!(status, Status::Fail);
+        assert!(text.contains("hypervisor.cloud_hypervisor_path"), "{text}");
+        let (status, _) = for_kind(missing(), false, HypervisorKind::CloudHypervisor);
+        assert_eq!(status, Status::Warn, "not needed under qemu");
+    }
+
+    #[test]
+    fn qemu_problems_only_count_when_qemu_is_chosen() {
+        let path = Path::new("/usr/bin/qemu-system-x86_64");
+        let ok = qemu_line(path, Ok("QEMU emulator version 7.2.19".into()));
+        assert_eq!(ok.0, Status::Ok);
+        let old = || qemu_line(path, Ok("QEMU emulator version 6.2.0".into()));
+        assert_eq!(old().0, Status::Fail);
+        assert_eq!(for_kind(old(), true, HypervisorKind::Qemu).0, Status::Fail);
+        let (status, text) = for_kind(old(), false, HypervisorKind::Qemu);
+        assert_eq!(status, Status::Warn);
+        assert!(text.contains("hypervisor.kind = \"qemu\""), "{text}");
+        // A warning stays a warning either way.
+        let odd = || qemu_line(path, Ok("something".into()));
+        assert_eq!(for_kind(odd(), true, HypervisorKind::Qemu).0, Status::Warn);
     }
 }

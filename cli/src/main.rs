@@ -3,8 +3,9 @@
 //! - `isola check [--no-boot]`: is this host ready to run pods? Boots a throwaway VM unless told
 //!   not to; exits 0 only when everything needed works (with a boot: when the agent answered).
 //! - `isola bench boot`: boot-time benchmark against the bare-kernel floor.
-//! - `isola install containerd` / `isola uninstall containerd`: the runtime in containerd's
-//!   configuration.
+//! - `isola install containerd|crio` / `isola uninstall containerd|crio`: the runtime in
+//!   containerd's configuration or CRI-O's drop-in directory; `--handler` for a second runtime
+//!   handler (e.g. `isola-clh` with `--hypervisor cloud-hypervisor`).
 
 mod bench;
 mod check;

@@ -29,11 +29,12 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Location};
 pub use model::{
-    share_dir, Accelerator, AgentConfig, Config, HypervisorConfig, LogLevel, MachineType,
-    RuntimeConfig, SharedFs, VirtiofsdCache, VirtiofsdSandbox, Vsock, DEFAULT_DIAL_TIMEOUT_MS,
-    DEFAULT_FIRMWARE, DEFAULT_MEMORY_MIB, DEFAULT_QEMU_PATH, DEFAULT_STATE_DIR, DEFAULT_VCPUS,
-    DEFAULT_VHOST_USER_VSOCK_PATH, DEFAULT_VIRTIOFSD_PATH, MAX_MEMORY_MIB, MAX_VCPUS,
-    MIN_MEMORY_MIB, MIN_VCPUS, VHOST_VSOCK_DEVICE,
+    share_dir, Accelerator, AgentConfig, Config, HypervisorConfig, HypervisorKind, LogLevel,
+    MachineType, RuntimeConfig, SharedFs, VirtiofsdCache, VirtiofsdSandbox, Vsock,
+    DEFAULT_CLOUD_HYPERVISOR_PATH, DEFAULT_DIAL_TIMEOUT_MS, DEFAULT_FIRMWARE, DEFAULT_MEMORY_MIB,
+    DEFAULT_QEMU_PATH, DEFAULT_STATE_DIR, DEFAULT_VCPUS, DEFAULT_VHOST_USER_VSOCK_PATH,
+    DEFAULT_VIRTIOFSD_PATH, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS,
+    VHOST_VSOCK_DEVICE,
 };
 pub use pod::{
     mib_for_bytes, vcpus_for_quota, AnnotationError, PodConfig, PodSizing, ANNOTATION_PREFIX,

@@ -29,12 +29,23 @@ pub struct Config {
     pub pod: crate::pod::PodConfig,
 }
 
-/// The `[hypervisor]` section: QEMU, guest kernel, shared filesystem, vsock.
+/// The `[hypervisor]` section: the VMM (QEMU or Cloud Hypervisor), guest kernel, shared
+/// filesystem, vsock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HypervisorConfig {
-    /// `path`: the QEMU binary. Default `/usr/bin/qemu-system-x86_64`.
+    /// `kind`: which VMM runs the pod VM. Default [`HypervisorKind::Qemu`].
+    /// [`HypervisorKind::CloudHypervisor`] needs hardware KVM (vmx/svm): it has no software
+    /// emulation, so `accelerator = "tcg"` is an error with it, and so is `vsock = "vhost"`
+    /// (its vsock is always hybrid); `machine_type`, `firmware`, `path` and
+    /// `vhost_user_vsock_path` are QEMU's and ignored by it.
+    pub kind: HypervisorKind,
+    /// `path`: the QEMU binary (used when `kind = "qemu"`). Default
+    /// `/usr/bin/qemu-system-x86_64`.
     pub path: PathBuf,
+    /// `cloud_hypervisor_path`: the Cloud Hypervisor binary (used when
+    /// `kind = "cloud-hypervisor"`). Default `/usr/local/bin/cloud-hypervisor`.
+    pub cloud_hypervisor_path: PathBuf,
     /// `kernel`: the guest kernel image. Default `$PREFIX/share/isola/vmlinux`: isola's
     /// tailored kernel (guest/kernel/isola.config), an uncompressed ELF booted directly
     /// through its PVH entry (no in-guest decompression). Debian's kernel is installed as
@@ -47,12 +58,16 @@ pub struct HypervisorConfig {
     /// the runtime sets itself. Default empty.
     pub kernel_params: String,
     /// `machine_type`: the QEMU machine type. Default [`MachineType::Q35`].
+    /// QEMU only: Cloud Hypervisor ignores it.
     pub machine_type: MachineType,
     /// `firmware`: the firmware (`-bios`) image. Default
     /// `/usr/share/qemu/qboot.rom`; the empty string means QEMU's own default
-    /// firmware (see [`HypervisorConfig::firmware_path`]).
+    /// firmware (see [`HypervisorConfig::firmware_path`]). QEMU only: Cloud
+    /// Hypervisor boots the kernel directly and ignores it.
     pub firmware: PathBuf,
-    /// `accelerator`: the QEMU accelerator. Default [`Accelerator::Auto`].
+    /// `accelerator`: the accelerator. Default [`Accelerator::Auto`]. With
+    /// `kind = "cloud-hypervisor"` only `auto` and `kvm` are accepted (both mean
+    /// KVM: Cloud Hypervisor has no software emulation).
     pub accelerator: Accelerator,
     /// `vcpus`: number of guest vCPUs, 1..=255. Default 1.
     pub vcpus: u32,
@@ -69,10 +84,13 @@ pub struct HypervisorConfig {
     /// [`VirtiofsdSandbox::Namespace`].
     pub virtiofsd_sandbox: VirtiofsdSandbox,
     /// `vsock`: the host side of the guest vsock. Default [`Vsock::Auto`].
+    /// Cloud Hypervisor always uses its own hybrid vsock (a Unix socket): with
+    /// `kind = "cloud-hypervisor"`, `auto` and `vhost-user` mean that, and `vhost`
+    /// is an error.
     pub vsock: Vsock,
     /// `vhost_user_vsock_path`: the vhost-user vsock daemon, used when
-    /// `vsock` resolves to [`Vsock::VhostUser`]. Default
-    /// `/usr/local/bin/vhost-device-vsock`.
+    /// `vsock` resolves to [`Vsock::VhostUser`] with QEMU (Cloud Hypervisor
+    /// ignores it). Default `/usr/local/bin/vhost-device-vsock`.
     pub vhost_user_vsock_path: PathBuf,
 }
 
@@ -101,6 +119,8 @@ pub struct RuntimeConfig {
 
 /// Default of `hypervisor.path`.
 pub const DEFAULT_QEMU_PATH: &str = "/usr/bin/qemu-system-x86_64";
+/// Default of `hypervisor.cloud_hypervisor_path`.
+pub const DEFAULT_CLOUD_HYPERVISOR_PATH: &str = "/usr/local/bin/cloud-hypervisor";
 /// Default of `hypervisor.firmware`.
 pub const DEFAULT_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
 /// Default of `hypervisor.virtiofsd_path`.
@@ -136,7 +156,9 @@ pub fn share_dir() -> PathBuf {
 impl Default for HypervisorConfig {
     fn default() -> Self {
         HypervisorConfig {
+            kind: HypervisorKind::default(),
             path: PathBuf::from(DEFAULT_QEMU_PATH),
+            cloud_hypervisor_path: PathBuf::from(DEFAULT_CLOUD_HYPERVISOR_PATH),
             kernel: share_dir().join("vmlinux"),
             initrd: share_dir().join("initrd.img"),
             kernel_params: String::new(),
@@ -227,6 +249,15 @@ macro_rules! config_enum {
                     $( $name::$variant => $text, )+
                 }
             }
+
+            /// The value written `text` in the TOML file, if it is one of
+            /// [`Self::VALUES`] (case-sensitive, as serde reads it).
+            pub fn from_name(text: &str) -> Option<Self> {
+                match text {
+                    $( $text => Some($name::$variant), )+
+                    _ => None,
+                }
+            }
         }
 
         impl Default for $name {
@@ -244,6 +275,16 @@ macro_rules! config_enum {
 }
 
 config_enum! {
+    /// `hypervisor.kind`: the VMM that runs the pod VM.
+    HypervisorKind, default Qemu {
+        /// `"qemu"`: QEMU, with KVM or TCG software emulation (the default).
+        Qemu = "qemu",
+        /// `"cloud-hypervisor"`: Cloud Hypervisor; hardware KVM (vmx/svm) only.
+        CloudHypervisor = "cloud-hypervisor",
+    }
+}
+
+config_enum! {
     /// `hypervisor.machine_type`: the QEMU `-machine` type.
     MachineType, default Q35 {
         /// `"q35"`: modern PC with PCIe (the default).
@@ -256,13 +297,13 @@ config_enum! {
 }
 
 config_enum! {
-    /// `hypervisor.accelerator`: the QEMU `-accel` to use.
+    /// `hypervisor.accelerator`: the accelerator (QEMU's `-accel`).
     Accelerator, default Auto {
         /// `"auto"`: KVM when `/dev/kvm` is usable, else TCG (the default).
         Auto = "auto",
         /// `"kvm"`: hardware virtualization; fail if unavailable.
         Kvm = "kvm",
-        /// `"tcg"`: software emulation (slow; for hosts without KVM).
+        /// `"tcg"`: software emulation (slow; for hosts without KVM). QEMU only.
         Tcg = "tcg",
     }
 }

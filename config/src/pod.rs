@@ -13,6 +13,10 @@
 //! 3. `io.isola.config.hypervisor.vcpus` / `.memory_mib` annotations, when the configuration
 //!    lists them in `pod.enable_annotations`: exactly that size.
 //!
+//! `io.isola.config.hypervisor.kind` (when enabled) picks the VMM of one pod, `qemu` or
+//! `cloud-hypervisor`; a kind the rest of the node's `[hypervisor]` section cannot work with
+//! (Cloud Hypervisor with `accelerator = "tcg"` or `vsock = "vhost"`) is refused.
+//!
 //! Any other `io.isola.config.*` annotation, or one the configuration does not enable, is
 //! refused with an [`AnnotationError`]: a pod cannot quietly run with a configuration the
 //! operator did not allow.
@@ -21,7 +25,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Config, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
+use crate::model::{Config, HypervisorKind, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
 
 /// The prefix of the pod annotations that override configuration keys.
 pub const ANNOTATION_PREFIX: &str = "io.isola.config.";
@@ -40,10 +44,11 @@ pub const CRIO_POD_RESOURCES: &str = "io.kubernetes.cri-o.PodLinuxResources";
 
 /// The configuration keys a pod annotation `io.isola.config.<key>` can override, when listed
 /// in `pod.enable_annotations`.
-pub const OVERRIDABLE: [&str; 3] = [
+pub const OVERRIDABLE: [&str; 4] = [
     "hypervisor.vcpus",
     "hypervisor.memory_mib",
     "hypervisor.kernel_params",
+    "hypervisor.kind",
 ];
 
 /// Longest `io.isola.config.hypervisor.kernel_params` value accepted, in bytes.
@@ -178,6 +183,9 @@ impl Config {
             }
             apply_override(h, key, name, value)?;
             sizing.overrides.push(format!("{key}={value}"));
+            if name == "hypervisor.kind" {
+                check_kind(h, key, value)?;
+            }
         }
         Ok((config, sizing))
     }
@@ -220,6 +228,14 @@ fn apply_override(
                     ))
                 })?;
         }
+        "hypervisor.kind" => {
+            h.kind = HypervisorKind::from_name(value.trim()).ok_or_else(|| {
+                invalid(format!(
+                    "is not a hypervisor kind: give one of {}",
+                    quoted_list(HypervisorKind::VALUES)
+                ))
+            })?;
+        }
         "hypervisor.kernel_params" => {
             check_kernel_params(value).map_err(invalid)?;
             let extra = value.trim();
@@ -237,6 +253,37 @@ fn apply_override(
         }
     }
     Ok(())
+}
+
+/// Refuses a `hypervisor.kind` annotation that the rest of the node's `[hypervisor]` section
+/// cannot work with (see [`crate::validate::kind_conflict`]).
+fn check_kind(
+    h: &crate::model::HypervisorConfig,
+    key: &str,
+    value: &str,
+) -> Result<(), AnnotationError> {
+    match crate::validate::kind_conflict(h) {
+        None => Ok(()),
+        Some(c) => Err(AnnotationError::Invalid {
+            key: key.to_string(),
+            value: value.to_string(),
+            problem: format!(
+                "cannot be used on this node: its isola configuration sets {} = \"{}\", and {}; \
+                 remove the annotation, or ask the operator for a runtime handler whose \
+                 configuration fits {}",
+                c.key, c.value, c.reason, h.kind
+            ),
+        }),
+    }
+}
+
+/// `["a", "b"]` as `"a" or "b"` (`"a", "b" or "c"` for more).
+fn quoted_list(values: &[&str]) -> String {
+    let quoted: Vec<String> = values.iter().map(|v| format!("{v:?}")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    }
 }
 
 /// Checks pod-supplied kernel parameters: bounded, printable, plain words, none of the

@@ -213,3 +213,69 @@ fn quotas_and_limits_round_up_and_non_positive_means_none() {
     assert_eq!(mib_for_bytes(0), None);
     assert_eq!(mib_for_bytes(-1), None);
 }
+
+#[test]
+fn an_enabled_kind_annotation_selects_the_hypervisor() {
+    let key = "io.isola.config.hypervisor.kind";
+    let base = enabled(&["hypervisor.kind"]);
+    let (c, sizing) = base
+        .for_pod(&annotations(&[(key, "cloud-hypervisor")]))
+        .unwrap();
+    assert_eq!(c.hypervisor.kind, HypervisorKind::CloudHypervisor);
+    assert_eq!(
+        sizing.overrides,
+        ["io.isola.config.hypervisor.kind=cloud-hypervisor"]
+    );
+    // And back to QEMU on a node whose default is Cloud Hypervisor.
+    let mut clh = base.clone();
+    clh.hypervisor.kind = HypervisorKind::CloudHypervisor;
+    let (c, _) = clh.for_pod(&annotations(&[(key, " qemu ")])).unwrap();
+    assert_eq!(c.hypervisor.kind, HypervisorKind::Qemu);
+}
+
+#[test]
+fn the_kind_annotation_must_be_enabled_and_known() {
+    let key = "io.isola.config.hypervisor.kind";
+    let err = Config::default()
+        .for_pod(&annotations(&[(key, "cloud-hypervisor")]))
+        .unwrap_err();
+    assert!(
+        matches!(err, AnnotationError::NotEnabled { ref name, .. } if name == "hypervisor.kind")
+    );
+    let base = enabled(&["hypervisor.kind"]);
+    for bad in ["firecracker", "QEMU", "clh", ""] {
+        let err = base.for_pod(&annotations(&[(key, bad)])).unwrap_err();
+        assert!(
+            matches!(err, AnnotationError::Invalid { .. }),
+            "{bad:?}: {err}"
+        );
+        assert!(
+            err.to_string().contains("\"qemu\" or \"cloud-hypervisor\""),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn cloud_hypervisor_by_annotation_is_refused_where_the_node_forces_tcg_or_kernel_vsock() {
+    let key = "io.isola.config.hypervisor.kind";
+    let mut tcg = enabled(&["hypervisor.kind"]);
+    tcg.hypervisor.accelerator = crate::model::Accelerator::Tcg;
+    let err = tcg
+        .for_pod(&annotations(&[(key, "cloud-hypervisor")]))
+        .unwrap_err();
+    assert!(matches!(err, AnnotationError::Invalid { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("hypervisor.accelerator = \"tcg\"") && msg.contains("no software emulation"),
+        "{msg}"
+    );
+    let mut vhost = enabled(&["hypervisor.kind"]);
+    vhost.hypervisor.vsock = crate::model::Vsock::Vhost;
+    let err = vhost
+        .for_pod(&annotations(&[(key, "cloud-hypervisor")]))
+        .unwrap_err();
+    assert!(err.to_string().contains("hypervisor.vsock"), "{err}");
+    // QEMU is fine with both.
+    assert!(tcg.for_pod(&annotations(&[(key, "qemu")])).is_ok());
+}

@@ -1,11 +1,15 @@
-//! Semantic checks run after parsing: numeric ranges and absolute paths.
+//! Semantic checks run after parsing: numeric ranges, absolute paths, and keys
+//! that cannot work with the chosen `hypervisor.kind`.
 //!
-//! Enumerated keys need no check here: they are Rust enums, so a bad value is
-//! already rejected by the deserializer.
+//! Enumerated keys need no check of their own: they are Rust enums, so a bad
+//! value is already rejected by the deserializer.
 
 use std::path::Path;
 
-use crate::model::{Config, MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB, MIN_VCPUS};
+use crate::model::{
+    Accelerator, Config, HypervisorConfig, HypervisorKind, Vsock, MAX_MEMORY_MIB, MAX_VCPUS,
+    MIN_MEMORY_MIB, MIN_VCPUS,
+};
 
 /// A validation failure before it is attached to a file location.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,8 +27,13 @@ pub(crate) struct Problem {
 /// The first problem found in `config`, if any (keys are checked in file order).
 pub(crate) fn check(config: &Config) -> Option<Problem> {
     let h = &config.hypervisor;
-    let paths: [(&'static str, &Path, bool); 5] = [
+    let paths: [(&'static str, &Path, bool); 6] = [
         ("hypervisor.path", &h.path, false),
+        (
+            "hypervisor.cloud_hypervisor_path",
+            &h.cloud_hypervisor_path,
+            false,
+        ),
         ("hypervisor.kernel", &h.kernel, false),
         ("hypervisor.initrd", &h.initrd, false),
         // An empty firmware means "QEMU's default firmware".
@@ -35,6 +44,18 @@ pub(crate) fn check(config: &Config) -> Option<Problem> {
         if let Some(p) = check_path(key, path, empty_ok) {
             return Some(p);
         }
+    }
+    if let Some(c) = kind_conflict(h) {
+        return Some(Problem {
+            key: c.key,
+            value: toml_string(c.value),
+            problem: format!(
+                "cannot be used with kind = \"{}\": {}",
+                h.kind.as_str(),
+                c.reason
+            ),
+            fix: c.fix.to_owned(),
+        });
     }
     if h.vcpus < MIN_VCPUS {
         return Some(Problem {
@@ -118,6 +139,48 @@ pub(crate) fn check(config: &Config) -> Option<Problem> {
     })
 }
 
+/// A key whose value cannot work with `hypervisor.kind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KindConflict {
+    /// Dotted key, e.g. `hypervisor.accelerator`.
+    pub key: &'static str,
+    /// Its value as written in the TOML file, e.g. `tcg`.
+    pub value: &'static str,
+    /// Why it cannot work with the kind.
+    pub reason: &'static str,
+    /// What to do in the configuration file.
+    pub fix: &'static str,
+}
+
+/// The first key of `h` that its `kind` cannot work with (pure; also checked for a pod whose
+/// annotation selects the kind). Keys a kind merely ignores (QEMU's `machine_type`,
+/// `firmware`, `vhost_user_vsock_path` under Cloud Hypervisor) are no conflict.
+pub(crate) fn kind_conflict(h: &HypervisorConfig) -> Option<KindConflict> {
+    if h.kind != HypervisorKind::CloudHypervisor {
+        return None;
+    }
+    if h.accelerator == Accelerator::Tcg {
+        return Some(KindConflict {
+            key: "hypervisor.accelerator",
+            value: Accelerator::Tcg.as_str(),
+            reason: "Cloud Hypervisor has no software emulation, it runs guests only with \
+                     hardware KVM (vmx/svm)",
+            fix: "set accelerator = \"auto\" or \"kvm\", or kind = \"qemu\" for TCG",
+        });
+    }
+    if h.vsock == Vsock::Vhost {
+        return Some(KindConflict {
+            key: "hypervisor.vsock",
+            value: Vsock::Vhost.as_str(),
+            reason: "Cloud Hypervisor has no kernel vhost-vsock device, only its own hybrid \
+                     vsock (a Unix socket)",
+            fix: "set vsock = \"auto\" (or remove the line), or kind = \"qemu\" for kernel \
+                  vhost-vsock",
+        });
+    }
+    None
+}
+
 fn check_path(key: &'static str, path: &Path, empty_ok: bool) -> Option<Problem> {
     if path.as_os_str().is_empty() {
         if empty_ok {
@@ -187,8 +250,11 @@ mod tests {
     #[test]
     fn every_path_key_must_be_absolute() {
         type Setter = fn(&mut Config);
-        let cases: [(&str, Setter); 7] = [
+        let cases: [(&str, Setter); 8] = [
             ("hypervisor.path", |c| c.hypervisor.path = "qemu".into()),
+            ("hypervisor.cloud_hypervisor_path", |c| {
+                c.hypervisor.cloud_hypervisor_path = "cloud-hypervisor".into()
+            }),
             ("hypervisor.kernel", |c| {
                 c.hypervisor.kernel = "vmlinuz".into()
             }),
@@ -213,5 +279,41 @@ mod tests {
             assert_eq!(p.key, key);
             assert!(p.problem.contains("relative"), "{p:?}");
         }
+    }
+
+    #[test]
+    fn cloud_hypervisor_refuses_tcg_and_kernel_vsock() {
+        let mut c = Config::default();
+        c.hypervisor.kind = HypervisorKind::CloudHypervisor;
+        assert_eq!(check(&c), None, "the defaults fit Cloud Hypervisor");
+        c.hypervisor.accelerator = Accelerator::Tcg;
+        let p = check(&c).expect("tcg refused");
+        assert_eq!(
+            (p.key, p.value.as_str()),
+            ("hypervisor.accelerator", "\"tcg\"")
+        );
+        assert!(p.problem.contains("no software emulation"), "{p:?}");
+        assert!(p.problem.contains("kind = \"cloud-hypervisor\""), "{p:?}");
+        c.hypervisor.accelerator = Accelerator::Kvm;
+        assert_eq!(check(&c), None);
+        c.hypervisor.vsock = Vsock::Vhost;
+        let p = check(&c).expect("kernel vsock refused");
+        assert_eq!(p.key, "hypervisor.vsock");
+        assert!(p.problem.contains("hybrid"), "{p:?}");
+        // QEMU takes both.
+        c.hypervisor.kind = HypervisorKind::Qemu;
+        c.hypervisor.accelerator = Accelerator::Tcg;
+        assert_eq!(check(&c), None);
+    }
+
+    #[test]
+    fn qemu_only_keys_are_ignored_by_cloud_hypervisor() {
+        let mut c = Config::default();
+        c.hypervisor.kind = HypervisorKind::CloudHypervisor;
+        c.hypervisor.machine_type = crate::model::MachineType::Microvm;
+        c.hypervisor.firmware = "".into();
+        c.hypervisor.vsock = Vsock::VhostUser;
+        assert_eq!(check(&c), None);
+        assert_eq!(kind_conflict(&c.hypervisor), None);
     }
 }

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use isola_config::{
-    Accelerator, Config, ConfigError, LogLevel, MachineType, SharedFs, VirtiofsdCache,
-    VirtiofsdSandbox, Vsock, DEFAULT_CONFIG_TOML, PREFIX,
+    Accelerator, Config, ConfigError, HypervisorKind, LogLevel, MachineType, SharedFs,
+    VirtiofsdCache, VirtiofsdSandbox, Vsock, DEFAULT_CONFIG_TOML, PREFIX,
 };
 
 const ORIGIN: &str = "/etc/isola/configuration.toml";
@@ -36,7 +36,12 @@ fn assert_mentions(msg: &str, needles: &[&str]) {
 fn defaults() {
     let c = Config::default();
     let h = &c.hypervisor;
+    assert_eq!(h.kind, HypervisorKind::Qemu);
     assert_eq!(h.path, Path::new("/usr/bin/qemu-system-x86_64"));
+    assert_eq!(
+        h.cloud_hypervisor_path,
+        Path::new("/usr/local/bin/cloud-hypervisor")
+    );
     assert_eq!(h.kernel, Path::new(PREFIX).join("share/isola/vmlinux"));
     assert_eq!(h.initrd, Path::new(PREFIX).join("share/isola/initrd.img"));
     assert_eq!(h.kernel_params, "");
@@ -252,6 +257,7 @@ fn bad_enum_value() {
     );
 
     for (key, section) in [
+        ("kind", "hypervisor"),
         ("accelerator", "hypervisor"),
         ("shared_fs", "hypervisor"),
         ("virtiofsd_cache", "hypervisor"),
@@ -265,6 +271,69 @@ fn bad_enum_value() {
     // Values are case-sensitive, as written in the shipped file.
     let (err, _) = parse_err("[agent]\nlog_level = \"INFO\"\n");
     assert_eq!(err.key(), Some("agent.log_level"));
+}
+
+#[test]
+fn hypervisor_kind_selects_the_vmm_and_its_binary() {
+    let c = parse(
+        "[hypervisor]\nkind = \"cloud-hypervisor\"\ncloud_hypervisor_path = \"/opt/clh/bin/cloud-hypervisor\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.hypervisor.kind, HypervisorKind::CloudHypervisor);
+    assert_eq!(
+        c.hypervisor.cloud_hypervisor_path,
+        Path::new("/opt/clh/bin/cloud-hypervisor")
+    );
+    // QEMU's keys are accepted and ignored; vhost-user means Cloud Hypervisor's hybrid vsock.
+    let c = parse(
+        "[hypervisor]\nkind = \"cloud-hypervisor\"\nmachine_type = \"microvm\"\nfirmware = \"\"\n\
+         accelerator = \"kvm\"\nvsock = \"vhost-user\"\n",
+    )
+    .unwrap();
+    assert_eq!(c.hypervisor.machine_type, MachineType::Microvm);
+    assert_eq!(parse(&c.to_toml_string().unwrap()).unwrap(), c);
+
+    let (err, msg) = parse_err("[hypervisor]\nkind = \"firecracker\"\n");
+    assert!(matches!(err, ConfigError::WrongValue { .. }), "{err:?}");
+    assert_eq!(err.key(), Some("hypervisor.kind"));
+    assert_mentions(
+        &msg,
+        &[
+            ":2:8:",
+            "`firecracker`",
+            "`qemu`",
+            "`cloud-hypervisor`",
+            "one of",
+        ],
+    );
+
+    let (err, _) = parse_err("[hypervisor]\ncloud_hypervisor_path = \"cloud-hypervisor\"\n");
+    assert_eq!(err.key(), Some("hypervisor.cloud_hypervisor_path"));
+}
+
+#[test]
+fn cloud_hypervisor_with_tcg_or_kernel_vsock_is_refused_saying_why() {
+    let (err, msg) =
+        parse_err("[hypervisor]\nkind = \"cloud-hypervisor\"\naccelerator = \"tcg\"\n");
+    assert!(matches!(err, ConfigError::Invalid { .. }), "{err:?}");
+    assert_eq!(err.key(), Some("hypervisor.accelerator"));
+    assert_mentions(
+        &msg,
+        &[
+            ":3:1:",
+            "hypervisor.accelerator = \"tcg\"",
+            "kind = \"cloud-hypervisor\"",
+            "no software emulation",
+            "kind = \"qemu\"",
+        ],
+    );
+
+    let (err, msg) = parse_err("[hypervisor]\nvsock = \"vhost\"\nkind = \"cloud-hypervisor\"\n");
+    assert_eq!(err.key(), Some("hypervisor.vsock"));
+    assert_mentions(&msg, &[":2:1:", "hybrid", "vsock = \"auto\""]);
+
+    // The same keys are fine with QEMU.
+    parse("[hypervisor]\nkind = \"qemu\"\naccelerator = \"tcg\"\nvsock = \"vhost\"\n").unwrap();
 }
 
 #[test]
@@ -431,4 +500,6 @@ fn pod_section_is_validated_with_file_and_key() {
     )
     .unwrap();
     assert_eq!(ok.pod.overhead_memory_mib, 64);
+    let kind = parse("[pod]\nenable_annotations = [\"hypervisor.kind\"]\n").unwrap();
+    assert_eq!(kind.pod.enable_annotations, ["hypervisor.kind"]);
 }

@@ -78,6 +78,57 @@ pub fn choose(
     }
 }
 
+/// Why Cloud Hypervisor cannot run a guest on this host, or None when it can.
+///
+/// Cloud Hypervisor has no software emulation: it needs KVM with hardware virtualization.
+/// On a paravirtual KVM (PVM) its API serves and `vm.boot` returns, but the guest's vCPU
+/// fails seconds later, so this is checked before anything is spawned, never left to a hung
+/// boot. Pure: the host facts are parameters.
+pub fn cloud_hypervisor_problem(cpuinfo_flags_text: &str, kvm_openable: bool) -> Option<String> {
+    let problem = match (has_hw_virt(cpuinfo_flags_text), kvm_openable) {
+        (true, true) => return None,
+        (true, false) => {
+            "/dev/kvm cannot be opened read-write (missing, no permission, or the kvm \
+                          module is not loaded)"
+        }
+        (false, true) => {
+            "/dev/kvm is present but the CPU exposes no vmx/svm (a paravirtual KVM \
+                          such as PVM: Cloud Hypervisor's API answers but its guest cannot run)"
+        }
+        (false, false) => "the CPU exposes no vmx/svm and /dev/kvm cannot be opened",
+    };
+    Some(format!(
+        "Cloud Hypervisor needs hardware KVM and has no software emulation: {problem}; run this \
+         pod with hypervisor kind \"qemu\" (which falls back to TCG) or on a node with vmx/svm"
+    ))
+}
+
+/// [`probe_host`] followed by [`cloud_hypervisor_problem`]: the accelerator Cloud Hypervisor
+/// runs with, or [`HypervisorError::AcceleratorUnavailable`] with the reason. `choice` must
+/// not be TCG (an [`HypervisorError::InvalidConfig`]).
+pub async fn resolve_cloud_hypervisor(
+    choice: AcceleratorChoice,
+) -> Result<(Accelerator, String), HypervisorError> {
+    if choice == AcceleratorChoice::Tcg {
+        return Err(HypervisorError::InvalidConfig(
+            "the accelerator is tcg but Cloud Hypervisor has no software emulation (set the \
+             accelerator to auto or kvm, or use hypervisor kind \"qemu\")"
+                .into(),
+        ));
+    }
+    let facts = probe_host().await;
+    match cloud_hypervisor_problem(&facts.cpuinfo, facts.kvm_openable) {
+        None => Ok((
+            Accelerator::Kvm,
+            "the CPU exposes vmx/svm and /dev/kvm is usable".into(),
+        )),
+        Some(reason) => Err(HypervisorError::AcceleratorUnavailable {
+            accelerator: Accelerator::Kvm,
+            reason,
+        }),
+    }
+}
+
 /// Reads the host facts: /proc/cpuinfo flags and whether /dev/kvm opens read-write.
 pub async fn probe_host() -> HostFacts {
     let cpuinfo = match tokio::fs::read_to_string("/proc/cpuinfo").await {
@@ -171,6 +222,30 @@ mod tests {
             assert_eq!(a, Accelerator::Tcg);
             assert_eq!(reason, "forced by configuration");
         }
+    }
+
+    #[test]
+    fn cloud_hypervisor_needs_hardware_kvm() {
+        assert_eq!(cloud_hypervisor_problem(VMX, true), None);
+        assert_eq!(cloud_hypervisor_problem(SVM, true), None);
+        let pvm = cloud_hypervisor_problem(NONE, true).expect("refused on PVM");
+        assert!(pvm.contains("no vmx/svm") && pvm.contains("PVM"), "{pvm}");
+        assert!(
+            pvm.contains("no software emulation") && pvm.contains("\"qemu\""),
+            "{pvm}"
+        );
+        let nodev = cloud_hypervisor_problem(VMX, false).expect("refused without /dev/kvm");
+        assert!(nodev.contains("cannot be opened"), "{nodev}");
+        assert!(cloud_hypervisor_problem(NONE, false).is_some());
+    }
+
+    #[tokio::test]
+    async fn cloud_hypervisor_refuses_tcg_up_front() {
+        let err = resolve_cloud_hypervisor(AcceleratorChoice::Tcg)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HypervisorError::InvalidConfig(_)), "{err:?}");
+        assert!(err.to_string().contains("no software emulation"), "{err}");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use crate::clh::api::ApiError;
 use crate::daemons::DaemonError;
 use crate::process::SpawnError;
 use crate::qemu::qmp::QmpError;
@@ -50,6 +51,10 @@ pub enum HypervisorError {
     /// Talking to QEMU over QMP failed.
     #[error(transparent)]
     Qmp(#[from] QmpError),
+
+    /// Talking to Cloud Hypervisor over its REST API failed.
+    #[error(transparent)]
+    Api(#[from] ApiError),
 
     /// The VMM process exited before it became ready.
     #[error("{vmm} exited during startup ({status}); stderr tail:\n{stderr_tail}")]
@@ -133,7 +138,7 @@ pub enum HypervisorError {
         requested: u64,
     },
 
-    /// A QMP command of a hotplug sequence failed; resources added before it stay plugged.
+    /// A VMM command of a hotplug sequence failed; resources added before it stay plugged.
     #[error(
         "hot-plugging {what} into VM {vm} failed (the VM now has {reached} {resource}): {source}"
     )]
@@ -146,9 +151,10 @@ pub enum HypervisorError {
         resource: &'static str,
         /// The amount the VM has after the failure.
         reached: u64,
-        /// The QMP failure (boxed: it is large and this variant is rare).
+        /// The VMM's failure ([`HypervisorError::Qmp`] or [`HypervisorError::Api`]; boxed:
+        /// this variant is rare).
         #[source]
-        source: Box<QmpError>,
+        source: Box<HypervisorError>,
     },
 
     /// The backend does not implement this operation (yet).

@@ -26,12 +26,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub mod accel;
+pub mod clh;
 pub mod console;
 pub mod daemons;
 mod error;
 pub mod net;
 pub mod process;
 pub mod qemu;
+pub mod vmm;
 
 pub use error::HypervisorError;
 pub use net::NetDevice;
@@ -125,25 +127,35 @@ pub fn default_max_memory_mib(memory_mib: u32, host_memory_mib: u64) -> u32 {
     host.min(MAX_MEMORY_CAP_MIB).max(memory_mib)
 }
 
-/// How the host reaches the guest agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AgentEndpoint {
-    /// Kernel vsock (host has /dev/vhost-vsock): connect to (cid, port) with AF_VSOCK.
-    Vsock {
-        /// The guest's context id.
-        cid: u32,
-        /// The port the agent listens on.
-        port: u32,
-    },
-    /// Hybrid vsock over a Unix socket (vhost-device-vsock, Cloud Hypervisor): connect to
-    /// `path`, write `"CONNECT <port>\n"`, read one `"OK <n>\n"` line, then the stream is raw.
-    HybridVsock {
-        /// The host-side Unix socket.
-        path: PathBuf,
-        /// The guest port to ask for in the CONNECT line.
-        port: u32,
-    },
+/// Which VMM runs the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HypervisorKind {
+    /// QEMU: KVM or TCG, q35/pc/microvm, QMP control ([`qemu`]).
+    #[default]
+    Qemu,
+    /// Cloud Hypervisor: KVM only, REST API on a Unix socket ([`clh`]).
+    CloudHypervisor,
 }
+
+impl HypervisorKind {
+    /// The name used in configuration files and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HypervisorKind::Qemu => "qemu",
+            HypervisorKind::CloudHypervisor => "cloud-hypervisor",
+        }
+    }
+}
+
+impl std::fmt::Display for HypervisorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the host reaches the guest agent (defined with the agent's protocol, so the agent
+/// client does not depend on this crate).
+pub use isola_agent_proto::AgentEndpoint;
 
 /// The virtualization accelerator a VM runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,8 +213,12 @@ pub struct VmConfig {
     /// Per-VM directory the backend creates (sockets, console.log, daemon logs) and removes
     /// on stop. Keep it short: Unix socket paths inside it must fit in 107 bytes.
     pub state_dir: PathBuf,
-    /// The qemu-system-x86_64 binary.
+    /// Which VMM runs the VM ([`new_vm`] picks the backend from it).
+    pub kind: HypervisorKind,
+    /// The qemu-system-x86_64 binary (for [`HypervisorKind::Qemu`]).
     pub qemu_path: PathBuf,
+    /// The cloud-hypervisor binary (for [`HypervisorKind::CloudHypervisor`]).
+    pub cloud_hypervisor_path: PathBuf,
     /// Guest kernel image.
     pub kernel: PathBuf,
     /// Guest initrd.
@@ -247,7 +263,9 @@ impl Default for VmConfig {
         Self {
             id: String::new(),
             state_dir: PathBuf::new(),
+            kind: HypervisorKind::Qemu,
             qemu_path: PathBuf::from("qemu-system-x86_64"),
+            cloud_hypervisor_path: PathBuf::from("cloud-hypervisor"),
             kernel: PathBuf::new(),
             initrd: PathBuf::new(),
             kernel_params: String::new(),
@@ -350,6 +368,35 @@ pub trait Hypervisor: Send + Sync {
 /// Creates a QEMU-backed VM. Nothing is started until [`Hypervisor::start`].
 pub fn new_qemu(cfg: VmConfig) -> Arc<dyn Hypervisor> {
     Arc::new(qemu::QemuHypervisor::new(cfg))
+}
+
+/// Creates a Cloud Hypervisor-backed VM. Nothing is started until [`Hypervisor::start`].
+pub fn new_cloud_hypervisor(cfg: VmConfig) -> Arc<dyn Hypervisor> {
+    Arc::new(clh::ClhHypervisor::new(cfg))
+}
+
+/// Creates a VM with the backend [`VmConfig::kind`] names.
+pub fn new_vm(cfg: VmConfig) -> Arc<dyn Hypervisor> {
+    match cfg.kind {
+        HypervisorKind::Qemu => new_qemu(cfg),
+        HypervisorKind::CloudHypervisor => new_cloud_hypervisor(cfg),
+    }
+}
+
+/// Whether the VM's agent is reached over hybrid vsock (a Unix socket with `CONNECT <port>`)
+/// rather than kernel vsock: always with Cloud Hypervisor (its vsock is hybrid), with QEMU
+/// unless kernel vhost-vsock is chosen (or, for `Auto`, `/dev/vhost-vsock` exists).
+pub fn uses_hybrid_vsock(
+    kind: HypervisorKind,
+    vsock: VsockChoice,
+    vhost_vsock_present: bool,
+) -> bool {
+    match (kind, vsock) {
+        (HypervisorKind::CloudHypervisor, _) => true,
+        (HypervisorKind::Qemu, VsockChoice::VhostKernel) => false,
+        (HypervisorKind::Qemu, VsockChoice::VhostUser) => true,
+        (HypervisorKind::Qemu, VsockChoice::Auto) => !vhost_vsock_present,
+    }
 }
 
 #[cfg(test)]

@@ -55,6 +55,9 @@ pub struct BootedVm {
     pub agent: AgentClient,
     pub paths: SandboxPaths,
     pub timings: BootTimings,
+    /// Whether [`BootedVm::boot`] created the shared directory (and so removes it): a caller
+    /// that prepared it (the shim mounts it) tears it down itself.
+    owns_shared_dir: bool,
 }
 
 impl BootedVm {
@@ -75,22 +78,27 @@ impl BootedVm {
         vm_cfg.network = network;
         // Over hybrid vsock the agent announces readiness and the host waits for that before
         // dialing (see isola_agent_proto::READY_PORT for why).
-        let hybrid = cfg.hypervisor.vsock.resolve() != isola_config::Vsock::Vhost;
+        let hybrid = isola_hypervisor::uses_hybrid_vsock(
+            vm_cfg.kind,
+            vm_cfg.vsock,
+            std::path::Path::new(isola_config::VHOST_VSOCK_DEVICE).exists(),
+        );
         if hybrid {
             vm_cfg
                 .kernel_params
                 .push_str(&format!(" agent.ready_port={READY_PORT}"));
         }
-        if vm_cfg.shared_fs.is_some() {
+        let owns_shared_dir = vm_cfg.shared_fs.is_some() && !paths.shared_dir.exists();
+        if owns_shared_dir {
             std::fs::create_dir_all(&paths.shared_dir).map_err(|source| SandboxError::Dir {
                 path: paths.shared_dir.clone(),
                 source,
             })?;
         }
-        let vm = isola_hypervisor::new_qemu(vm_cfg);
+        let vm = isola_hypervisor::new_vm(vm_cfg);
         let started = Instant::now();
         if let Err(e) = vm.start().await {
-            remove_shared_dir(&paths);
+            remove_shared_dir(&paths, owns_shared_dir);
             return Err(SandboxError::Start(e));
         }
         let vmm_ready = started.elapsed();
@@ -111,7 +119,7 @@ impl BootedVm {
                 if let Err(e) = vm.stop().await {
                     tracing::warn!(sandbox = id, error = %e, "stopping a VM whose agent never answered");
                 }
-                remove_shared_dir(&paths);
+                remove_shared_dir(&paths, owns_shared_dir);
                 return Err(SandboxError::Agent {
                     source,
                     console,
@@ -135,20 +143,24 @@ impl BootedVm {
             agent,
             paths,
             timings,
+            owns_shared_dir,
         })
     }
 
     /// Stops the VM and removes the sandbox's directories.
     pub async fn stop(&self) -> Result<(), SandboxError> {
         let result = self.vm.stop().await.map_err(SandboxError::Stop);
-        remove_shared_dir(&self.paths);
+        remove_shared_dir(&self.paths, self.owns_shared_dir);
         result
     }
 }
 
-/// Removes the (empty) shared directory. Never recursive: a leftover mount inside it must not
-/// lead to deleting the files it exposes.
-fn remove_shared_dir(paths: &SandboxPaths) {
+/// Removes the (empty) shared directory if `owned`. Never recursive: a leftover mount inside it
+/// must not lead to deleting the files it exposes.
+fn remove_shared_dir(paths: &SandboxPaths, owned: bool) {
+    if !owned {
+        return;
+    }
     match std::fs::remove_dir(&paths.shared_dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

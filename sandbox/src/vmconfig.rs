@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use isola_config::{Accelerator, Config, SharedFs, Vsock};
+use isola_config::{Accelerator, Config, HypervisorKind, SharedFs, Vsock};
 use isola_hypervisor::{AcceleratorChoice, SharedFsConfig, VmConfig, VsockChoice};
 
 /// The virtio-fs tag the agent mounts the sandbox's shared directory by.
@@ -58,7 +58,12 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
     VmConfig {
         id: id.to_string(),
         state_dir: paths.vm_dir.clone(),
+        kind: match h.kind {
+            HypervisorKind::Qemu => isola_hypervisor::HypervisorKind::Qemu,
+            HypervisorKind::CloudHypervisor => isola_hypervisor::HypervisorKind::CloudHypervisor,
+        },
         qemu_path: h.path.clone(),
+        cloud_hypervisor_path: h.cloud_hypervisor_path.clone(),
         kernel: h.kernel.clone(),
         initrd: h.initrd.clone(),
         kernel_params,
@@ -129,6 +134,8 @@ mod tests {
         let cfg = Config::default();
         let paths = SandboxPaths::new(Path::new("/run/isola"), "abc");
         let vm = vm_config(&cfg, "abc", &paths);
+        assert_eq!(vm.kind, isola_hypervisor::HypervisorKind::Qemu);
+        assert_eq!(vm.qemu_path, Path::new("/usr/bin/qemu-system-x86_64"));
         assert_eq!(vm.state_dir, Path::new("/run/isola/vm/abc"));
         assert_eq!(vm.kernel_params, "agent.log=info");
         assert_eq!(vm.machine_type, "q35");
@@ -173,5 +180,32 @@ mod tests {
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 1024));
         assert!(vm.max_vcpus >= 2 && vm.max_memory_mib >= 1024);
         assert!(vm.debug);
+    }
+
+    #[test]
+    fn cloud_hypervisor_kind_and_binary_are_carried_through() {
+        let text = r#"
+            [hypervisor]
+            kind = "cloud-hypervisor"
+            cloud_hypervisor_path = "/opt/clh/cloud-hypervisor"
+            accelerator = "kvm"
+        "#;
+        let cfg = Config::from_toml_str(text, Path::new("/t.toml")).unwrap();
+        let vm = vm_config(&cfg, "x", &SandboxPaths::new(Path::new("/s"), "x"));
+        assert_eq!(vm.kind, isola_hypervisor::HypervisorKind::CloudHypervisor);
+        assert_eq!(
+            vm.cloud_hypervisor_path,
+            Path::new("/opt/clh/cloud-hypervisor")
+        );
+        assert_eq!(vm.accelerator, AcceleratorChoice::Kvm);
+        // The default binary when the key is left out.
+        let mut cfg = Config::default();
+        cfg.hypervisor.kind = HypervisorKind::CloudHypervisor;
+        let vm = vm_config(&cfg, "x", &SandboxPaths::new(Path::new("/s"), "x"));
+        assert_eq!(
+            vm.cloud_hypervisor_path,
+            Path::new(isola_config::DEFAULT_CLOUD_HYPERVISOR_PATH)
+        );
+        assert!(isola_hypervisor::uses_hybrid_vsock(vm.kind, vm.vsock, true));
     }
 }

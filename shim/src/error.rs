@@ -56,7 +56,8 @@ pub enum ShimError {
     /// bad value).
     #[error("{0}")]
     Annotation(isola_config::AnnotationError),
-    /// The sandbox VM could not be booted or stopped.
+    /// The sandbox VM could not be booted or stopped. Its code is the hypervisor's when the VM
+    /// did not start (see [`hypervisor_code`]), else Internal.
     #[error("sandbox VM: {0} (run `isola check` to diagnose the host)")]
     Sandbox(Box<isola_sandbox::SandboxError>),
     /// Anything else.
@@ -126,11 +127,28 @@ impl ShimError {
             ShimError::Annotation(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent { code, .. } => *code,
-            ShimError::Io { .. }
-            | ShimError::Mount { .. }
-            | ShimError::Sandbox(_)
-            | ShimError::Internal(_) => Code::INTERNAL,
+            ShimError::Sandbox(e) => match e.as_ref() {
+                isola_sandbox::SandboxError::Start(h) => hypervisor_code(h),
+                _ => Code::INTERNAL,
+            },
+            ShimError::Io { .. } | ShimError::Mount { .. } | ShimError::Internal(_) => {
+                Code::INTERNAL
+            }
         }
+    }
+}
+
+/// The code of a hypervisor error that kept a VM from starting: the host cannot provide what
+/// the configuration asks for (no hardware KVM for Cloud Hypervisor, a forced KVM without
+/// /dev/kvm) is FailedPrecondition, a configuration the backend refuses is InvalidArgument,
+/// an operation the backend lacks is Unimplemented, anything else Internal.
+pub fn hypervisor_code(e: &isola_hypervisor::HypervisorError) -> Code {
+    use isola_hypervisor::HypervisorError as H;
+    match e {
+        H::AcceleratorUnavailable { .. } => Code::FAILED_PRECONDITION,
+        H::InvalidConfig(_) => Code::INVALID_ARGUMENT,
+        H::Unsupported(_) => Code::UNIMPLEMENTED,
+        _ => Code::INTERNAL,
     }
 }
 
@@ -192,6 +210,43 @@ mod tests {
             code_of(ShimError::io("reading", std::io::Error::other("boom"))),
             Code::INTERNAL
         );
+    }
+
+    fn start_failure(e: isola_hypervisor::HypervisorError) -> ShimError {
+        isola_sandbox::SandboxError::Start(e).into()
+    }
+
+    #[test]
+    fn vm_start_failures_keep_the_hypervisors_kind() {
+        use isola_hypervisor::{Accelerator, HypervisorError as H};
+        // What Cloud Hypervisor answers on a host without vmx/svm: the reason reaches
+        // containerd's message, with a code that says "not on this node".
+        let reason = isola_hypervisor::accel::cloud_hypervisor_problem("flags : fpu sse2\n", true)
+            .expect("no vmx/svm is refused");
+        let err = start_failure(H::AcceleratorUnavailable {
+            accelerator: Accelerator::Kvm,
+            reason: reason.clone(),
+        });
+        assert_eq!(err.code(), Code::FAILED_PRECONDITION);
+        let msg = match to_ttrpc(err) {
+            ttrpc::Error::RpcStatus(s) => s.message,
+            other => panic!("not a status: {other:?}"),
+        };
+        assert!(
+            msg.contains(&reason) && msg.contains("isola check"),
+            "{msg}"
+        );
+
+        let invalid = start_failure(H::InvalidConfig("tcg with cloud-hypervisor".into()));
+        assert_eq!(code_of(invalid), Code::INVALID_ARGUMENT);
+        let unsupported = start_failure(H::Unsupported("pause".into()));
+        assert_eq!(code_of(unsupported), Code::UNIMPLEMENTED);
+        let other = start_failure(H::NotRunning("vm".into()));
+        assert_eq!(code_of(other), Code::INTERNAL);
+        // Only a VM that did not start takes the hypervisor's code.
+        let stop: ShimError =
+            isola_sandbox::SandboxError::Stop(H::InvalidConfig("x".into())).into();
+        assert_eq!(code_of(stop), Code::INTERNAL);
     }
 
     #[test]

@@ -298,3 +298,20 @@ fn remove_dir_quietly(dir: &Path) {
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "left behind"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use isola_hypervisor::HypervisorError;
+
+    #[test]
+    fn hotplug_errors_say_unimplemented_only_for_unsupported() {
+        let e = hotplug_error(
+            "CPU hotplug",
+            HypervisorError::Unsupported("no hotplug".into()),
+        );
+        assert!(matches!(e, ShimError::Unimplemented(ref m) if m == "CPU hotplug: no hotplug"));
+        let e = hotplug_error("memory hotplug", HypervisorError::NotRunning("vm".into()));
+        assert!(matches!(e, ShimError::Internal(_)), "{e:?}");
+    }
+}

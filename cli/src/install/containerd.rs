@@ -19,13 +19,17 @@
 //! (and files without `version`, which containerd reads as version 1) are refused. Installing
 //! twice changes nothing the second time; uninstalling removes exactly the `isola` table again,
 //! giving back the file as it was before the install.
+//!
+//! Further handlers (e.g. `isola-clh`, whose `ConfigPath` selects Cloud Hypervisor) are tables
+//! of the same shape under their own name, added and removed one by one the same way.
 
 use std::fmt;
 use std::path::Path;
 
 use toml_edit::{DocumentMut, Item, Table};
 
-/// The runtime's name in containerd's configuration (and a Kubernetes RuntimeClass handler).
+/// The default runtime's name in containerd's configuration (and a Kubernetes RuntimeClass
+/// handler); `--handler` names others.
 pub const RUNTIME_NAME: &str = "isola";
 /// The shim's runtime type: containerd runs `containerd-shim-isola-v2` for it.
 pub const RUNTIME_TYPE: &str = "io.containerd.isola.v2";
@@ -205,14 +209,14 @@ fn set_string(table: &mut Table, key: &str, value: &str) {
     }
 }
 
-/// Adds (or updates) the isola runtime with `ConfigPath = isola_config` in the configuration
-/// `text` (empty for a file that does not exist yet).
+/// Adds (or updates) the isola runtime `handler` with `ConfigPath = isola_config` in the
+/// configuration `text` (empty for a file that does not exist yet).
 ///
 /// A file that names no runtime relies on containerd's built-in list, `runc` only; naming one
 /// replaces that list, and the CRI plugin then refuses to start for want of its default runtime
 /// (`default_runtime_name = "runc"`). So when the file names no other runtime and the default is
 /// runc, runc is added as well, marked as isola's doing.
-pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
+pub fn install(text: &str, handler: &str, isola_config: &Path) -> Result<Edit, Error> {
     let mut doc = parse(text)?;
     let version = match version(&doc)? {
         Some(v) => v,
@@ -240,10 +244,10 @@ pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
     // A new entry goes after the other runtimes when there are any (a table without a position
     // prints right after the tables before it), else at the end of the file.
     let has_runtimes = runtimes.iter().any(|(_, item)| item.is_table());
-    let is_new = !runtimes.contains_key(RUNTIME_NAME);
+    let is_new = !runtimes.contains_key(handler);
     let others = runtimes
         .iter()
-        .any(|(name, item)| name != RUNTIME_NAME && item.is_table_like());
+        .any(|(name, item)| name != handler && item.is_table_like());
     if !others && default_runtime == "runc" {
         let mut runc = Table::new();
         runc.insert("runtime_type", toml_edit::value("io.containerd.runc.v2"));
@@ -254,8 +258,8 @@ pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
         runtimes.insert("runc", Item::Table(runc));
     }
     let mut runtime_path = path.to_vec();
-    runtime_path.push(RUNTIME_NAME);
-    let runtime = table_at(runtimes, &[RUNTIME_NAME]).map_err(|e| match e {
+    runtime_path.push(handler);
+    let runtime = table_at(runtimes, &[handler]).map_err(|e| match e {
         Error::NotATable { found, .. } => Error::NotATable {
             key: dotted(&runtime_path),
             found,
@@ -302,8 +306,9 @@ pub fn install(text: &str, isola_config: &Path) -> Result<Edit, Error> {
     })
 }
 
-/// Removes the isola runtime table from the configuration `text`; unchanged when it is not there.
-pub fn uninstall(text: &str) -> Result<Edit, Error> {
+/// Removes the isola runtime table `handler` from the configuration `text`; unchanged when it
+/// is not there. The runc entry [`install`] added goes too once no other runtime is left.
+pub fn uninstall(text: &str, handler: &str) -> Result<Edit, Error> {
     let mut doc = parse(text)?;
     let unchanged = || Edit {
         text: text.to_string(),
@@ -320,15 +325,20 @@ pub fn uninstall(text: &str) -> Result<Edit, Error> {
             None => return Ok(unchanged()),
         }
     }
-    if table.remove(RUNTIME_NAME).is_none() {
+    if table.remove(handler).is_none() {
         return Ok(unchanged());
     }
-    let added_runc = table
-        .get("runc")
-        .and_then(Item::as_table)
-        .and_then(|t| t.decor().prefix())
-        .and_then(|p| p.as_str())
-        .is_some_and(|p| p.contains(RUNC_MARKER));
+    // Another isola handler (or any runtime) still needs containerd's default runc entry.
+    let others = table
+        .iter()
+        .any(|(name, item)| name != "runc" && item.is_table_like());
+    let added_runc = !others
+        && table
+            .get("runc")
+            .and_then(Item::as_table)
+            .and_then(|t| t.decor().prefix())
+            .and_then(|p| p.as_str())
+            .is_some_and(|p| p.contains(RUNC_MARKER));
     if added_runc {
         table.remove("runc");
     }
@@ -339,326 +349,18 @@ pub fn uninstall(text: &str) -> Result<Edit, Error> {
     })
 }
 
-/// The isola configuration file containerd's runtime entry points at, if the configuration
-/// `text` has one.
-pub fn installed_config_path(text: &str) -> Option<String> {
+/// The isola configuration file containerd's runtime entry `handler` points at, if the
+/// configuration `text` has one.
+pub fn installed_config_path(text: &str, handler: &str) -> Option<String> {
     let doc = parse(text).ok()?;
     let path = runtimes_path(version(&doc).ok()??).ok()?;
     let mut item = doc.as_item();
-    for key in path.iter().chain(&[RUNTIME_NAME, "options", "ConfigPath"]) {
+    for key in path.iter().chain(&[handler, "options", "ConfigPath"]) {
         item = item.get(key)?;
     }
     item.as_str().map(str::to_string)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const CFG: &str = "/usr/local/share/isola/configuration.toml";
-
-    fn install_ok(text: &str) -> String {
-        let e = install(text, Path::new(CFG)).expect("install");
-        assert!(e.changed);
-        e.text
-    }
-
-    #[test]
-    fn a_fresh_file_gets_version_2_and_the_runtime() {
-        let out = install_ok("");
-        assert_eq!(
-            out,
-            format!(
-                r#"version = 2
-
-{RUNC_MARKER}[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-runtime_type = "io.containerd.runc.v2"
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
-runtime_type = "io.containerd.isola.v2"
-pod_annotations = ["io.isola.config.*"]
-privileged_without_host_devices = true
-
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
-ConfigPath = "/usr/local/share/isola/configuration.toml"
-"#
-            )
-        );
-        let v: toml::Value = toml::from_str(&out).unwrap();
-        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
-        // containerd's built-in runc stays (the CRI plugin's default runtime).
-        assert_eq!(
-            runtimes["runc"]["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2")
-        );
-        let isola = &runtimes["isola"];
-        assert_eq!(isola["runtime_type"].as_str(), Some(RUNTIME_TYPE));
-        assert_eq!(isola["options"]["ConfigPath"].as_str(), Some(CFG));
-        assert_eq!(installed_config_path(&out).as_deref(), Some(CFG));
-    }
-
-    #[test]
-    fn a_comment_only_file_is_a_fresh_file_and_keeps_its_comments() {
-        let text = "# containerd configuration, managed by hand\n";
-        let out = install_ok(text);
-        assert!(
-            out.starts_with("# containerd configuration, managed by hand\nversion = 2\n"),
-            "{out}"
-        );
-        assert_eq!(installed_config_path(&out).as_deref(), Some(CFG));
-    }
-
-    /// A configuration like Debian's, with comments, another runtime, and other plugins.
-    const EXISTING: &str = r#"# /etc/containerd/config.toml: hand-edited, keep the comments!
-version = 2
-root = "/var/lib/containerd"   # where images live
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    sandbox_image = "registry.k8s.io/pause:3.9"
-    restrict_oom_score_adj = true
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "/etc/cni/net.d"
-    [plugins."io.containerd.grpc.v1.cri".containerd]
-      default_runtime_name = "runc"
-      # runc stays the default runtime
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-        runtime_type = "io.containerd.runc.v2"
-        [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-          SystemdCgroup = false
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-
-# trailing comment
-"#;
-
-    #[test]
-    fn an_existing_config_keeps_comments_and_other_runtimes() {
-        let out = install_ok(EXISTING);
-        // Everything that was there is still there, in order, byte for byte.
-        let mut rest = out.as_str();
-        for line in EXISTING.lines() {
-            let at = rest
-                .find(line)
-                .unwrap_or_else(|| panic!("line {line:?} is missing or out of order in:\n{out}"));
-            rest = &rest[at + line.len()..];
-        }
-        let v: toml::Value = toml::from_str(&out).unwrap();
-        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
-        assert_eq!(
-            runtimes["runc"]["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2")
-        );
-        assert_eq!(
-            runtimes["isola"]["runtime_type"].as_str(),
-            Some(RUNTIME_TYPE)
-        );
-        assert_eq!(
-            runtimes["isola"]["options"]["ConfigPath"].as_str(),
-            Some(CFG)
-        );
-        assert_eq!(
-            v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["default_runtime_name"]
-                .as_str(),
-            Some("runc")
-        );
-        // The new tables come right after the other runtime's.
-        let runc = out.find("runtimes.runc.options]").unwrap();
-        let isola = out.find("runtimes.isola]").unwrap();
-        let opt = out.find("io.containerd.internal.v1.opt").unwrap();
-        assert!(runc < isola && isola < opt, "{out}");
-    }
-
-    #[test]
-    fn without_other_runtimes_the_entry_goes_at_the_end() {
-        let debian = r#"version = 2
-
-[plugins]
-  [plugins."io.containerd.grpc.v1.cri"]
-    [plugins."io.containerd.grpc.v1.cri".cni]
-      bin_dir = "/usr/lib/cni"
-      conf_dir = "/etc/cni/net.d"
-  [plugins."io.containerd.internal.v1.opt"]
-    path = "/var/lib/containerd/opt"
-"#;
-        let out = install_ok(debian);
-        assert_eq!(
-            out,
-            format!(
-                "{debian}
-{RUNC_MARKER}[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]
-runtime_type = \"io.containerd.runc.v2\"
-
-[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola]
-runtime_type = \"io.containerd.isola.v2\"
-pod_annotations = [\"io.isola.config.*\"]
-privileged_without_host_devices = true
-
-[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.isola.options]
-ConfigPath = \"{CFG}\"
-"
-            )
-        );
-        assert_eq!(uninstall(&out).unwrap().text, debian);
-    }
-
-    #[test]
-    fn a_second_install_changes_nothing() {
-        for text in ["", EXISTING] {
-            let once = install_ok(text);
-            let twice = install(&once, Path::new(CFG)).unwrap();
-            assert!(!twice.changed);
-            assert_eq!(twice.text, once);
-        }
-    }
-
-    #[test]
-    fn install_with_another_isola_config_updates_the_path_only() {
-        let once = install_ok(EXISTING);
-        let other = install(&once, Path::new("/etc/isola/configuration.toml")).unwrap();
-        assert!(other.changed);
-        assert_eq!(
-            installed_config_path(&other.text).as_deref(),
-            Some("/etc/isola/configuration.toml")
-        );
-        assert_eq!(
-            other.text.replace("/etc/isola/configuration.toml", CFG),
-            once
-        );
-    }
-
-    #[test]
-    fn uninstall_gives_back_the_original_text() {
-        for text in [EXISTING, "version = 2\n", "version = 2\n# only a comment\n"] {
-            let installed = install_ok(text);
-            let removed = uninstall(&installed).unwrap();
-            assert!(removed.changed);
-            assert_eq!(removed.text, text, "after install + uninstall");
-        }
-        // A file isola created keeps only its version line.
-        let removed = uninstall(&install_ok("")).unwrap();
-        assert_eq!(removed.text, "version = 2\n");
-    }
-
-    #[test]
-    fn uninstall_without_the_runtime_changes_nothing() {
-        for text in [EXISTING, "", "version = 2\n"] {
-            let e = uninstall(text).unwrap();
-            assert!(!e.changed);
-            assert_eq!(e.text, text);
-        }
-    }
-
-    #[test]
-    fn uninstall_removes_a_hand_written_entry_with_extra_keys() {
-        let text = r#"version = 2
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola]
-  runtime_type = "io.containerd.isola.v2"
-  pod_annotations = ["io.isola.*"]
-  privileged_without_host_devices = true
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.isola.options]
-  ConfigPath = "/etc/isola/configuration.toml"
-[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.kata]
-  runtime_type = "io.containerd.kata.v2"
-"#;
-        let e = uninstall(text).unwrap();
-        assert!(e.changed);
-        assert!(!e.text.contains("isola"), "{}", e.text);
-        assert!(e.text.contains("runtimes.kata]"));
-        // Installing over a hand-written entry keeps its extra keys and formatting.
-        let again = install(text, Path::new("/etc/isola/configuration.toml")).unwrap();
-        assert!(!again.changed, "{}", again.text);
-    }
-
-    #[test]
-    fn dotted_keys_are_understood() {
-        let text = r#"version = 2
-[plugins."io.containerd.grpc.v1.cri"]
-containerd.default_runtime_name = "runc"
-containerd.runtimes.runc.runtime_type = "io.containerd.runc.v2"
-"#;
-        let out = install_ok(text);
-        let v: toml::Value = toml::from_str(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
-        let runtimes = &v["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"];
-        assert_eq!(
-            runtimes["isola"]["runtime_type"].as_str(),
-            Some(RUNTIME_TYPE)
-        );
-        assert_eq!(
-            runtimes["runc"]["runtime_type"].as_str(),
-            Some("io.containerd.runc.v2")
-        );
-        assert_eq!(uninstall(&out).unwrap().text, text);
-    }
-
-    #[test]
-    fn version_3_uses_the_containerd_2_plugin() {
-        let out = install_ok("version = 3\n");
-        let v: toml::Value = toml::from_str(&out).unwrap();
-        assert_eq!(
-            v["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["isola"]
-                ["runtime_type"]
-                .as_str(),
-            Some(RUNTIME_TYPE)
-        );
-        assert_eq!(uninstall(&out).unwrap().text, "version = 3\n");
-    }
-
-    #[test]
-    fn version_1_is_refused_with_a_clear_message() {
-        let v1 = "version = 1\n[plugins.cri]\n  sandbox_image = \"pause\"\n";
-        let e = install(v1, Path::new(CFG)).unwrap_err();
-        assert_eq!(e, Error::Version1 { explicit: true });
-        let msg = e.to_string();
-        assert!(msg.contains("version 1"), "{msg}");
-        assert!(msg.contains("version 2"), "{msg}");
-        assert!(
-            msg.contains("plugins.cri.containerd.runtimes.isola"),
-            "{msg}"
-        );
-        assert_eq!(
-            uninstall(v1).unwrap_err(),
-            Error::Version1 { explicit: true }
-        );
-        // No version key in a non-empty file is version 1 to containerd.
-        let implicit = "[plugins.cri]\n  sandbox_image = \"pause\"\n";
-        let e = install(implicit, Path::new(CFG)).unwrap_err();
-        assert_eq!(e, Error::Version1 { explicit: false });
-        assert!(e.to_string().contains("no `version` key"), "{e}");
-    }
-
-    #[test]
-    fn odd_files_are_errors_not_damage() {
-        assert!(matches!(
-            install("version = 2\n[plugins\n", Path::new(CFG)),
-            Err(Error::Parse(_))
-        ));
-        assert_eq!(
-            install("version = 7\n", Path::new(CFG)).unwrap_err(),
-            Error::UnknownVersion("7".into())
-        );
-        assert!(matches!(
-            install("version = \"2\"\n", Path::new(CFG)),
-            Err(Error::UnknownVersion(_))
-        ));
-        let inline = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = { runc = { runtime_type = \"io.containerd.runc.v2\" } }\n";
-        let e = install(inline, Path::new(CFG)).unwrap_err();
-        assert_eq!(
-            e,
-            Error::NotATable {
-                key: "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes".into(),
-                found: "an inline table"
-            }
-        );
-        assert!(e.to_string().contains("edit the file by hand"));
-        let scalar = "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes]\nisola = \"x\"\n";
-        assert!(matches!(
-            install(scalar, Path::new(CFG)),
-            Err(Error::NotATable {
-                found: "a value",
-                ..
-            })
-        ));
-    }
-}
+#[path = "containerd_tests.rs"]
+mod tests;

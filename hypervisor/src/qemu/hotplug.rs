@@ -126,7 +126,7 @@ pub async fn plug_vcpus<S: AsyncRead + AsyncWrite>(
                 what: format!("vCPU {id} ({})", topology(slot)),
                 resource: VCPUS,
                 reached: present.into(),
-                source: Box::new(source),
+                source: Box::new(source.into()),
             });
         }
         tracing::info!(sandbox = %vm, %id, topology = %topology(slot), "vCPU hot-plugged");
@@ -209,7 +209,7 @@ pub async fn plug_memory<S: AsyncRead + AsyncWrite>(
         what,
         resource: MEMORY,
         reached: current,
-        source: Box::new(source),
+        source: Box::new(source.into()),
     };
     qmp.object_add(json!({
         "qom-type": "memory-backend-memfd",

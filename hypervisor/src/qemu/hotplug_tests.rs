@@ -264,7 +264,7 @@ async fn vcpu_device_add_error_reports_how_far_it_got() {
         } => {
             assert_eq!(*reached, 1);
             assert!(
-                matches!(&**source, QmpError::Command { desc, .. } if desc == "CPU hotplug refused")
+                matches!(&**source, HypervisorError::Qmp(QmpError::Command { desc, .. }) if desc == "CPU hotplug refused")
             );
         }
         other => panic!("unexpected {other:?}"),

@@ -9,11 +9,11 @@
 //! state directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use tokio::sync::{watch, MappedMutexGuard, Mutex, MutexGuard};
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::Instrument;
 
 use crate::daemons::{self, Daemon};
@@ -24,16 +24,16 @@ use crate::{
 pub mod args;
 pub mod hotplug;
 mod netdev;
-mod paths;
+pub(crate) mod paths;
 pub mod qmp;
-mod vmm;
+mod startup;
 
 pub use paths::StatePaths;
 pub use qmp::VmStatus;
 
+use crate::vmm::{ExitState, ExitWatch, VmmProcess};
 use args::{FsPlan, HotplugLimits, QemuPlan, VsockPlan};
 use qmp::QmpClient;
-use vmm::VmmProcess;
 
 /// Where the kernel vhost-vsock device node lives.
 const VHOST_VSOCK_DEV: &str = "/dev/vhost-vsock";
@@ -70,17 +70,6 @@ enum VsockMode {
     User,
 }
 
-/// What `wait()` observes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ExitState {
-    /// Not started yet, or running.
-    Pending,
-    /// QEMU exited.
-    Exited(VmExit),
-    /// start() failed before QEMU ran, or its reaper vanished (runtime shutdown).
-    Lost,
-}
-
 enum Phase {
     New,
     Running(Running),
@@ -105,7 +94,7 @@ impl Drop for CancelGuard<'_> {
             info.vmm_pid = None;
             info.daemon_pids.clear();
             drop(info);
-            self.vm.exit_tx.send_replace(ExitState::Lost);
+            self.vm.exit.set(ExitState::Lost);
         }
     }
 }
@@ -139,7 +128,7 @@ pub struct QemuHypervisor {
     /// Serializes start and stop.
     phase: Mutex<Phase>,
     qmp: Mutex<Option<QmpClient>>,
-    exit_tx: Arc<watch::Sender<ExitState>>,
+    exit: ExitWatch,
     info: StdMutex<Info>,
 }
 
@@ -201,7 +190,7 @@ impl QemuHypervisor {
             vsock,
             phase: Mutex::new(Phase::New),
             qmp: Mutex::new(None),
-            exit_tx: Arc::new(watch::channel(ExitState::Pending).0),
+            exit: ExitWatch::default(),
             info: StdMutex::new(info),
         }
     }
@@ -227,7 +216,7 @@ impl QemuHypervisor {
 
     /// The QMP client of a running VM.
     async fn qmp_client(&self) -> Result<MappedMutexGuard<'_, QmpClient>, HypervisorError> {
-        match *self.exit_tx.borrow() {
+        match self.exit.state() {
             ExitState::Pending if self.info().started => {}
             ExitState::Pending => return Err(HypervisorError::NotStarted(self.id().to_owned())),
             _ => return Err(HypervisorError::NotRunning(self.id().to_owned())),
@@ -279,23 +268,6 @@ impl QemuHypervisor {
             }
         }
         Ok(())
-    }
-
-    /// Creates the state directory, private to the owner.
-    async fn create_state_dir(&self) -> Result<(), HypervisorError> {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = &self.cfg.state_dir;
-        let err = |action, source| HypervisorError::StateDir {
-            action,
-            path: dir.clone(),
-            source,
-        };
-        tokio::fs::create_dir_all(dir)
-            .await
-            .map_err(|e| err("creating", e))?;
-        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(|e| err("setting permissions of", e))
     }
 
     /// Starts the helper daemons concurrently; those that started are pushed into `run`
@@ -397,6 +369,7 @@ impl QemuHypervisor {
             tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
             daemons::remove_if_exists(&self.paths.qmp_socket).await;
             let vmm = VmmProcess::spawn(
+                "qemu",
                 &self.cfg.qemu_path,
                 &args,
                 &self.paths.qemu_log,
@@ -406,9 +379,9 @@ impl QemuHypervisor {
             )
             .await?;
             let pid = vmm.pid();
-            let connected = vmm
-                .connect_qmp(&self.paths.qmp_socket, VMM_READY_TIMEOUT, self.id())
-                .await;
+            let connected =
+                startup::connect_qmp(&vmm, &self.paths.qmp_socket, VMM_READY_TIMEOUT, self.id())
+                    .await;
             run.vmm = Some(vmm);
             match connected {
                 Ok(client) => {
@@ -436,7 +409,7 @@ impl QemuHypervisor {
             .await?;
         tracing::info!(sandbox = %self.id(), ?accelerator, %reason, "accelerator chosen");
         self.info().accelerator = Some((accelerator, reason));
-        self.create_state_dir().await?;
+        crate::vmm::create_state_dir(&self.cfg.state_dir).await?;
         self.start_daemons(run).await?;
         self.start_vmm(run, accelerator).await
     }
@@ -487,35 +460,10 @@ impl QemuHypervisor {
             let mut info = self.info();
             info.daemon_pids.clear();
         }
-        if let Err(e) = self.remove_state_dir().await {
+        if let Err(e) = crate::vmm::remove_state_dir(&self.cfg.state_dir).await {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
-    }
-
-    async fn remove_state_dir(&self) -> Result<(), HypervisorError> {
-        match tokio::fs::remove_dir_all(&self.cfg.state_dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(HypervisorError::StateDir {
-                action: "removing",
-                path: self.cfg.state_dir.clone(),
-                source,
-            }),
-        }
-    }
-
-    /// Forwards the exit of `vmm` to the public `wait()` channel.
-    fn publish_exit(&self, vmm: &VmmProcess) {
-        let mut rx = vmm.exit_receiver();
-        let tx = Arc::clone(&self.exit_tx);
-        tokio::spawn(async move {
-            let state = match rx.wait_for(Option::is_some).await {
-                Ok(exit) => exit.map_or(ExitState::Lost, ExitState::Exited),
-                Err(_) => ExitState::Lost,
-            };
-            tx.send_replace(state);
-        });
     }
 }
 
@@ -540,7 +488,7 @@ impl Hypervisor for QemuHypervisor {
         match res {
             Ok(client) => {
                 if let Some(vmm) = &run.vmm {
-                    self.publish_exit(vmm);
+                    self.exit.follow(vmm);
                 }
                 *self.qmp.lock().await = Some(client);
                 *phase = Phase::Running(run);
@@ -558,8 +506,8 @@ impl Hypervisor for QemuHypervisor {
                     tracing::warn!(sandbox = %self.id(), error = %te, "cleanup after failed start");
                 }
                 self.info().vmm_pid = None;
-                self.exit_tx
-                    .send_replace(exit.map_or(ExitState::Lost, ExitState::Exited));
+                self.exit
+                    .set(exit.map_or(ExitState::Lost, ExitState::Exited));
                 *phase = Phase::Stopped {
                     leftover_dir: false,
                 };
@@ -575,7 +523,9 @@ impl Hypervisor for QemuHypervisor {
         };
         let run = match std::mem::replace(&mut *phase, stopped) {
             Phase::Running(run) => run,
-            Phase::Stopped { leftover_dir: true } => return self.remove_state_dir().await,
+            Phase::Stopped { leftover_dir: true } => {
+                return crate::vmm::remove_state_dir(&self.cfg.state_dir).await
+            }
             Phase::New | Phase::Stopped { .. } => return Ok(()),
         };
         let t0 = Instant::now();
@@ -595,17 +545,7 @@ impl Hypervisor for QemuHypervisor {
         if !self.info().started {
             return Err(HypervisorError::NotStarted(self.id().to_owned()));
         }
-        let mut rx = self.exit_tx.subscribe();
-        let state = *rx
-            .wait_for(|s| *s != ExitState::Pending)
-            .await
-            .map_err(|_| HypervisorError::NotRunning(self.id().to_owned()))?;
-        match state {
-            ExitState::Exited(exit) => Ok(exit),
-            ExitState::Pending | ExitState::Lost => {
-                Err(HypervisorError::NotRunning(self.id().to_owned()))
-            }
-        }
+        self.exit.wait(self.id()).await
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
@@ -651,7 +591,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn pids(&self) -> Vec<u32> {
-        let exited = !matches!(*self.exit_tx.borrow(), ExitState::Pending);
+        let exited = !self.exit.pending();
         let info = self.info();
         let vmm = info.vmm_pid.filter(|_| !exited);
         vmm.into_iter()

@@ -8,7 +8,7 @@ use crate::HypervisorError;
 pub const MAX_SOCKET_PATH: usize = 107;
 
 /// Room for the `_<port>` suffix vhost-device-vsock appends for guest-initiated connections.
-const PORT_SUFFIX: usize = "_4294967295".len();
+pub(crate) const PORT_SUFFIX: usize = "_4294967295".len();
 
 /// Every path the QEMU backend creates under the state directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,24 +48,29 @@ impl StatePaths {
 
     /// Fails when a socket path would not fit in `sun_path`.
     pub fn check_socket_lengths(&self) -> Result<(), HypervisorError> {
-        let sockets = [
+        check_socket_paths(&[
             (&self.qmp_socket, 0),
             (&self.vhost_vsock_socket, 0),
             (&self.virtiofs_socket, 0),
             (&self.hybrid_vsock_socket, PORT_SUFFIX),
-        ];
-        for (p, extra) in sockets {
-            let len = p.as_os_str().len() + extra;
-            if len > MAX_SOCKET_PATH {
-                return Err(HypervisorError::InvalidConfig(format!(
-                    "socket path {} is {len} bytes (with suffixes), over the {MAX_SOCKET_PATH}-byte \
-                     Unix socket limit; use a shorter state_dir",
-                    p.display()
-                )));
-            }
-        }
-        Ok(())
+        ])
     }
+}
+
+/// Fails when one of `sockets` (a path and the room a suffix appended to it needs) would not
+/// fit in `sun_path`.
+pub(crate) fn check_socket_paths(sockets: &[(&PathBuf, usize)]) -> Result<(), HypervisorError> {
+    for (p, extra) in sockets {
+        let len = p.as_os_str().len() + extra;
+        if len > MAX_SOCKET_PATH {
+            return Err(HypervisorError::InvalidConfig(format!(
+                "socket path {} is {len} bytes (with suffixes), over the {MAX_SOCKET_PATH}-byte \
+                 Unix socket limit; use a shorter state_dir",
+                p.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
