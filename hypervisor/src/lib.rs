@@ -30,6 +30,7 @@ pub mod clh;
 pub mod console;
 pub mod daemons;
 mod error;
+mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod qemu;

@@ -18,14 +18,15 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::Mutex;
 
-use crate::daemons::{self, Daemon};
-use crate::vmm::{Attempt, ExitState, ExitWatch, VmmProcess};
+use crate::daemons;
+use crate::lifecycle::{Core, Launcher, Running, QUIT_TIMEOUT};
+use crate::vmm::{Attempt, VmmProcess};
 use crate::{
     Accelerator, AgentEndpoint, Hypervisor, HypervisorError, NetDevice, VmConfig, VmExit,
     DEFAULT_KERNEL_PARAMS, MEMORY_BLOCK_MIB,
@@ -50,63 +51,7 @@ pub const NAME: &str = "cloud-hypervisor";
 /// Deadline for the VMM to answer `vmm.ping` on its API socket.
 const VMM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a graceful `vmm.shutdown` (request plus exit) may take before SIGKILL.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long a SIGKILLed VMM may take to be reaped.
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long virtiofsd gets after SIGTERM before SIGKILL.
-const DAEMON_GRACE: Duration = Duration::from_secs(1);
-
 const MIB: u64 = 1024 * 1024;
-
-enum Phase {
-    New,
-    Running(Running),
-    /// `leftover_dir`: a cancelled `start()` may have left the state directory behind.
-    Stopped {
-        leftover_dir: bool,
-    },
-}
-
-/// Everything a started VM owns.
-#[derive(Default)]
-struct Running {
-    vmm: Option<VmmProcess>,
-    daemons: Vec<Daemon>,
-    events: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// Facts readable without async locks.
-#[derive(Default)]
-struct Info {
-    started: bool,
-    accelerator: Option<(Accelerator, String)>,
-    vmm_pid: Option<u32>,
-    daemon_pids: Vec<u32>,
-    /// Growing memory resizes so far.
-    memory_plugs: u32,
-}
-
-/// Keeps the bookkeeping straight when a `start()` future is dropped midway (its local
-/// [`Running`] is dropped with it, which kills whatever was spawned).
-struct CancelGuard<'a> {
-    vm: &'a ClhHypervisor,
-    armed: bool,
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut info = self.vm.info();
-            info.vmm_pid = None;
-            info.daemon_pids.clear();
-            drop(info);
-            self.vm.exit.set(ExitState::Lost);
-        }
-    }
-}
 
 /// A VM run by Cloud Hypervisor. Construct with [`ClhHypervisor::new`] or
 /// [`crate::new_cloud_hypervisor`].
@@ -117,12 +62,10 @@ pub struct ClhHypervisor {
     api: ApiClient,
     /// The network devices (taken out of `cfg`), until `start` hands them to the VMM.
     net: StdMutex<Vec<NetDevice>>,
-    /// Serializes start and stop.
-    phase: Mutex<Phase>,
-    /// Serializes resizes (each reads the size, then asks for more).
-    resizing: Mutex<()>,
-    exit: ExitWatch,
-    info: StdMutex<Info>,
+    /// Serializes resizes (each reads the size, then asks for more); counts the growing
+    /// memory resizes.
+    resizing: Mutex<u32>,
+    core: Core,
 }
 
 impl std::fmt::Debug for ClhHypervisor {
@@ -196,16 +139,15 @@ impl ClhHypervisor {
                 0
             },
         };
+        let core = Core::new(&cfg.id, &cfg.state_dir);
         Self {
             api: ApiClient::new(paths.api_socket.clone()),
             paths,
             ceilings,
             cfg,
             net,
-            phase: Mutex::new(Phase::New),
-            resizing: Mutex::new(()),
-            exit: ExitWatch::default(),
-            info: StdMutex::new(Info::default()),
+            resizing: Mutex::new(0),
+            core,
         }
     }
 
@@ -219,22 +161,13 @@ impl ClhHypervisor {
         Ok(self.running_api()?.info().await?)
     }
 
-    fn info(&self) -> StdMutexGuard<'_, Info> {
-        // A poisoned lock only means another thread panicked mid-update of plain data.
-        self.info.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn id(&self) -> &str {
         &self.cfg.id
     }
 
     /// The API client, if the VM runs.
     fn running_api(&self) -> Result<&ApiClient, HypervisorError> {
-        match self.exit.state() {
-            ExitState::Pending if self.info().started => Ok(&self.api),
-            ExitState::Pending => Err(HypervisorError::NotStarted(self.id().to_owned())),
-            _ => Err(HypervisorError::NotRunning(self.id().to_owned())),
-        }
+        self.core.ensure_running().map(|()| &self.api)
     }
 
     /// Checks what can be checked before anything is spawned.
@@ -282,10 +215,10 @@ impl ClhHypervisor {
         Ok(())
     }
 
-    async fn start_inner(&self, run: &mut Running) -> Result<(), HypervisorError> {
+    async fn launch_inner(&self, core: &Core, run: &mut Running) -> Result<(), HypervisorError> {
         let accel = crate::accel::resolve_cloud_hypervisor(self.cfg.accelerator).await?;
         tracing::info!(sandbox = %self.id(), reason = %accel.1, "Cloud Hypervisor can run here");
-        self.info().accelerator = Some(accel);
+        core.set_accelerator(accel);
         self.validate().await?;
         crate::vmm::create_state_dir(&self.cfg.state_dir).await?;
         if let Some(fs) = &self.cfg.shared_fs {
@@ -297,7 +230,7 @@ impl ClhHypervisor {
             )
             .await?;
             tracing::info!(sandbox = %self.id(), daemon = d.name(), pid = d.pid(), "helper daemon ready");
-            self.info().daemon_pids.push(d.pid());
+            core.add_daemon_pid(d.pid());
             run.daemons.push(d);
         }
         let (events_rx, events_tx) = events_pipe()?;
@@ -318,9 +251,10 @@ impl ClhHypervisor {
         drop(events_tx);
         let kill = vmm.kill_handle();
         let sandbox = self.id().to_owned();
-        run.events = Some(tokio::spawn(events::watch(events_rx, sandbox, move |_| {
-            kill.kill();
-        })));
+        run.tasks
+            .push(tokio::spawn(events::watch(events_rx, sandbox, move |_| {
+                kill.kill();
+            })));
         let pid = vmm.pid();
         let ready = vmm
             .wait_control(&self.paths.api_socket, VMM_READY_TIMEOUT, |_| async {
@@ -335,7 +269,7 @@ impl ClhHypervisor {
         run.vmm = Some(vmm);
         let ping = ready?;
         tracing::debug!(sandbox = %self.id(), version = %ping.version, pid, "cloud-hypervisor API ready");
-        self.info().vmm_pid = Some(pid);
+        core.set_vmm_pid(pid);
         self.define_and_boot().await
     }
 
@@ -354,52 +288,6 @@ impl ClhHypervisor {
         drop(devices);
         self.api.boot().await?;
         Ok(())
-    }
-
-    /// Tears down whatever `run` holds: the VMM (gracefully if `graceful`), virtiofsd, the
-    /// state directory. Every step runs; the first error is returned.
-    async fn teardown(&self, mut run: Running, graceful: bool) -> Result<(), HypervisorError> {
-        let mut first_err: Option<HypervisorError> = None;
-        if let Some(mut vmm) = run.vmm.take() {
-            let mut exit = vmm.exited();
-            if let Some(e) = exit.filter(|e| e.code != Some(0)) {
-                let stderr_tail = crate::process::tail_file(&self.paths.vmm_log).await;
-                tracing::warn!(sandbox = %self.id(), exit = %e, %stderr_tail, "cloud-hypervisor had exited abnormally");
-            }
-            if exit.is_none() && graceful {
-                let api = self.api.clone().with_timeout(QUIT_TIMEOUT);
-                let quit = async {
-                    if let Err(e) = api.shutdown_vmm().await {
-                        tracing::debug!(sandbox = %self.id(), error = %e, "vmm.shutdown failed");
-                    }
-                    vmm.wait_exit(QUIT_TIMEOUT).await
-                };
-                exit = tokio::time::timeout(QUIT_TIMEOUT, quit)
-                    .await
-                    .ok()
-                    .flatten();
-            }
-            if exit.is_none() {
-                tracing::info!(sandbox = %self.id(), pid = vmm.pid(), "killing cloud-hypervisor");
-                if let Err(e) = vmm.kill(KILL_TIMEOUT).await {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        if let Some(events) = run.events.take() {
-            events.abort();
-        }
-        let stops = run.daemons.into_iter().map(|d| d.stop(DAEMON_GRACE));
-        for res in futures::future::join_all(stops).await {
-            if let Err(e) = res {
-                first_err.get_or_insert(e.into());
-            }
-        }
-        self.info().daemon_pids.clear();
-        if let Err(e) = crate::vmm::remove_state_dir(&self.cfg.state_dir).await {
-            first_err.get_or_insert(e);
-        }
-        first_err.map_or(Ok(()), Err)
     }
 
     /// The current vCPU count and memory size, from the VMM.
@@ -445,74 +333,36 @@ fn events_pipe() -> Result<(tokio::net::unix::pipe::Receiver, OwnedFd), Hypervis
 }
 
 #[async_trait]
+impl Launcher for ClhHypervisor {
+    async fn launch(&self, core: &Core, run: &mut Running) -> Result<(), HypervisorError> {
+        self.launch_inner(core, run).await
+    }
+
+    async fn request_quit(&self) -> bool {
+        let api = self.api.clone().with_timeout(QUIT_TIMEOUT);
+        if let Err(e) = api.shutdown_vmm().await {
+            tracing::debug!(sandbox = %self.id(), error = %e, "vmm.shutdown failed");
+        }
+        true
+    }
+
+    fn vmm_log(&self) -> &std::path::Path {
+        &self.paths.vmm_log
+    }
+}
+
+#[async_trait]
 impl Hypervisor for ClhHypervisor {
     async fn start(&self) -> Result<(), HypervisorError> {
-        let mut phase = self.phase.lock().await;
-        if !matches!(*phase, Phase::New) {
-            return Err(HypervisorError::AlreadyStarted(self.id().to_owned()));
-        }
-        self.info().started = true;
-        *phase = Phase::Stopped { leftover_dir: true };
-        let mut guard = CancelGuard {
-            vm: self,
-            armed: true,
-        };
-        let t0 = Instant::now();
-        let mut run = Running::default();
-        let res = self.start_inner(&mut run).await;
-        guard.armed = false;
-        match res {
-            Ok(()) => {
-                if let Some(vmm) = &run.vmm {
-                    self.exit.follow(vmm);
-                }
-                *phase = Phase::Running(run);
-                tracing::info!(sandbox = %self.id(), elapsed_ms = t0.elapsed().as_millis(), "VM started (booted by cloud-hypervisor)");
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %self.id(), error = %e, "VM start failed; cleaning up");
-                let exit = run.vmm.as_ref().and_then(VmmProcess::exited);
-                if let Err(te) = self.teardown(run, false).await {
-                    tracing::warn!(sandbox = %self.id(), error = %te, "cleanup after failed start");
-                }
-                self.info().vmm_pid = None;
-                self.exit
-                    .set(exit.map_or(ExitState::Lost, ExitState::Exited));
-                *phase = Phase::Stopped {
-                    leftover_dir: false,
-                };
-                Err(e)
-            }
-        }
+        self.core.start(self).await
     }
 
     async fn stop(&self) -> Result<(), HypervisorError> {
-        let mut phase = self.phase.lock().await;
-        let run = match std::mem::replace(
-            &mut *phase,
-            Phase::Stopped {
-                leftover_dir: false,
-            },
-        ) {
-            Phase::Running(run) => run,
-            Phase::Stopped { leftover_dir: true } => {
-                return crate::vmm::remove_state_dir(&self.cfg.state_dir).await
-            }
-            Phase::New | Phase::Stopped { .. } => return Ok(()),
-        };
-        let t0 = Instant::now();
-        let res = self.teardown(run, true).await;
-        self.info().vmm_pid = None;
-        tracing::info!(sandbox = %self.id(), elapsed_ms = t0.elapsed().as_millis(), ok = res.is_ok(), "VM stopped");
-        res
+        self.core.stop(self).await
     }
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
-        if !self.info().started {
-            return Err(HypervisorError::NotStarted(self.id().to_owned()));
-        }
-        self.exit.wait(self.id()).await
+        self.core.wait().await
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
@@ -547,10 +397,9 @@ impl Hypervisor for ClhHypervisor {
 
     async fn hotplug_memory(&self, total_mib: u32) -> Result<u32, HypervisorError> {
         let api = self.running_api()?;
-        let _serial = self.resizing.lock().await;
+        let mut plugs = self.resizing.lock().await;
         let (_, current) = self.current_size(api).await?;
-        let plugs = self.info().memory_plugs;
-        let Some(target) = resize::memory(self.id(), current, plugs, &self.ceilings, total_mib)?
+        let Some(target) = resize::memory(self.id(), current, *plugs, &self.ceilings, total_mib)?
         else {
             return Ok(current);
         };
@@ -562,7 +411,7 @@ impl Hypervisor for ClhHypervisor {
             let what = format!("{} MiB of memory", target - current);
             self.hotplug_failed(what, "MiB of memory", current, e)
         })?;
-        self.info().memory_plugs += 1;
+        *plugs += 1;
         tracing::info!(sandbox = %self.id(), from_mib = current, to_mib = target, "memory hot-plugged");
         Ok(target)
     }
@@ -575,12 +424,7 @@ impl Hypervisor for ClhHypervisor {
     }
 
     fn pids(&self) -> Vec<u32> {
-        let exited = !self.exit.pending();
-        let info = self.info();
-        let vmm = info.vmm_pid.filter(|_| !exited);
-        vmm.into_iter()
-            .chain(info.daemon_pids.iter().copied())
-            .collect()
+        self.core.pids()
     }
 
     fn console_log(&self) -> PathBuf {
@@ -588,7 +432,7 @@ impl Hypervisor for ClhHypervisor {
     }
 
     fn accelerator(&self) -> Option<(Accelerator, String)> {
-        self.info().accelerator.clone()
+        self.core.accelerator()
     }
 }
 

@@ -9,14 +9,14 @@
 //! state directory.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::Mutex as StdMutex;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tracing::Instrument;
 
-use crate::daemons::{self, Daemon};
+use crate::daemons;
 use crate::{
     accel, Accelerator, AgentEndpoint, Hypervisor, HypervisorError, VmConfig, VmExit, VsockChoice,
 };
@@ -31,7 +31,8 @@ mod startup;
 pub use paths::StatePaths;
 pub use qmp::VmStatus;
 
-use crate::vmm::{ExitState, ExitWatch, VmmProcess};
+use crate::lifecycle::{Core, Launcher, Running};
+use crate::vmm::VmmProcess;
 use args::{FsPlan, HotplugLimits, QemuPlan, VsockPlan};
 use qmp::QmpClient;
 
@@ -54,66 +55,11 @@ const CID_ATTEMPTS: u32 = 5;
 /// Deadline for QEMU to set up the machine and answer on QMP.
 const VMM_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a graceful `quit` (request plus process exit) may take before SIGKILL.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// How long SIGKILLed QEMU may take to be reaped.
-const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a daemon gets after SIGTERM before SIGKILL.
-const DAEMON_GRACE: Duration = Duration::from_secs(1);
-
 /// The vsock transport, resolved from [`VsockChoice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum VsockMode {
     Kernel,
     User,
-}
-
-enum Phase {
-    New,
-    Running(Running),
-    /// `leftover_dir`: a cancelled `start()` may have left the state directory behind.
-    Stopped {
-        leftover_dir: bool,
-    },
-}
-
-/// Keeps the bookkeeping straight when a `start()` future is dropped midway: its local
-/// [`Running`] is dropped with it, which kills whatever was spawned (kill-on-drop), so the VM
-/// is marked as gone and the next `stop()` removes the state directory.
-struct CancelGuard<'a> {
-    vm: &'a QemuHypervisor,
-    armed: bool,
-}
-
-impl Drop for CancelGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            let mut info = self.vm.info();
-            info.vmm_pid = None;
-            info.daemon_pids.clear();
-            drop(info);
-            self.vm.exit.set(ExitState::Lost);
-        }
-    }
-}
-
-/// Everything a started VM owns.
-#[derive(Default)]
-struct Running {
-    vmm: Option<VmmProcess>,
-    daemons: Vec<Daemon>,
-}
-
-/// Facts readable without async locks, for the synchronous trait methods.
-#[derive(Default)]
-struct Info {
-    started: bool,
-    accelerator: Option<(Accelerator, String)>,
-    cid: u32,
-    vmm_pid: Option<u32>,
-    daemon_pids: Vec<u32>,
 }
 
 /// A VM run by QEMU. Construct with [`QemuHypervisor::new`] or [`crate::new_qemu`].
@@ -125,11 +71,11 @@ pub struct QemuHypervisor {
     limits: HotplugLimits,
     /// The network devices (taken out of `cfg`), until `start` hands them to QEMU.
     net: StdMutex<Vec<crate::NetDevice>>,
-    /// Serializes start and stop.
-    phase: Mutex<Phase>,
+    /// The QMP connection of the running VM.
     qmp: Mutex<Option<QmpClient>>,
-    exit: ExitWatch,
-    info: StdMutex<Info>,
+    /// The kernel vhost-vsock guest CID (the first candidate until `start` settles it).
+    cid: StdMutex<u32>,
+    core: Core,
 }
 
 impl std::fmt::Debug for QemuHypervisor {
@@ -170,10 +116,6 @@ impl QemuHypervisor {
             VsockChoice::Auto if Path::new(VHOST_VSOCK_DEV).exists() => VsockMode::Kernel,
             VsockChoice::Auto => VsockMode::User,
         };
-        let info = Info {
-            cid: cid_candidate(&cfg.id, 0),
-            ..Info::default()
-        };
         let limits = HotplugLimits::resolve(
             &cfg.machine_type,
             cfg.vcpus,
@@ -182,16 +124,17 @@ impl QemuHypervisor {
             cfg.max_memory_mib,
             cfg.memory_slots,
         );
+        let cid = StdMutex::new(cid_candidate(&cfg.id, 0));
+        let core = Core::new(&cfg.id, &cfg.state_dir);
         Self {
             paths: StatePaths::new(&cfg.state_dir),
             limits,
             net,
             cfg,
             vsock,
-            phase: Mutex::new(Phase::New),
             qmp: Mutex::new(None),
-            exit: ExitWatch::default(),
-            info: StdMutex::new(info),
+            cid,
+            core,
         }
     }
 
@@ -205,22 +148,13 @@ impl QemuHypervisor {
         Ok(self.qmp_client().await?.query_status().await?)
     }
 
-    fn info(&self) -> StdMutexGuard<'_, Info> {
-        // A poisoned lock only means another thread panicked mid-update of plain data.
-        self.info.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn id(&self) -> &str {
         &self.cfg.id
     }
 
     /// The QMP client of a running VM.
     async fn qmp_client(&self) -> Result<MappedMutexGuard<'_, QmpClient>, HypervisorError> {
-        match self.exit.state() {
-            ExitState::Pending if self.info().started => {}
-            ExitState::Pending => return Err(HypervisorError::NotStarted(self.id().to_owned())),
-            _ => return Err(HypervisorError::NotRunning(self.id().to_owned())),
-        }
+        self.core.ensure_running()?;
         MutexGuard::try_map(self.qmp.lock().await, Option::as_mut)
             .map_err(|_| HypervisorError::NotRunning(self.id().to_owned()))
     }
@@ -308,7 +242,7 @@ impl QemuHypervisor {
             match res {
                 Ok(d) => {
                     tracing::info!(sandbox = %self.id(), daemon = d.name(), pid = d.pid(), "helper daemon ready");
-                    self.info().daemon_pids.push(d.pid());
+                    self.core.add_daemon_pid(d.pid());
                     run.daemons.push(d);
                 }
                 Err(e) => {
@@ -385,9 +319,8 @@ impl QemuHypervisor {
             run.vmm = Some(vmm);
             match connected {
                 Ok(client) => {
-                    let mut info = self.info();
-                    info.cid = cid;
-                    info.vmm_pid = Some(pid);
+                    *self.cid.lock().unwrap_or_else(|e| e.into_inner()) = cid;
+                    self.core.set_vmm_pid(pid);
                     return Ok(client);
                 }
                 Err(HypervisorError::VmmExitedEarly { stderr_tail, .. })
@@ -401,151 +334,54 @@ impl QemuHypervisor {
         }
         Err(HypervisorError::CidExhausted { tried })
     }
+}
 
-    async fn start_inner(&self, run: &mut Running) -> Result<QmpClient, HypervisorError> {
+#[async_trait]
+impl Launcher for QemuHypervisor {
+    async fn launch(&self, core: &Core, run: &mut Running) -> Result<(), HypervisorError> {
         self.validate().await?;
         let (accelerator, reason) = accel::resolve(self.cfg.accelerator)
             .instrument(tracing::info_span!("accel", sandbox = %self.id()))
             .await?;
         tracing::info!(sandbox = %self.id(), ?accelerator, %reason, "accelerator chosen");
-        self.info().accelerator = Some((accelerator, reason));
+        core.set_accelerator((accelerator, reason));
         crate::vmm::create_state_dir(&self.cfg.state_dir).await?;
         self.start_daemons(run).await?;
-        self.start_vmm(run, accelerator).await
+        let client = self.start_vmm(run, accelerator).await?;
+        *self.qmp.lock().await = Some(client);
+        Ok(())
     }
 
-    /// Tears down whatever `run` holds: QEMU (gracefully if `qmp` is given), then the
-    /// daemons, then the state directory. Every step runs; the first error is returned.
-    /// With `report_crash`, a QEMU that had already died abnormally gets its stderr logged.
-    async fn teardown(
-        &self,
-        mut run: Running,
-        qmp: Option<QmpClient>,
-        report_crash: bool,
-    ) -> Result<(), HypervisorError> {
-        let mut first_err: Option<HypervisorError> = None;
-        if let Some(mut vmm) = run.vmm.take() {
-            let mut exit = vmm.exited();
-            if let Some(e) = exit.filter(|e| report_crash && e.code != Some(0)) {
-                // It died on its own: keep its last words before the state dir goes away.
-                let stderr_tail = crate::process::tail_file(&self.paths.qemu_log).await;
-                tracing::warn!(sandbox = %self.id(), exit = %e, %stderr_tail, "qemu had exited abnormally");
-            }
-            if let (None, Some(mut client)) = (exit, qmp) {
-                let graceful = async {
-                    if let Err(e) = client.quit().await {
-                        tracing::debug!(sandbox = %self.id(), error = %e, "QMP quit failed");
-                    }
-                    vmm.wait_exit(QUIT_TIMEOUT).await
-                };
-                exit = tokio::time::timeout(QUIT_TIMEOUT, graceful)
-                    .await
-                    .ok()
-                    .flatten();
-            }
-            if exit.is_none() {
-                tracing::info!(sandbox = %self.id(), pid = vmm.pid(), "killing qemu");
-                if let Err(e) = vmm.kill(KILL_TIMEOUT).await {
-                    first_err.get_or_insert(e);
-                }
-            }
+    async fn request_quit(&self) -> bool {
+        let Some(mut client) = self.qmp.lock().await.take() else {
+            return false;
+        };
+        if let Err(e) = client.quit().await {
+            tracing::debug!(sandbox = %self.id(), error = %e, "QMP quit failed");
         }
-        let stops = run.daemons.into_iter().map(|d| d.stop(DAEMON_GRACE));
-        for res in futures::future::join_all(stops).await {
-            if let Err(e) = res {
-                first_err.get_or_insert(e.into());
-            }
-        }
-        {
-            let mut info = self.info();
-            info.daemon_pids.clear();
-        }
-        if let Err(e) = crate::vmm::remove_state_dir(&self.cfg.state_dir).await {
-            first_err.get_or_insert(e);
-        }
-        first_err.map_or(Ok(()), Err)
+        true
+    }
+
+    fn vmm_log(&self) -> &Path {
+        &self.paths.qemu_log
     }
 }
 
 #[async_trait]
 impl Hypervisor for QemuHypervisor {
     async fn start(&self) -> Result<(), HypervisorError> {
-        let mut phase = self.phase.lock().await;
-        if !matches!(*phase, Phase::New) {
-            return Err(HypervisorError::AlreadyStarted(self.id().to_owned()));
-        }
-        self.info().started = true;
-        // Until start() completes, a cancellation leaves a stopped VM with a directory to remove.
-        *phase = Phase::Stopped { leftover_dir: true };
-        let mut guard = CancelGuard {
-            vm: self,
-            armed: true,
-        };
-        let t0 = Instant::now();
-        let mut run = Running::default();
-        let res = self.start_inner(&mut run).await;
-        guard.armed = false;
-        match res {
-            Ok(client) => {
-                if let Some(vmm) = &run.vmm {
-                    self.exit.follow(vmm);
-                }
-                *self.qmp.lock().await = Some(client);
-                *phase = Phase::Running(run);
-                tracing::info!(
-                    sandbox = %self.id(),
-                    elapsed_ms = t0.elapsed().as_millis(),
-                    "VM started (QMP connected)"
-                );
-                Ok(())
-            }
-            Err(e) => {
-                tracing::warn!(sandbox = %self.id(), error = %e, "VM start failed; cleaning up");
-                let exit = run.vmm.as_ref().and_then(VmmProcess::exited);
-                if let Err(te) = self.teardown(run, None, false).await {
-                    tracing::warn!(sandbox = %self.id(), error = %te, "cleanup after failed start");
-                }
-                self.info().vmm_pid = None;
-                self.exit
-                    .set(exit.map_or(ExitState::Lost, ExitState::Exited));
-                *phase = Phase::Stopped {
-                    leftover_dir: false,
-                };
-                Err(e)
-            }
-        }
+        self.core.start(self).await
     }
 
     async fn stop(&self) -> Result<(), HypervisorError> {
-        let mut phase = self.phase.lock().await;
-        let stopped = Phase::Stopped {
-            leftover_dir: false,
-        };
-        let run = match std::mem::replace(&mut *phase, stopped) {
-            Phase::Running(run) => run,
-            Phase::Stopped { leftover_dir: true } => {
-                return crate::vmm::remove_state_dir(&self.cfg.state_dir).await
-            }
-            Phase::New | Phase::Stopped { .. } => return Ok(()),
-        };
-        let t0 = Instant::now();
-        let qmp = self.qmp.lock().await.take();
-        let res = self.teardown(run, qmp, true).await;
-        self.info().vmm_pid = None;
-        tracing::info!(
-            sandbox = %self.id(),
-            elapsed_ms = t0.elapsed().as_millis(),
-            ok = res.is_ok(),
-            "VM stopped"
-        );
+        let res = self.core.stop(self).await;
+        // A VMM that died on its own leaves its QMP connection behind.
+        self.qmp.lock().await.take();
         res
     }
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
-        if !self.info().started {
-            return Err(HypervisorError::NotStarted(self.id().to_owned()));
-        }
-        self.exit.wait(self.id()).await
+        self.core.wait().await
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {
@@ -580,7 +416,7 @@ impl Hypervisor for QemuHypervisor {
     fn agent_endpoint(&self) -> AgentEndpoint {
         match self.vsock {
             VsockMode::Kernel => AgentEndpoint::Vsock {
-                cid: self.info().cid,
+                cid: *self.cid.lock().unwrap_or_else(|e| e.into_inner()),
                 port: self.cfg.agent_port,
             },
             VsockMode::User => AgentEndpoint::HybridVsock {
@@ -591,12 +427,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn pids(&self) -> Vec<u32> {
-        let exited = !self.exit.pending();
-        let info = self.info();
-        let vmm = info.vmm_pid.filter(|_| !exited);
-        vmm.into_iter()
-            .chain(info.daemon_pids.iter().copied())
-            .collect()
+        self.core.pids()
     }
 
     fn console_log(&self) -> PathBuf {
@@ -604,7 +435,7 @@ impl Hypervisor for QemuHypervisor {
     }
 
     fn accelerator(&self) -> Option<(Accelerator, String)> {
-        self.info().accelerator.clone()
+        self.core.accelerator()
     }
 }
 
@@ -649,34 +480,11 @@ mod tests {
     async fn lifecycle_errors_before_start() {
         let dir = tempfile::tempdir().unwrap();
         let vm = QemuHypervisor::new(cfg(dir.path()));
-        assert!(matches!(
-            vm.wait().await,
-            Err(HypervisorError::NotStarted(_))
-        ));
-        assert!(matches!(
-            vm.pause().await,
-            Err(HypervisorError::NotStarted(_))
-        ));
-        assert!(vm.pids().is_empty());
-        assert!(vm.accelerator().is_none());
-        assert_eq!(
-            vm.agent_endpoint(),
-            AgentEndpoint::HybridVsock {
-                path: dir.path().join("state/vsock.sock"),
-                port: 1024
-            }
-        );
-        assert!(matches!(
-            vm.hotplug_vcpus(2).await,
-            Err(HypervisorError::NotStarted(_))
-        ));
-        assert!(matches!(
-            vm.hotplug_memory(1024).await,
-            Err(HypervisorError::NotStarted(_))
-        ));
-        // stop() before start() is a no-op.
-        vm.stop().await.unwrap();
-        vm.stop().await.unwrap();
+        let endpoint = AgentEndpoint::HybridVsock {
+            path: dir.path().join("state/vsock.sock"),
+            port: 1024,
+        };
+        crate::lifecycle::assert_unstarted_contract(&vm, endpoint).await;
     }
 
     #[tokio::test]

@@ -1,0 +1,315 @@
+//! The lifecycle every backend shares: one VM is started once, runs, and is stopped (also
+//! after its VMM died), never restarted. [`Core`] owns the phase, the exit, the pids and the
+//! teardown order; a backend only says how to launch its VMM and how to ask it to quit
+//! ([`Launcher`]).
+//!
+//! Phases: `New` → (start) → `Running` → (stop) → `Stopped`. A failed start tears down what
+//! it spawned and ends in `Stopped`; a start future dropped midway (cancelled) leaves
+//! `Stopped { leftover_dir }` so the next stop removes the state directory. The VMM's exit is
+//! published on an [`ExitWatch`] whatever the phase.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use tokio::sync::Mutex;
+
+use crate::daemons::Daemon;
+use crate::vmm::{self, ExitState, ExitWatch, VmmProcess};
+use crate::{Accelerator, HypervisorError, VmExit};
+
+/// How long a graceful quit (request plus VMM exit) may take before SIGKILL.
+pub(crate) const QUIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a SIGKILLed VMM may take to be reaped.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a helper daemon gets after SIGTERM before SIGKILL.
+const DAEMON_GRACE: Duration = Duration::from_secs(1);
+
+/// Everything a started VM owns; a backend's launch fills it as it goes, so whatever was
+/// spawned before a failure is torn down.
+#[derive(Default)]
+pub(crate) struct Running {
+    /// The VMM, once spawned.
+    pub vmm: Option<VmmProcess>,
+    /// Helper daemons (virtiofsd, vhost-device-vsock).
+    pub daemons: Vec<Daemon>,
+    /// Background tasks tied to the VMM (event readers), aborted at teardown.
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+enum Phase {
+    New,
+    Running(Running),
+    /// `leftover_dir`: a cancelled `start()` may have left the state directory behind.
+    Stopped {
+        leftover_dir: bool,
+    },
+}
+
+/// Facts readable without async locks, for the synchronous trait methods.
+#[derive(Default)]
+struct Info {
+    started: bool,
+    accelerator: Option<(Accelerator, String)>,
+    vmm_pid: Option<u32>,
+    daemon_pids: Vec<u32>,
+}
+
+/// What a backend adds to [`Core`].
+#[async_trait]
+pub(crate) trait Launcher: Send + Sync {
+    /// Validates, creates the state directory, starts daemons and the VMM, and brings the VM
+    /// up, pushing what it spawned into `run` as it goes (recording pids with
+    /// [`Core::add_daemon_pid`] / [`Core::set_vmm_pid`]). On error the core tears `run` down.
+    async fn launch(&self, core: &Core, run: &mut Running) -> Result<(), HypervisorError>;
+
+    /// Asks the running VMM to quit (QMP `quit`, `vmm.shutdown`); the core waits for the exit
+    /// within [`QUIT_TIMEOUT`] and SIGKILLs after it. False when it could not even ask (no
+    /// control channel): the core kills at once.
+    async fn request_quit(&self) -> bool;
+
+    /// The VMM's stderr log, quoted when it had died abnormally.
+    fn vmm_log(&self) -> &Path;
+}
+
+/// The shared lifecycle of one VM.
+pub(crate) struct Core {
+    id: String,
+    state_dir: PathBuf,
+    /// Serializes start and stop.
+    phase: Mutex<Phase>,
+    exit: ExitWatch,
+    info: StdMutex<Info>,
+}
+
+/// Keeps the bookkeeping straight when a `start()` future is dropped midway: its local
+/// [`Running`] is dropped with it, which kills whatever was spawned (kill-on-drop), so the VM
+/// is marked as gone and the next `stop()` removes the state directory.
+struct CancelGuard<'a> {
+    core: &'a Core,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut info = self.core.info();
+            info.vmm_pid = None;
+            info.daemon_pids.clear();
+            drop(info);
+            self.core.exit.set(ExitState::Lost);
+        }
+    }
+}
+
+impl Core {
+    /// The lifecycle of VM `id` whose state directory is `state_dir`.
+    pub fn new(id: &str, state_dir: &Path) -> Self {
+        Self {
+            id: id.to_owned(),
+            state_dir: state_dir.to_owned(),
+            phase: Mutex::new(Phase::New),
+            exit: ExitWatch::default(),
+            info: StdMutex::new(Info::default()),
+        }
+    }
+
+    fn info(&self) -> StdMutexGuard<'_, Info> {
+        // A poisoned lock only means another thread panicked mid-update of plain data.
+        self.info.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the accelerator chosen by a launch.
+    pub fn set_accelerator(&self, accelerator: (Accelerator, String)) {
+        self.info().accelerator = Some(accelerator);
+    }
+
+    /// Records a started helper daemon's pid.
+    pub fn add_daemon_pid(&self, pid: u32) {
+        self.info().daemon_pids.push(pid);
+    }
+
+    /// Records the VMM's pid once its control channel answers.
+    pub fn set_vmm_pid(&self, pid: u32) {
+        self.info().vmm_pid = Some(pid);
+    }
+
+    /// Ok when the VM runs; [`HypervisorError::NotStarted`] before `start`,
+    /// [`HypervisorError::NotRunning`] once its VMM exited or it was stopped.
+    pub fn ensure_running(&self) -> Result<(), HypervisorError> {
+        match self.exit.state() {
+            ExitState::Pending if self.info().started => Ok(()),
+            ExitState::Pending => Err(HypervisorError::NotStarted(self.id.clone())),
+            _ => Err(HypervisorError::NotRunning(self.id.clone())),
+        }
+    }
+
+    /// Starts the VM with `launcher` (once).
+    pub async fn start(&self, launcher: &impl Launcher) -> Result<(), HypervisorError> {
+        let mut phase = self.phase.lock().await;
+        if !matches!(*phase, Phase::New) {
+            return Err(HypervisorError::AlreadyStarted(self.id.clone()));
+        }
+        self.info().started = true;
+        // Until start() completes, a cancellation leaves a stopped VM with a directory to remove.
+        *phase = Phase::Stopped { leftover_dir: true };
+        let mut guard = CancelGuard {
+            core: self,
+            armed: true,
+        };
+        let t0 = Instant::now();
+        let mut run = Running::default();
+        let res = launcher.launch(self, &mut run).await;
+        guard.armed = false;
+        match res {
+            Ok(()) => {
+                if let Some(vmm) = &run.vmm {
+                    self.exit.follow(vmm);
+                }
+                *phase = Phase::Running(run);
+                tracing::info!(sandbox = %self.id, elapsed_ms = t0.elapsed().as_millis(), "VM started");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %self.id, error = %e, "VM start failed; cleaning up");
+                let exit = run.vmm.as_ref().and_then(VmmProcess::exited);
+                if let Err(te) = self.teardown(launcher, run, false).await {
+                    tracing::warn!(sandbox = %self.id, error = %te, "cleanup after failed start");
+                }
+                self.info().vmm_pid = None;
+                self.exit
+                    .set(exit.map_or(ExitState::Lost, ExitState::Exited));
+                *phase = Phase::Stopped {
+                    leftover_dir: false,
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// Stops the VM: graceful quit, then SIGKILL; daemons; state directory. Idempotent.
+    pub async fn stop(&self, launcher: &impl Launcher) -> Result<(), HypervisorError> {
+        let mut phase = self.phase.lock().await;
+        let stopped = Phase::Stopped {
+            leftover_dir: false,
+        };
+        let run = match std::mem::replace(&mut *phase, stopped) {
+            Phase::Running(run) => run,
+            Phase::Stopped { leftover_dir: true } => {
+                return vmm::remove_state_dir(&self.state_dir).await
+            }
+            Phase::New | Phase::Stopped { .. } => return Ok(()),
+        };
+        let t0 = Instant::now();
+        let res = self.teardown(launcher, run, true).await;
+        self.info().vmm_pid = None;
+        tracing::info!(
+            sandbox = %self.id,
+            elapsed_ms = t0.elapsed().as_millis(),
+            ok = res.is_ok(),
+            "VM stopped"
+        );
+        res
+    }
+
+    /// Tears down whatever `run` holds: the VMM (asked to quit first if `graceful` and it still
+    /// runs), its tasks, the daemons, the state directory. Every step runs; the first error is
+    /// returned. A VMM that had died abnormally gets its stderr logged.
+    async fn teardown(
+        &self,
+        launcher: &impl Launcher,
+        mut run: Running,
+        graceful: bool,
+    ) -> Result<(), HypervisorError> {
+        let mut first_err: Option<HypervisorError> = None;
+        if let Some(mut vmm) = run.vmm.take() {
+            let mut exit = vmm.exited();
+            if let Some(e) = exit.filter(|e| graceful && e.code != Some(0)) {
+                // It died on its own: keep its last words before the state dir goes away.
+                let stderr_tail = crate::process::tail_file(launcher.vmm_log()).await;
+                tracing::warn!(sandbox = %self.id, vmm = vmm.name(), exit = %e, %stderr_tail, "the VMM had exited abnormally");
+            }
+            if exit.is_none() && graceful {
+                let quit = async {
+                    if launcher.request_quit().await {
+                        vmm.wait_exit(QUIT_TIMEOUT).await
+                    } else {
+                        None
+                    }
+                };
+                exit = tokio::time::timeout(QUIT_TIMEOUT, quit)
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            if exit.is_none() {
+                tracing::info!(sandbox = %self.id, vmm = vmm.name(), pid = vmm.pid(), "killing the VMM");
+                if let Err(e) = vmm.kill(KILL_TIMEOUT).await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        for task in run.tasks.drain(..) {
+            task.abort();
+        }
+        let stops = run.daemons.into_iter().map(|d| d.stop(DAEMON_GRACE));
+        for res in futures::future::join_all(stops).await {
+            if let Err(e) = res {
+                first_err.get_or_insert(e.into());
+            }
+        }
+        self.info().daemon_pids.clear();
+        if let Err(e) = vmm::remove_state_dir(&self.state_dir).await {
+            first_err.get_or_insert(e);
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// The VMM's exit; [`HypervisorError::NotStarted`] before `start`.
+    pub async fn wait(&self) -> Result<VmExit, HypervisorError> {
+        if !self.info().started {
+            return Err(HypervisorError::NotStarted(self.id.clone()));
+        }
+        self.exit.wait(&self.id).await
+    }
+
+    /// The VMM's pid (first, while it runs) and the daemons'.
+    pub fn pids(&self) -> Vec<u32> {
+        let exited = !self.exit.pending();
+        let info = self.info();
+        let vmm = info.vmm_pid.filter(|_| !exited);
+        vmm.into_iter()
+            .chain(info.daemon_pids.iter().copied())
+            .collect()
+    }
+
+    /// The accelerator chosen by `start`.
+    pub fn accelerator(&self) -> Option<(Accelerator, String)> {
+        self.info().accelerator.clone()
+    }
+}
+
+/// What every backend must do before `start` (shared by the backends' unit tests).
+#[cfg(test)]
+pub(crate) async fn assert_unstarted_contract(
+    vm: &dyn crate::Hypervisor,
+    endpoint: crate::AgentEndpoint,
+) {
+    let not_started = |r: Result<(), HypervisorError>| {
+        assert!(matches!(r, Err(HypervisorError::NotStarted(_))), "{r:?}");
+    };
+    not_started(vm.wait().await.map(drop));
+    not_started(vm.pause().await);
+    not_started(vm.resume().await);
+    not_started(vm.hotplug_vcpus(2).await.map(drop));
+    not_started(vm.hotplug_memory(1024).await.map(drop));
+    assert!(vm.pids().is_empty());
+    assert!(vm.accelerator().is_none());
+    assert_eq!(vm.agent_endpoint(), endpoint);
+    // stop() before start() is a no-op, and idempotent.
+    vm.stop().await.unwrap();
+    vm.stop().await.unwrap();
+}
