@@ -329,6 +329,11 @@ pub trait Hypervisor: Send + Sync {
     /// [`HypervisorError::NotStarted`] before `start`.
     async fn wait(&self) -> Result<VmExit, HypervisorError>;
 
+    /// SIGKILLs the VMM at once, for a guest declared dead (frozen, or its agent silent past
+    /// the watchdog's limit). The VM then ends as if it crashed: `wait()` resolves, `stop()`
+    /// cleans up. [`HypervisorError::NotRunning`] once it exited.
+    async fn kill(&self) -> Result<(), HypervisorError>;
+
     /// Pauses all vCPUs.
     async fn pause(&self) -> Result<(), HypervisorError>;
 

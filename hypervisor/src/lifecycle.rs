@@ -7,6 +7,12 @@
 //! it spawned and ends in `Stopped`; a start future dropped midway (cancelled) leaves
 //! `Stopped { leftover_dir }` so the next stop removes the state directory. The VMM's exit is
 //! published on an [`ExitWatch`] whatever the phase.
+//!
+//! While the VM runs, a supervisor task watches every helper daemon: none of them can be
+//! restarted under a running guest (virtiofsd holds the FUSE session's inode and file handle
+//! state, the vsock daemon the guest's connections, and QEMU 7.2 cannot reconnect a vhost-user
+//! frontend to a new backend), so the death of one ends the VM — the VMM is SIGKILLed and the
+//! VM's exit is handled as a crash by its owner.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex as StdMutex, MutexGuard as StdMutexGuard};
@@ -16,7 +22,7 @@ use async_trait::async_trait;
 use tokio::sync::Mutex;
 
 use crate::daemons::Daemon;
-use crate::vmm::{self, ExitState, ExitWatch, VmmProcess};
+use crate::vmm::{self, ExitState, ExitWatch, KillHandle, VmmProcess};
 use crate::{Accelerator, HypervisorError, VmExit};
 
 /// How long a graceful quit (request plus VMM exit) may take before SIGKILL.
@@ -83,6 +89,33 @@ pub(crate) struct Core {
     phase: Mutex<Phase>,
     exit: ExitWatch,
     info: StdMutex<Info>,
+    /// Kills the running VMM (set once started).
+    kill: StdMutex<Option<KillHandle>>,
+}
+
+/// Watches the helper daemons of a running VM: the first one to exit ends the VM.
+async fn supervise(
+    id: String,
+    daemons: Vec<(
+        &'static str,
+        u32,
+        tokio::sync::watch::Receiver<Option<VmExit>>,
+    )>,
+    kill: KillHandle,
+) {
+    if daemons.is_empty() {
+        return;
+    }
+    let waits = daemons.into_iter().map(|(name, pid, mut rx)| {
+        Box::pin(async move {
+            let exit = rx.wait_for(Option::is_some).await.ok().and_then(|e| *e);
+            (name, pid, exit)
+        })
+    });
+    let ((name, pid, exit), _, _) = futures::future::select_all(waits).await;
+    let exit = exit.map_or_else(|| "unknown exit".to_owned(), |e| e.to_string());
+    tracing::error!(sandbox = %id, daemon = name, pid, %exit, "a helper daemon of the VM exited: the VM cannot work without it and is ended");
+    kill.kill();
 }
 
 /// Keeps the bookkeeping straight when a `start()` future is dropped midway: its local
@@ -114,6 +147,7 @@ impl Core {
             phase: Mutex::new(Phase::New),
             exit: ExitWatch::default(),
             info: StdMutex::new(Info::default()),
+            kill: StdMutex::new(None),
         }
     }
 
@@ -168,6 +202,14 @@ impl Core {
             Ok(()) => {
                 if let Some(vmm) = &run.vmm {
                     self.exit.follow(vmm);
+                    let watched = run
+                        .daemons
+                        .iter()
+                        .map(|d| (d.name(), d.pid(), d.exit_receiver()))
+                        .collect();
+                    let supervisor = supervise(self.id.clone(), watched, vmm.kill_handle());
+                    run.tasks.push(tokio::spawn(supervisor));
+                    *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(vmm.kill_handle());
                 }
                 *phase = Phase::Running(run);
                 tracing::info!(sandbox = %self.id, elapsed_ms = t0.elapsed().as_millis(), "VM started");
@@ -225,6 +267,10 @@ impl Core {
         graceful: bool,
     ) -> Result<(), HypervisorError> {
         let mut first_err: Option<HypervisorError> = None;
+        // First the supervisor and event readers: the daemons exit with the VMM on purpose now.
+        for task in run.tasks.drain(..) {
+            task.abort();
+        }
         if let Some(mut vmm) = run.vmm.take() {
             let mut exit = vmm.exited();
             if let Some(e) = exit.filter(|e| graceful && e.code != Some(0)) {
@@ -252,9 +298,6 @@ impl Core {
                 }
             }
         }
-        for task in run.tasks.drain(..) {
-            task.abort();
-        }
         let stops = run.daemons.into_iter().map(|d| d.stop(DAEMON_GRACE));
         for res in futures::future::join_all(stops).await {
             if let Err(e) = res {
@@ -266,6 +309,16 @@ impl Core {
             first_err.get_or_insert(e);
         }
         first_err.map_or(Ok(()), Err)
+    }
+
+    /// SIGKILLs the running VMM at once; the VM then ends like a crash.
+    pub fn kill(&self) -> Result<(), HypervisorError> {
+        self.ensure_running()?;
+        if let Some(k) = self.kill.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            tracing::warn!(sandbox = %self.id, "killing the VMM of a VM declared dead");
+            k.kill();
+        }
+        Ok(())
     }
 
     /// The VMM's exit; [`HypervisorError::NotStarted`] before `start`.
@@ -304,6 +357,7 @@ pub(crate) async fn assert_unstarted_contract(
     not_started(vm.wait().await.map(drop));
     not_started(vm.pause().await);
     not_started(vm.resume().await);
+    not_started(vm.kill().await);
     not_started(vm.hotplug_vcpus(2).await.map(drop));
     not_started(vm.hotplug_memory(1024).await.map(drop));
     assert!(vm.pids().is_empty());

@@ -120,6 +120,51 @@ async fn vm_sigkilled_qemu_is_noticed() {
     assert_cleaned_up(&state_dir);
 }
 
+/// A helper daemon that dies under a running VM ends it (none can be restarted under a live
+/// guest): the VMM is killed at once and `wait()` reports it; `kill()` does the same on demand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_a_dead_helper_daemon_or_kill_ends_the_vm() {
+    init_tracing();
+    for victim in ["virtiofsd", "vhost-device", "kill()"] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = config(dir.path(), "vm-helper-dies");
+        cfg.vsock = isola_hypervisor::VsockChoice::VhostUser;
+        let state_dir = cfg.state_dir.clone();
+        let vm = QemuHypervisor::new(cfg);
+        vm.start().await.expect("start");
+        let t0 = Instant::now();
+        if victim == "kill()" {
+            vm.kill().await.unwrap();
+        } else {
+            let pid = vm
+                .pids()
+                .into_iter()
+                .find(|p| comm(*p).starts_with(victim))
+                .unwrap_or_else(|| panic!("no {victim} among {:?}", vm.pids()));
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        }
+        let exit = tokio::time::timeout(Duration::from_secs(2), vm.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{victim}: the VM did not end within 2 s"))
+            .unwrap();
+        eprintln!(
+            "{victim}: the VM ended after {} ms ({exit})",
+            t0.elapsed().as_millis()
+        );
+        assert_eq!(exit.signal, Some(9), "{victim}: {exit:?}");
+        assert!(matches!(
+            vm.kill().await,
+            Err(isola_hypervisor::HypervisorError::NotRunning(_))
+        ));
+        vm.stop().await.expect("stop after the helper died");
+        assert_cleaned_up(&state_dir);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_pause_resume() {
     init_tracing();

@@ -14,7 +14,7 @@ use isola_agent_client::dial::wait_ready;
 use isola_agent_client::{AgentClient, ClientError};
 use isola_agent_proto::READY_PORT;
 use isola_config::Config;
-use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError, NetDevice};
+use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError, NetDevice, VmConfig};
 
 pub use console::tail as console_tail;
 pub use vmconfig::{vm_config, vm_dir_name, SandboxPaths, MAX_VM_DIR_NAME, SHARED_FS_TAG};
@@ -38,6 +38,10 @@ pub enum SandboxError {
     #[error("stopping the VM: {0}")]
     Stop(#[source] HypervisorError),
 }
+
+/// Makes the hypervisor backend of one VM from its configuration:
+/// [`isola_hypervisor::new_vm`] for real VMs, a fake in tests ([`BootedVm::boot_with_backend`]).
+pub type NewVm = dyn Fn(VmConfig) -> Arc<dyn Hypervisor> + Send + Sync;
 
 /// How long each boot phase took, from just before the VMM was spawned.
 #[derive(Debug, Clone, Copy)]
@@ -73,6 +77,17 @@ impl BootedVm {
         id: &str,
         network: Vec<NetDevice>,
     ) -> Result<BootedVm, SandboxError> {
+        Self::boot_with_backend(cfg, id, network, &isola_hypervisor::new_vm).await
+    }
+
+    /// [`BootedVm::boot_with_network`] on the backend `new_vm` makes from the VM's
+    /// configuration (instead of the one [`isola_hypervisor::new_vm`] picks).
+    pub async fn boot_with_backend(
+        cfg: &Config,
+        id: &str,
+        network: Vec<NetDevice>,
+        new_vm: &NewVm,
+    ) -> Result<BootedVm, SandboxError> {
         let paths = SandboxPaths::new(&cfg.runtime.state_dir, id);
         let mut vm_cfg = vm_config(cfg, id, &paths);
         vm_cfg.network = network;
@@ -95,7 +110,7 @@ impl BootedVm {
                 source,
             })?;
         }
-        let vm = isola_hypervisor::new_vm(vm_cfg);
+        let vm = new_vm(vm_cfg);
         let started = Instant::now();
         if let Err(e) = vm.start().await {
             remove_shared_dir(&paths, owns_shared_dir);
@@ -167,5 +182,127 @@ fn remove_shared_dir(paths: &SandboxPaths, owned: bool) {
         Err(e) => {
             tracing::warn!(dir = %paths.shared_dir.display(), error = %e, "could not remove the shared directory")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use isola_hypervisor::{Accelerator, VmExit};
+
+    use super::*;
+
+    /// A backend that starts (or fails to) without a VMM: nobody serves its agent endpoint.
+    struct NoVmm {
+        cfg: VmConfig,
+        fail: Option<fn() -> HypervisorError>,
+        stops: Arc<AtomicUsize>,
+    }
+
+    #[async_trait::async_trait]
+    impl Hypervisor for NoVmm {
+        async fn start(&self) -> Result<(), HypervisorError> {
+            self.fail.map_or(Ok(()), |f| Err(f()))
+        }
+        async fn stop(&self) -> Result<(), HypervisorError> {
+            self.stops.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn wait(&self) -> Result<VmExit, HypervisorError> {
+            Err(HypervisorError::NotStarted(self.cfg.id.clone()))
+        }
+        async fn kill(&self) -> Result<(), HypervisorError> {
+            Err(HypervisorError::NotStarted(self.cfg.id.clone()))
+        }
+        async fn pause(&self) -> Result<(), HypervisorError> {
+            Ok(())
+        }
+        async fn resume(&self) -> Result<(), HypervisorError> {
+            Ok(())
+        }
+        async fn hotplug_vcpus(&self, total: u32) -> Result<u32, HypervisorError> {
+            Ok(total)
+        }
+        async fn hotplug_memory(&self, total_mib: u32) -> Result<u32, HypervisorError> {
+            Ok(total_mib)
+        }
+        fn agent_endpoint(&self) -> AgentEndpoint {
+            AgentEndpoint::HybridVsock {
+                path: self.cfg.state_dir.join("nobody.sock"),
+                port: self.cfg.agent_port,
+            }
+        }
+        fn pids(&self) -> Vec<u32> {
+            Vec::new()
+        }
+        fn console_log(&self) -> PathBuf {
+            self.cfg.state_dir.join("console.log")
+        }
+        fn accelerator(&self) -> Option<(Accelerator, String)> {
+            None
+        }
+    }
+
+    fn config(state_dir: &std::path::Path) -> Config {
+        let mut cfg = Config::default();
+        cfg.runtime.state_dir = state_dir.to_path_buf();
+        // Kernel vsock: no readiness wait, the agent endpoint is dialed right away.
+        cfg.hypervisor.vsock = isola_config::Vsock::Vhost;
+        cfg.agent.dial_timeout_ms = 200;
+        cfg
+    }
+
+    async fn boot(
+        cfg: &Config,
+        fail: Option<fn() -> HypervisorError>,
+    ) -> (Result<BootedVm, SandboxError>, usize) {
+        let stops = Arc::new(AtomicUsize::new(0));
+        let s = stops.clone();
+        let new_vm = move |cfg: VmConfig| -> Arc<dyn Hypervisor> {
+            Arc::new(NoVmm {
+                cfg,
+                fail,
+                stops: s.clone(),
+            })
+        };
+        let booted = BootedVm::boot_with_backend(cfg, "s1", Vec::new(), &new_vm).await;
+        (booted, stops.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn a_backend_that_fails_to_start_keeps_its_error_and_leaves_no_shared_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let (booted, _) = boot(
+            &cfg,
+            Some(|| HypervisorError::InvalidConfig("no such machine".into())),
+        )
+        .await;
+        match booted {
+            Err(SandboxError::Start(HypervisorError::InvalidConfig(m))) => {
+                assert_eq!(m, "no such machine")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("booted"),
+        }
+        let paths = SandboxPaths::new(tmp.path(), "s1");
+        assert!(!paths.shared_dir.exists(), "the shared directory it made");
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_never_answers_stops_the_vm_and_says_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = config(tmp.path());
+        let (booted, stops) = boot(&cfg, None).await;
+        match booted {
+            Err(SandboxError::Agent { console, .. }) => {
+                assert!(console.ends_with("console.log"), "{}", console.display())
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("booted"),
+        }
+        assert_eq!(stops, 1, "the VM is stopped again");
+        assert!(!SandboxPaths::new(tmp.path(), "s1").shared_dir.exists());
     }
 }

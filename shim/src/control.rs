@@ -1,7 +1,6 @@
 //! The task service's resource calls: Pause, Resume, Update (with VM growth), Stats, and the
 //! OOM watcher that turns the agent's GetOOMEvent into containerd's `/tasks/oom`.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +12,8 @@ use ttrpc::Code;
 
 use crate::error::{Result, ShimError};
 use crate::metrics;
-use crate::service::{SandboxState, Service};
+use crate::podvm::PodVm;
+use crate::service::Service;
 use crate::state::Status;
 
 /// What the VM has: as booted (the configuration's `vcpus`, `memory_mib`), then as grown.
@@ -30,6 +30,26 @@ pub const LINUX_RESOURCES_TYPE_URL: &str =
 
 /// Delay before asking the agent again after GetOOMEvent failed.
 const OOM_RETRY: Duration = Duration::from_secs(1);
+
+/// The VM's size when a hotplug was refused as a shrink: it already has `current` (a
+/// concurrent Update grew it past what this one read), which is at least what was asked.
+fn already_has(e: &ShimError) -> Option<u64> {
+    match e {
+        ShimError::Hypervisor { source, .. } => match source.as_ref() {
+            isola_hypervisor::HypervisorError::ShrinkUnsupported { current, .. } => Some(*current),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Records that the VM already has `now` of a resource (see [`already_has`]).
+fn grown_meanwhile<T: TryFrom<u64> + Ord + Copy>(have: &mut T, now: u64) {
+    if let Ok(now) = T::try_from(now) {
+        tracing::info!("the VM was grown meanwhile: already large enough");
+        *have = (*have).max(now);
+    }
+}
 
 /// What `resources` needs of the VM: vCPUs (from the CFS quota/period) and MiB of memory
 /// (from the memory limit); None where it sets no limit.
@@ -63,7 +83,7 @@ impl Service {
                 )));
             }
         }
-        let sandbox = self.live_sandbox().await?;
+        let sandbox = self.pod.live()?;
         sandbox.agent.pause_container(id).await?;
         if let Ok(c) = self.containers.lock().unwrap().get_mut(id) {
             c.paused = c.init.status == Status::Running;
@@ -90,7 +110,7 @@ impl Service {
                 )));
             }
         }
-        let sandbox = self.live_sandbox().await?;
+        let sandbox = self.pod.live()?;
         sandbox.agent.resume_container(id).await?;
         if let Ok(c) = self.containers.lock().unwrap().get_mut(id) {
             c.paused = false;
@@ -133,7 +153,7 @@ impl Service {
                 )));
             }
         }
-        let sandbox = self.live_sandbox().await?;
+        let sandbox = self.pod.live()?;
         self.grow_vm(&sandbox, &parsed).await?;
         sandbox
             .agent
@@ -144,7 +164,7 @@ impl Service {
     }
 
     /// Grows the VM to fit `resources` where it has less than they allow.
-    async fn grow_vm(&self, sandbox: &SandboxState, resources: &LinuxResources) -> Result<()> {
+    async fn grow_vm(&self, sandbox: &PodVm, resources: &LinuxResources) -> Result<()> {
         let (want_cpus, want_mib) = needed(resources);
         let have = *sandbox.size.lock().unwrap();
         let mut added_cpus = 0;
@@ -157,13 +177,16 @@ impl Service {
                     added_cpus = now.saturating_sub(have.vcpus);
                     sandbox.size.lock().unwrap().vcpus = now;
                 }
-                Err(ShimError::Unimplemented(why)) => tracing::warn!(
+                Err(why) if why.code() == Code::UNIMPLEMENTED => tracing::warn!(
                     "the CPU limit allows {want} CPUs but the VM has {} and cannot grow yet ({why}): \
                      applying the limit inside the VM anyway, the container gets at most {} CPUs",
                     have.vcpus,
                     have.vcpus
                 ),
-                Err(e) => return Err(e),
+                Err(e) => match already_has(&e) {
+                    Some(now) => grown_meanwhile(&mut sandbox.size.lock().unwrap().vcpus, now),
+                    None => return Err(e),
+                },
             }
         }
         if let Some(want) = want_mib.filter(|w| *w > have.memory_mib) {
@@ -176,12 +199,15 @@ impl Service {
                     grown_mib = now;
                     sandbox.size.lock().unwrap().memory_mib = now.into();
                 }
-                Err(ShimError::Unimplemented(why)) => tracing::warn!(
+                Err(why) if why.code() == Code::UNIMPLEMENTED => tracing::warn!(
                     "the memory limit allows {want} MiB but the VM has {} MiB and cannot grow yet ({why}): \
                      applying the limit inside the VM anyway, the container gets at most what the VM has",
                     have.memory_mib
                 ),
-                Err(e) => return Err(e),
+                Err(e) => match already_has(&e) {
+                    Some(now) => grown_meanwhile(&mut sandbox.size.lock().unwrap().memory_mib, now),
+                    None => return Err(e),
+                },
             }
         }
         if added_cpus > 0 || grown_mib > 0 {
@@ -193,20 +219,19 @@ impl Service {
     /// The container's statistics as containerd's cgroup v2 metrics.
     pub async fn stats(&self, id: &str) -> Result<Any> {
         self.containers.lock().unwrap().get(id)?;
-        let sandbox = self.live_sandbox().await?;
+        let sandbox = self.pod.live()?;
         let stats = sandbox.agent.stats_container(id).await?;
         metrics::to_any(&stats)
     }
 
     /// Long-polls the agent for OOM kills while the sandbox lives, publishing `/tasks/oom`.
-    pub(crate) fn watch_oom(self: &Arc<Self>, state: Arc<SandboxState>) {
+    pub(crate) fn watch_oom(self: &Arc<Self>, state: Arc<PodVm>) {
         let this = Arc::downgrade(self);
         let span = tracing::info_span!(parent: None, "oom", sandbox_id = %state.id);
         let task = async move {
-            let gone = |s: &SandboxState| {
-                s.dead.load(Ordering::SeqCst) || s.stopping.load(Ordering::SeqCst)
-            };
-            while !gone(&state) {
+            // The VM is dead or stopping (or the service gone): no more OOM kills to report.
+            let gone = || !this.upgrade().is_some_and(|s| s.pod.is_current(&state));
+            while !gone() {
                 match state.agent.get_oom_event().await {
                     Ok(cid) => {
                         let Some(this) = this.upgrade() else { return };
@@ -219,7 +244,7 @@ impl Service {
                         tracing::warn!("the guest agent does not report OOM kills: no /tasks/oom events for this sandbox");
                         return;
                     }
-                    Err(_) if gone(&state) => return,
+                    Err(_) if gone() => return,
                     Err(e) => {
                         tracing::warn!(error = %e, "waiting for OOM events failed; retrying");
                         tokio::time::sleep(OOM_RETRY).await;
@@ -262,5 +287,35 @@ mod tests {
         assert_eq!(needed(&r), (Some(2), Some(65)));
         let r: LinuxResources = serde_json::from_str(r#"{"memory":{"limit":-1}}"#).unwrap();
         assert_eq!(needed(&r), (None, None));
+    }
+
+    #[test]
+    fn a_shrink_refusal_means_large_enough() {
+        use isola_hypervisor::HypervisorError as H;
+        let shrink = ShimError::hypervisor(
+            "CPU hotplug",
+            H::ShrinkUnsupported {
+                vm: "pod".into(),
+                resource: "vCPUs",
+                current: 4,
+                requested: 3,
+            },
+        );
+        assert_eq!(already_has(&shrink), Some(4));
+        let mut vcpus = 2u32;
+        grown_meanwhile(&mut vcpus, 4);
+        assert_eq!(vcpus, 4);
+        let limit = ShimError::hypervisor(
+            "CPU hotplug",
+            H::HotplugLimit {
+                vm: "pod".into(),
+                resource: "vCPUs",
+                requested: 8,
+                limit: 4,
+                hint: "restart the pod",
+            },
+        );
+        assert_eq!(already_has(&limit), None, "a ceiling fails the Update");
+        assert_eq!(already_has(&ShimError::Internal("x".into())), None);
     }
 }

@@ -60,6 +60,19 @@ pub enum ShimError {
     /// did not start (see [`hypervisor_code`]), else Internal.
     #[error("sandbox VM: {0} (run `isola check` to diagnose the host)")]
     Sandbox(Box<isola_sandbox::SandboxError>),
+    /// An operation on the running VM failed in the hypervisor (hotplug, ...): `op` says which.
+    /// Its code is the hypervisor's ([`hypervisor_code`]); the message is the hypervisor's,
+    /// which says what to do where there is something to do (a hotplug ceiling: restart the
+    /// pod with more).
+    #[error("{op}: {source}")]
+    Hypervisor {
+        op: &'static str,
+        #[source]
+        source: Box<isola_hypervisor::HypervisorError>,
+    },
+    /// The pod network namespace could not be carried into the VM (see [`network_code`]).
+    #[error("pod networking: {0}{hint}", hint = network_hint(.0))]
+    Network(#[source] Box<crate::network::NetError>),
     /// Anything else.
     #[error("{0}")]
     Internal(String),
@@ -80,6 +93,12 @@ impl From<isola_config::AnnotationError> for ShimError {
 impl From<isola_sandbox::SandboxError> for ShimError {
     fn from(e: isola_sandbox::SandboxError) -> Self {
         ShimError::Sandbox(Box::new(e))
+    }
+}
+
+impl From<crate::network::NetError> for ShimError {
+    fn from(e: crate::network::NetError) -> Self {
+        ShimError::Network(Box::new(e))
     }
 }
 
@@ -113,6 +132,14 @@ impl ShimError {
         }
     }
 
+    /// A failed hypervisor operation `op` on the running VM, keeping the hypervisor's error.
+    pub fn hypervisor(op: &'static str, source: isola_hypervisor::HypervisorError) -> ShimError {
+        ShimError::Hypervisor {
+            op,
+            source: Box::new(source),
+        }
+    }
+
     /// The ttrpc status code this error maps to (see [`to_ttrpc`]).
     pub fn code(&self) -> Code {
         match self {
@@ -131,6 +158,8 @@ impl ShimError {
                 isola_sandbox::SandboxError::Start(h) => hypervisor_code(h),
                 _ => Code::INTERNAL,
             },
+            ShimError::Hypervisor { source, .. } => hypervisor_code(source),
+            ShimError::Network(e) => network_code(e),
             ShimError::Io { .. } | ShimError::Mount { .. } | ShimError::Internal(_) => {
                 Code::INTERNAL
             }
@@ -138,17 +167,45 @@ impl ShimError {
     }
 }
 
-/// The code of a hypervisor error that kept a VM from starting: the host cannot provide what
-/// the configuration asks for (no hardware KVM for Cloud Hypervisor, a forced KVM without
-/// /dev/kvm) is FailedPrecondition, a configuration the backend refuses is InvalidArgument,
-/// an operation the backend lacks is Unimplemented, anything else Internal.
+/// The code of a hypervisor error, from starting the VM or from an operation on it: the host
+/// cannot provide what the configuration asks for (no hardware KVM for Cloud Hypervisor, a
+/// forced KVM without /dev/kvm) is FailedPrecondition, and so is a hotplug past the ceiling
+/// fixed when the VM started or a shrink (the running VM cannot do it: restart the pod); a
+/// configuration the backend refuses is InvalidArgument, an operation the backend lacks is
+/// Unimplemented, anything else Internal.
 pub fn hypervisor_code(e: &isola_hypervisor::HypervisorError) -> Code {
     use isola_hypervisor::HypervisorError as H;
     match e {
-        H::AcceleratorUnavailable { .. } => Code::FAILED_PRECONDITION,
+        H::AcceleratorUnavailable { .. } | H::HotplugLimit { .. } | H::ShrinkUnsupported { .. } => {
+            Code::FAILED_PRECONDITION
+        }
         H::InvalidConfig(_) => Code::INVALID_ARGUMENT,
         H::Unsupported(_) => Code::UNIMPLEMENTED,
         _ => Code::INTERNAL,
+    }
+}
+
+/// The code of a pod networking error: the pod's network namespace is gone
+/// (FailedPrecondition: the pod must be created again; not NotFound, which containerd reads as
+/// "no such task"), the shim may not act in it (PermissionDenied), anything else Internal.
+pub fn network_code(e: &crate::network::NetError) -> Code {
+    if e.netns_missing() {
+        return Code::FAILED_PRECONDITION;
+    }
+    match e.io_kind() {
+        Some(std::io::ErrorKind::PermissionDenied) => Code::PERMISSION_DENIED,
+        _ => Code::INTERNAL,
+    }
+}
+
+/// What to do about a pod networking error, appended to its message.
+fn network_hint(e: &crate::network::NetError) -> &'static str {
+    if e.netns_missing() {
+        " (the pod's network namespace is gone: delete the pod and create it again)"
+    } else if e.io_kind() == Some(std::io::ErrorKind::PermissionDenied) {
+        " (the shim needs CAP_SYS_ADMIN and CAP_NET_ADMIN to join the pod network namespace: run containerd and its shims as root)"
+    } else {
+        ""
     }
 }
 
@@ -247,6 +304,103 @@ mod tests {
         let stop: ShimError =
             isola_sandbox::SandboxError::Stop(H::InvalidConfig("x".into())).into();
         assert_eq!(code_of(stop), Code::INTERNAL);
+    }
+
+    #[test]
+    fn hypervisor_errors_of_a_running_vm_keep_their_kind() {
+        use isola_hypervisor::HypervisorError as H;
+        let limit = ShimError::hypervisor(
+            "CPU hotplug",
+            H::HotplugLimit {
+                vm: "pod".into(),
+                resource: "vCPUs",
+                requested: 8,
+                limit: 4,
+                hint: "restart the pod with more vCPUs",
+            },
+        );
+        assert_eq!(limit.code(), Code::FAILED_PRECONDITION);
+        let msg = limit.to_string();
+        assert!(
+            msg.starts_with("CPU hotplug: ") && msg.contains("restart the pod"),
+            "{msg}"
+        );
+        let shrink = ShimError::hypervisor(
+            "memory hotplug",
+            H::ShrinkUnsupported {
+                vm: "pod".into(),
+                resource: "MiB of memory",
+                current: 1024,
+                requested: 512,
+            },
+        );
+        assert_eq!(code_of(shrink), Code::FAILED_PRECONDITION);
+        for (e, code) in [
+            (H::Unsupported("hotplug".into()), Code::UNIMPLEMENTED),
+            (H::InvalidConfig("x".into()), Code::INVALID_ARGUMENT),
+            (
+                H::AcceleratorUnavailable {
+                    accelerator: isola_hypervisor::Accelerator::Kvm,
+                    reason: "no /dev/kvm".into(),
+                },
+                Code::FAILED_PRECONDITION,
+            ),
+            (H::NotRunning("pod".into()), Code::INTERNAL),
+        ] {
+            let what = e.to_string();
+            assert_eq!(
+                code_of(ShimError::hypervisor("CPU hotplug", e)),
+                code,
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn network_errors_map_to_what_went_wrong() {
+        use crate::network::NetError;
+        use std::io::{Error, ErrorKind};
+        let gone = NetError::Netns {
+            path: "/var/run/netns/cni-1".into(),
+            source: Error::from(ErrorKind::NotFound),
+        };
+        let err = ShimError::from(gone);
+        assert_eq!(err.code(), Code::FAILED_PRECONDITION);
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "pod networking: entering the pod network namespace /var/run/netns/cni-1"
+            ) && msg.contains("create it again"),
+            "{msg}"
+        );
+        let denied = NetError::Netns {
+            path: "/var/run/netns/cni-1".into(),
+            source: Error::from_raw_os_error(libc::EPERM),
+        };
+        let err = ShimError::from(denied);
+        assert_eq!(err.code(), Code::PERMISSION_DENIED);
+        assert!(err.to_string().contains("as root"), "{err}");
+        let mut nack = rtnetlink::packet_core::ErrorMessage::default();
+        nack.code = std::num::NonZeroI32::new(-libc::EACCES);
+        let netlink = NetError::Netlink {
+            what: "adding the ingress qdisc of eth0".into(),
+            source: rtnetlink::Error::NetlinkError(nack),
+        };
+        assert_eq!(code_of(netlink.into()), Code::PERMISSION_DENIED);
+        let mut busy = rtnetlink::packet_core::ErrorMessage::default();
+        busy.code = std::num::NonZeroI32::new(-libc::EBUSY);
+        let netlink = NetError::Netlink {
+            what: "adding the ingress qdisc of eth0".into(),
+            source: rtnetlink::Error::NetlinkError(busy),
+        };
+        assert_eq!(code_of(netlink.into()), Code::INTERNAL);
+        let unusable = NetError::Unusable("link eth0 vanished".into());
+        assert_eq!(code_of(unusable.into()), Code::INTERNAL);
+        let io = NetError::Io {
+            what: "creating tap0".into(),
+            source: Error::from(ErrorKind::NotFound),
+        };
+        assert_eq!(code_of(io.into()), Code::INTERNAL, "only a missing netns");
     }
 
     #[test]

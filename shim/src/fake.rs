@@ -445,6 +445,9 @@ impl AgentApi for FakeAgent {
 impl crate::network::PodNetworking for FakeNetworking {
     async fn attach(&self, _id: &str, netns: &Path) -> std::result::Result<Attachment, NetError> {
         self.attached.lock().unwrap().push(netns.to_path_buf());
+        if let Some(fail) = *self.fail.lock().unwrap() {
+            return Err(fail(netns));
+        }
         let network = self.network.lock().unwrap().clone();
         Ok(Attachment {
             network,
@@ -462,12 +465,17 @@ impl crate::network::PodNetworking for FakeNetworking {
     }
 }
 
+/// Makes the error a failing attach of the netns returns.
+pub type NetFailure = fn(&Path) -> NetError;
+
 /// Pod networking without network namespaces: "scans" a fixed [`PodNetwork`].
 #[derive(Default)]
 pub struct FakeNetworking {
     pub network: Mutex<PodNetwork>,
     pub attached: Mutex<Vec<PathBuf>>,
     pub detached: Mutex<Vec<PathBuf>>,
+    /// Attach fails with this error.
+    pub fail: Mutex<Option<NetFailure>>,
 }
 
 /// A fake VM: `kill` makes it "die"; `stop` is recorded.
@@ -613,12 +621,7 @@ impl SandboxFactory for FakeFactory {
         let net = match netns {
             Some(ns) => {
                 use crate::network::PodNetworking;
-                let attached = self.networking.attach(id, ns).await;
-                Some(
-                    attached
-                        .map_err(|e| ShimError::Internal(e.to_string()))?
-                        .network,
-                )
+                Some(self.networking.attach(id, ns).await?.network)
             }
             None => None,
         };

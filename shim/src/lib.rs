@@ -17,6 +17,7 @@ pub mod network;
 pub mod options;
 pub mod persist;
 pub mod pod;
+pub(crate) mod podvm;
 pub mod queries;
 pub mod rlimits;
 pub mod sandbox;
@@ -32,5 +33,7 @@ pub mod translate;
 mod control_tests;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod sandbox_tests;
 #[cfg(test)]
 mod service_tests;

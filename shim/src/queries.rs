@@ -1,7 +1,5 @@
 //! The task service's smaller calls: State, Wait, Pids, ResizePty, CloseIO, Connect.
 
-use std::sync::atomic::Ordering;
-
 use containerd_shim_protos::shim::shim::StateResponse;
 use containerd_shim_protos::types::task::{ProcessInfo, Status as TaskStatus};
 use ttrpc::Code;
@@ -65,11 +63,7 @@ impl Service {
             pid,
             ..Default::default()
         }];
-        let Some(sandbox) = self
-            .current_sandbox()
-            .await
-            .filter(|s| !s.dead.load(Ordering::SeqCst))
-        else {
+        let Some(sandbox) = self.pod.ready() else {
             return Ok(basic);
         };
         match sandbox.agent.list_processes(id).await {
@@ -108,8 +102,8 @@ impl Service {
             }
         }
         let sandbox = self
-            .current_sandbox()
-            .await
+            .pod
+            .ready()
             .ok_or_else(|| ShimError::FailedPrecondition("the sandbox VM is not running".into()))?;
         sandbox.agent.resize_pty(id, exec_id, height, width).await
     }

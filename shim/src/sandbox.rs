@@ -1,6 +1,8 @@
 //! The pod VM as the task service sees it: [`SandboxFactory`] boots one and returns a
-//! [`Sandbox`]. [`VmFactory`] does it for real with `isola_sandbox::BootedVm`; the unit tests
-//! use a fake.
+//! [`Sandbox`]. [`VmFactory`] does it for real with `isola_sandbox::BootedVm`, on the
+//! hypervisor backend and the pod networking it is given ([`VmFactory::real`]: the
+//! configuration's VMM, host networking); the task service's unit tests use a fake factory,
+//! `sandbox_tests.rs` runs this one on a fake backend.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,26 +49,16 @@ pub trait Sandbox: Send + Sync {
     /// Stops the VM and removes what it left on the host: helper daemons, sockets, mounts,
     /// directories. Idempotent; also right after the VM died on its own.
     async fn stop(&self) -> Result<()>;
-    /// Grows the VM to `total` vCPUs; returns the resulting count.
-    /// [`ShimError::Unimplemented`] when the hypervisor cannot (yet).
+    /// Grows the VM to `total` vCPUs; returns the resulting count. An error whose code is
+    /// Unimplemented when the hypervisor cannot (yet); the hypervisor's own error
+    /// ([`ShimError::Hypervisor`]) otherwise.
     async fn hotplug_vcpus(&self, total: u32) -> Result<u32>;
-    /// Grows the VM's memory to `total_mib`; returns the resulting size in MiB.
-    /// [`ShimError::Unimplemented`] when the hypervisor cannot (yet).
+    /// Grows the VM's memory to `total_mib`; returns the resulting size in MiB. Errors as
+    /// [`hotplug_vcpus`](Self::hotplug_vcpus).
     async fn hotplug_memory(&self, total_mib: u32) -> Result<u32>;
     /// The pod network the VM's NICs carry (scanned from the pod netns at boot), for the
     /// agent to configure; None without a pod netns.
     fn network(&self) -> Option<PodNetwork>;
-}
-
-/// A hypervisor error from hotplug: Unsupported becomes [`ShimError::Unimplemented`] (the
-/// caller decides what that means), anything else is internal.
-fn hotplug_error(what: &str, e: isola_hypervisor::HypervisorError) -> ShimError {
-    match e {
-        isola_hypervisor::HypervisorError::Unsupported(msg) => {
-            ShimError::Unimplemented(format!("{what}: {msg}"))
-        }
-        other => ShimError::Internal(format!("{what}: {other}")),
-    }
 }
 
 /// Boots sandboxes.
@@ -94,8 +86,38 @@ pub trait SandboxFactory: Send + Sync {
     }
 }
 
-/// Boots real VMs with [`BootedVm::boot`].
-pub struct VmFactory;
+/// Makes a VM's hypervisor backend from its configuration ([`isola_sandbox::NewVm`]).
+pub type Backend = Arc<isola_sandbox::NewVm>;
+
+/// Boots real VMs with [`BootedVm::boot_with_backend`]: the shared directory, the pod
+/// network, the VM and its agent, undoing what was done when a step fails.
+pub struct VmFactory {
+    backend: Backend,
+    networking: Arc<dyn PodNetworking>,
+}
+
+impl VmFactory {
+    /// A factory making each VM's backend with `backend` and carrying the pod network into
+    /// it with `networking`.
+    pub fn new(backend: Backend, networking: Arc<dyn PodNetworking>) -> VmFactory {
+        VmFactory {
+            backend,
+            networking,
+        }
+    }
+
+    /// The production factory: the VMM the configuration names
+    /// ([`isola_hypervisor::new_vm`]) and [`HostNetworking`].
+    pub fn real() -> VmFactory {
+        VmFactory::new(Arc::new(isola_hypervisor::new_vm), Arc::new(HostNetworking))
+    }
+}
+
+impl Default for VmFactory {
+    fn default() -> Self {
+        VmFactory::real()
+    }
+}
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
@@ -124,7 +146,7 @@ impl SandboxFactory for VmFactory {
         let s = shared.clone();
         blocking(move || s.prepare()).await?;
         let (pod_net, devices) = match netns {
-            Some(ns) => match attach_network(sandbox_id, ns).await {
+            Some(ns) => match attach_network(self.networking.as_ref(), sandbox_id, ns).await {
                 Ok((net, devices)) => (Some((ns.to_path_buf(), net)), devices),
                 Err(e) => {
                     let s = shared.clone();
@@ -136,11 +158,13 @@ impl SandboxFactory for VmFactory {
             },
             None => (None, Vec::new()),
         };
-        let vm = match BootedVm::boot_with_network(config, sandbox_id, devices).await {
+        let booted =
+            BootedVm::boot_with_backend(config, sandbox_id, devices, self.backend.as_ref()).await;
+        let vm = match booted {
             Ok(vm) => vm,
             Err(e) => {
                 if let Some((ns, net)) = &pod_net {
-                    detach_network(sandbox_id, ns, net).await;
+                    detach_network(self.networking.as_ref(), sandbox_id, ns, net).await;
                 }
                 let s = shared.clone();
                 if let Err(te) = blocking(move || s.teardown()).await {
@@ -157,17 +181,19 @@ impl SandboxFactory for VmFactory {
             endpoint: format!("{endpoint:?}"),
             shared,
             pod_net,
+            networking: self.networking.clone(),
             stopped: OnceCell::new(),
         }))
     }
 }
 
 /// Joins the pod netns's interfaces to taps; the VM's network devices on them.
-async fn attach_network(sandbox_id: &str, ns: &Path) -> Result<(PodNetwork, Vec<NetDevice>)> {
-    let attached = HostNetworking
-        .attach(sandbox_id, ns)
-        .await
-        .map_err(|e| ShimError::Internal(format!("pod networking: {e}")))?;
+async fn attach_network(
+    networking: &dyn PodNetworking,
+    sandbox_id: &str,
+    ns: &Path,
+) -> Result<(PodNetwork, Vec<NetDevice>)> {
+    let attached = networking.attach(sandbox_id, ns).await?;
     let devices = attached
         .network
         .interfaces
@@ -183,8 +209,13 @@ async fn attach_network(sandbox_id: &str, ns: &Path) -> Result<(PodNetwork, Vec<
 }
 
 /// Undoes [`attach_network`] on the host, quietly.
-async fn detach_network(sandbox_id: &str, ns: &Path, net: &PodNetwork) {
-    if let Err(e) = HostNetworking.detach(sandbox_id, ns, net).await {
+async fn detach_network(
+    networking: &dyn PodNetworking,
+    sandbox_id: &str,
+    ns: &Path,
+    net: &PodNetwork,
+) {
+    if let Err(e) = networking.detach(sandbox_id, ns, net).await {
         tracing::warn!(sandbox_id, error = %e, "removing the tc redirects from the pod netns");
     }
 }
@@ -197,6 +228,7 @@ pub struct VmSandbox {
     shared: SharedDir,
     /// The pod netns and what was found in it.
     pod_net: Option<(PathBuf, PodNetwork)>,
+    networking: Arc<dyn PodNetworking>,
     stopped: OnceCell<()>,
 }
 
@@ -262,7 +294,7 @@ impl Sandbox for VmSandbox {
                 }
                 remove_dir_quietly(&self.vm.paths.vm_dir);
                 if let Some((ns, net)) = &self.pod_net {
-                    detach_network(&self.vm.id, ns, net).await;
+                    detach_network(self.networking.as_ref(), &self.vm.id, ns, net).await;
                 }
             })
             .await;
@@ -274,7 +306,7 @@ impl Sandbox for VmSandbox {
             .vm
             .hotplug_vcpus(total)
             .await
-            .map_err(|e| hotplug_error("CPU hotplug", e))
+            .map_err(|e| ShimError::hypervisor("CPU hotplug", e))
     }
 
     async fn hotplug_memory(&self, total_mib: u32) -> Result<u32> {
@@ -282,7 +314,7 @@ impl Sandbox for VmSandbox {
             .vm
             .hotplug_memory(total_mib)
             .await
-            .map_err(|e| hotplug_error("memory hotplug", e))
+            .map_err(|e| ShimError::hypervisor("memory hotplug", e))
     }
 
     fn network(&self) -> Option<PodNetwork> {
@@ -296,22 +328,5 @@ fn remove_dir_quietly(dir: &Path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "left behind"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use isola_hypervisor::HypervisorError;
-
-    #[test]
-    fn hotplug_errors_say_unimplemented_only_for_unsupported() {
-        let e = hotplug_error(
-            "CPU hotplug",
-            HypervisorError::Unsupported("no hotplug".into()),
-        );
-        assert!(matches!(e, ShimError::Unimplemented(ref m) if m == "CPU hotplug: no hotplug"));
-        let e = hotplug_error("memory hotplug", HypervisorError::NotRunning("vm".into()));
-        assert!(matches!(e, ShimError::Internal(_)), "{e:?}");
     }
 }

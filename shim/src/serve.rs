@@ -52,7 +52,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     let exit = Arc::new(ExitSignal::default());
     let service = Service::new(
         &flags.namespace,
-        Arc::new(VmFactory),
+        Arc::new(VmFactory::real()),
         events,
         Arc::new(|o: &RuntimeOptions| o.load_config()),
         exit.clone(),

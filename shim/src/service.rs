@@ -1,10 +1,9 @@
 //! The task service's logic, independent of ttrpc (the glue is in [`crate::task`]): one
 //! sandbox VM per shim, booted by the first Create, stopped after the last Delete or when it
-//! dies on its own.
+//! dies on its own (its lifecycle is [`crate::podvm`]'s).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,24 +14,22 @@ use containerd_shim_protos::events::task::{
 use containerd_shim_protos::shim::shim::CreateTaskRequest;
 use containerd_shim_protos::topics;
 use containerd_shim_protos::types::mount::Mount as ContainerdMount;
-use isola_agent_proto::agent::{CreateContainerRequest, CreateSandboxRequest, ExecProcessRequest};
-use isola_agent_proto::types::Storage;
+use isola_agent_proto::agent::{CreateContainerRequest, ExecProcessRequest};
 use isola_config::Config;
 use oci_spec::runtime::Spec;
 use ttrpc::Code;
 
-use crate::agent::AgentApi;
-use crate::control::VmSize;
 use crate::error::{Result, ShimError};
 use crate::events::EventSink;
 use crate::mounts::{RootfsMount, SourceKind};
 use crate::options::{self, RuntimeOptions};
-use crate::persist::{self, BundleRecord, ProcId, SandboxRecord};
+use crate::persist::{self, BundleRecord};
+use crate::podvm::{PodVm, PodVmCell};
 use crate::rlimits;
-use crate::sandbox::{Sandbox, SandboxFactory};
+use crate::sandbox::SandboxFactory;
 use crate::state::{Containers, ExitInfo, Process, Status};
 use crate::stdio::{ProcessIo, StdioPaths};
-use crate::translate::{self, GUEST_SHARED_DIR};
+use crate::translate;
 
 /// Exit status given to processes whose VM died under them.
 pub const VM_DIED_STATUS: u32 = 255;
@@ -42,20 +39,6 @@ pub const OUTPUT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Loads the runtime configuration for the first container of a sandbox.
 pub type ConfigLoader = Arc<dyn Fn(&RuntimeOptions) -> Result<Config> + Send + Sync>;
 
-/// The running sandbox.
-pub(crate) struct SandboxState {
-    pub id: String,
-    pub vm: Arc<dyn Sandbox>,
-    pub agent: Arc<dyn AgentApi>,
-    /// The VM died on its own.
-    pub dead: AtomicBool,
-    /// We are stopping it (its exit is expected).
-    pub stopping: AtomicBool,
-    /// What the VM has: as booted, then grown by hotplug.
-    pub size: Mutex<VmSize>,
-    record: PathBuf,
-}
-
 /// The task service.
 pub struct Service {
     namespace: String,
@@ -64,9 +47,8 @@ pub struct Service {
     load_config: ConfigLoader,
     exit: Arc<ExitSignal>,
     pub(crate) containers: Mutex<Containers>,
-    sandbox: tokio::sync::Mutex<Option<Arc<SandboxState>>>,
-    /// The sandbox VM died: the shim takes no new containers (the pod is gone).
-    vm_died: AtomicBool,
+    /// The sandbox VM and its phase.
+    pub(crate) pod: PodVmCell,
     /// The sandbox's id once known, for log fields.
     sandbox_name: Mutex<String>,
 }
@@ -91,8 +73,7 @@ impl Service {
             load_config,
             exit,
             containers: Mutex::new(Containers::default()),
-            sandbox: tokio::sync::Mutex::new(None),
-            vm_died: AtomicBool::new(false),
+            pod: PodVmCell::default(),
             sandbox_name: Mutex::new(String::new()),
         })
     }
@@ -105,21 +86,6 @@ impl Service {
     /// The sandbox id, once the first Create named it (for log fields); empty before.
     pub fn sandbox_name(&self) -> String {
         self.sandbox_name.lock().unwrap().clone()
-    }
-
-    /// The running sandbox, if any.
-    pub(crate) async fn current_sandbox(&self) -> Option<Arc<SandboxState>> {
-        self.sandbox.lock().await.clone()
-    }
-
-    /// The sandbox for calls on existing processes: it must be there and alive.
-    pub(crate) async fn live_sandbox(&self) -> Result<Arc<SandboxState>> {
-        match self.current_sandbox().await {
-            Some(s) if !s.dead.load(Ordering::SeqCst) => Ok(s),
-            _ => Err(ShimError::FailedPrecondition(
-                "the sandbox VM is not running (it died or was stopped): delete the containers and create the pod again".into(),
-            )),
-        }
     }
 
     // ---- Create ----
@@ -272,109 +238,40 @@ impl Service {
         sandbox_id: &str,
         spec: &Spec,
         options: &RuntimeOptions,
-    ) -> Result<Arc<SandboxState>> {
-        let mut slot = self.sandbox.lock().await;
-        if self.vm_died.load(Ordering::SeqCst) {
-            return Err(ShimError::FailedPrecondition(format!(
-                "the VM of sandbox {sandbox_id} died: delete its containers and create the pod again"
-            )));
-        }
-        if let Some(s) = slot.as_ref() {
-            if s.id != sandbox_id {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "this shim serves sandbox {}, not {sandbox_id}: the container was routed to the wrong shim",
-                    s.id
-                )));
-            }
-            if s.dead.load(Ordering::SeqCst) {
-                return Err(ShimError::FailedPrecondition(format!(
-                    "the VM of sandbox {sandbox_id} died: delete its containers and create the pod again"
-                )));
-            }
-            return Ok(s.clone());
-        }
-        *self.sandbox_name.lock().unwrap() = sandbox_id.to_string();
-        let config = (self.load_config)(options)?;
-        let (config, sizing) =
-            config.for_pod(spec.annotations().as_ref().unwrap_or(&HashMap::new()))?;
-        tracing::info!(
-            vcpus = config.hypervisor.vcpus,
-            memory_mib = config.hypervisor.memory_mib,
-            declared_vcpus = ?sizing.declared_vcpus,
-            declared_memory_mib = ?sizing.declared_memory_mib,
-            overrides = ?sizing.overrides,
-            "sizing the sandbox VM"
-        );
-        tracing::info!("booting the sandbox VM");
-        let vm = self.factory.boot_pod(&config, sandbox_id, spec).await?;
-        let agent = vm.agent();
-        let storage = Storage {
-            driver: "virtiofs".into(),
-            source: isola_sandbox::SHARED_FS_TAG.into(),
-            fstype: "virtiofs".into(),
-            mount_point: GUEST_SHARED_DIR.into(),
-            ..Default::default()
+    ) -> Result<Arc<PodVm>> {
+        let boot = || async {
+            *self.sandbox_name.lock().unwrap() = sandbox_id.to_string();
+            let config = (self.load_config)(options)?;
+            let (config, sizing) =
+                config.for_pod(spec.annotations().as_ref().unwrap_or(&HashMap::new()))?;
+            tracing::info!(
+                vcpus = config.hypervisor.vcpus,
+                memory_mib = config.hypervisor.memory_mib,
+                declared_vcpus = ?sizing.declared_vcpus,
+                declared_memory_mib = ?sizing.declared_memory_mib,
+                overrides = ?sizing.overrides,
+                "sizing the sandbox VM"
+            );
+            PodVm::boot(self.factory.as_ref(), &config, sandbox_id, spec).await
         };
-        let req = CreateSandboxRequest {
-            sandbox_id: sandbox_id.to_string(),
-            hostname: spec.hostname().clone().unwrap_or_default(),
-            storages: vec![storage],
-            ..Default::default()
-        };
-        let mut created = agent.create_sandbox(req).await;
-        if let (Ok(()), Some(net)) = (&created, vm.network()) {
-            created = crate::network::guest::configure(agent.as_ref(), &net).await;
+        let (vm, booted) = self.pod.get_or_boot(sandbox_id, boot).await?;
+        if booted {
+            self.watch_vm(vm.clone());
+            self.watch_oom(vm.clone());
         }
-        if let Err(e) = created {
-            let _ = vm.stop().await;
-            return Err(e);
-        }
-        let record_path = SandboxRecord::path(&config.runtime.state_dir, sandbox_id);
-        let record = SandboxRecord {
-            sandbox_id: sandbox_id.to_string(),
-            shim: ProcId::current(),
-            processes: vm.processes().into_iter().filter_map(ProcId::of).collect(),
-            vm_dir: vm.vm_dir(),
-            shared_dir: vm.shared_dir(),
-        };
-        if let Err(e) = record.save(&record_path) {
-            tracing::warn!(error = %e, "recording the sandbox for cleanup");
-        }
-        tracing::info!(endpoint = %vm.endpoint(), pid = vm.pid(), "sandbox ready");
-        let state = Arc::new(SandboxState {
-            id: sandbox_id.to_string(),
-            vm,
-            agent,
-            dead: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
-            size: Mutex::new(VmSize {
-                vcpus: config.hypervisor.vcpus,
-                memory_mib: config.hypervisor.memory_mib,
-            }),
-            record: record_path,
-        });
-        self.watch_vm(state.clone());
-        self.watch_oom(state.clone());
-        *slot = Some(state.clone());
-        Ok(state)
+        Ok(vm)
     }
 
     /// Watches the VM: if it exits while we did not stop it, every process is marked exited
-    /// and the sandbox is cleaned up.
-    fn watch_vm(self: &Arc<Self>, state: Arc<SandboxState>) {
+    /// and the sandbox is cleaned up ([`PodVmCell::exited`]).
+    fn watch_vm(self: &Arc<Self>, vm: Arc<PodVm>) {
         let this = Arc::downgrade(self);
-        let span = tracing::info_span!(parent: None, "vm", sandbox_id = %state.id);
+        let span = tracing::info_span!(parent: None, "vm", sandbox_id = %vm.id);
         let task = async move {
-            let how = state.vm.wait().await;
-            if state.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            state.dead.store(true, Ordering::SeqCst);
-            tracing::error!(exit = %how, "the sandbox VM exited unexpectedly: every process is marked exited with status {VM_DIED_STATUS}");
+            let exit = vm.vm.wait().await;
             let Some(this) = this.upgrade() else { return };
-            this.vm_died.store(true, Ordering::SeqCst);
-            this.mark_all_exited(VM_DIED_STATUS);
-            this.stop_sandbox().await;
+            let crashed = || this.mark_all_exited(VM_DIED_STATUS);
+            this.pod.exited(&vm, exit, crashed).await;
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
@@ -419,24 +316,14 @@ impl Service {
 
     /// Stops the VM and removes everything it left on the host. Idempotent.
     ///
-    /// The sandbox lock is held until the teardown is complete, so every other caller (a
-    /// Delete or Shutdown racing with the teardown after a VM crash) waits for it: the shim can
-    /// never answer the last Delete, or exit, with mounts or processes still being removed.
+    /// Returns only once the teardown is complete, also when another one (after a VM crash)
+    /// was in progress ([`PodVmCell::stop`]): the shim can never answer the last Delete, or
+    /// exit, with mounts or processes still being removed.
     pub async fn stop_sandbox(&self) {
-        let mut slot = self.sandbox.lock().await;
-        let Some(state) = slot.take() else {
-            return;
-        };
-        state.stopping.store(true, Ordering::SeqCst);
-        tracing::info!("stopping the sandbox VM");
-        if let Err(e) = state.vm.stop().await {
-            tracing::warn!(error = %e, "stopping the sandbox");
-        }
-        persist::remove_file_quietly(&state.record);
-        drop(slot);
+        self.pod.stop().await;
     }
 
-    async fn unshare(&self, sandbox: &SandboxState, cid: &str) {
+    async fn unshare(&self, sandbox: &PodVm, cid: &str) {
         if let Err(e) = sandbox.vm.unshare_container(cid).await {
             tracing::warn!(container_id = cid, error = %e, "removing the container's shared files");
         }
@@ -499,8 +386,8 @@ impl Service {
         &self,
         id: &str,
         exec_id: &str,
-    ) -> Result<(Arc<SandboxState>, Option<Arc<ProcessIo>>)> {
-        let sandbox = self.live_sandbox().await?;
+    ) -> Result<(Arc<PodVm>, Option<Arc<ProcessIo>>)> {
+        let sandbox = self.pod.live()?;
         if exec_id.is_empty() {
             sandbox.agent.start_container(id).await?;
             return Ok((sandbox, None));
@@ -536,24 +423,21 @@ impl Service {
     }
 
     /// Waits for a started process in the guest, then for its output, then records the exit.
-    fn watch_exit(self: &Arc<Self>, sandbox: Arc<SandboxState>, id: String, exec_id: String) {
+    fn watch_exit(self: &Arc<Self>, sandbox: Arc<PodVm>, id: String, exec_id: String) {
         let this = Arc::downgrade(self);
         let span = tracing::info_span!(parent: None, "exit", sandbox_id = %sandbox.id);
         let task = async move {
-            let status = match sandbox.agent.wait_process(&id, &exec_id).await {
+            let waited = sandbox.agent.wait_process(&id, &exec_id).await;
+            let Some(this) = this.upgrade() else { return };
+            let status = match waited {
                 Ok(exit) => exit.status,
-                Err(_)
-                    if sandbox.dead.load(Ordering::SeqCst)
-                        || sandbox.stopping.load(Ordering::SeqCst) =>
-                {
-                    return
-                }
+                // The VM is dead or stopping: whoever ended it reports the exits.
+                Err(_) if !this.pod.is_current(&sandbox) => return,
                 Err(e) => {
                     tracing::warn!(container_id = %id, exec_id = %exec_id, error = %e, "waiting for the process failed; reporting status {VM_DIED_STATUS}");
                     VM_DIED_STATUS
                 }
             };
-            let Some(this) = this.upgrade() else { return };
             let io = {
                 let containers = this.containers.lock().unwrap();
                 containers
@@ -652,7 +536,7 @@ impl Service {
                 )));
             }
         }
-        let sandbox = self.live_sandbox().await.map_err(|_| {
+        let sandbox = self.pod.live().map_err(|_| {
             ShimError::NotFound(format!("process {id}/{exec_id}: the sandbox VM is gone"))
         })?;
         sandbox
@@ -705,8 +589,7 @@ impl Service {
             }
             c.busy = true;
         }
-        let sandbox = self.current_sandbox().await;
-        if let Some(sandbox) = sandbox.as_ref().filter(|s| !s.dead.load(Ordering::SeqCst)) {
+        if let Some(sandbox) = self.pod.ready().as_ref() {
             match sandbox.agent.remove_container(id, 0).await {
                 Ok(()) => {}
                 Err(ShimError::Agent {

@@ -36,7 +36,7 @@ fn service(env: &TestEnv, events: Arc<Events>) -> Arc<Service> {
     let config = env.config.clone();
     Service::new(
         "test",
-        Arc::new(VmFactory),
+        Arc::new(VmFactory::real()),
         events,
         Arc::new(move |_o: &RuntimeOptions| Ok(config.clone())),
         Arc::new(ExitSignal::default()),

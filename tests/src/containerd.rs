@@ -191,6 +191,7 @@ impl Containerd {
         let config = dir.join("config.toml");
         std::fs::write(&config, containerd_config(&dir, &isola_config))
             .expect("writing the containerd configuration");
+        crate::handlers::install_clh_containerd(&config, &isola_config, env.dir.path()).unwrap();
         let log = std::fs::File::create(dir.join("containerd.log")).expect("creating the log");
 
         let path = match std::env::var_os("PATH") {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::Signal;
 
-use crate::containerd::{cleanup_dir, describe, reap_stale, shim_dir, DIR_PREFIX, OWNER_FILE};
+use crate::containerd::{cleanup_dir, describe, reap_stale, DIR_PREFIX, OWNER_FILE};
 use crate::ctr_child::run_with_deadline;
 use crate::{repo_root, TestEnv};
 
@@ -64,7 +64,7 @@ impl Crio {
         crate::cri::write_cni_config(&dir)?;
         let isola_config = env.write_config();
         std::fs::create_dir_all(dir.join("crio.conf.d"))?;
-        install_isola_handler(&dir.join("crio.conf.d"), &isola_config)?;
+        crate::handlers::install_crio(&dir.join("crio.conf.d"), &isola_config, env.dir.path())?;
         std::fs::write(dir.join("policy.json"), POLICY)?;
         let config = dir.join("crio.conf");
         std::fs::write(&config, crio_config(&dir, &bin))?;
@@ -216,33 +216,6 @@ fn archive_ref_name(tar: &Path) -> Result<String> {
 
 /// Accept every image: the tests' images are built locally and never signed.
 const POLICY: &str = r#"{"default": [{"type": "insecureAcceptAnything"}]}"#;
-
-/// The isola handler, written by `isola install crio` as a user would (the `isola` binary next
-/// to the shim in the target directory), into CRI-O's drop-in directory `conf_d`.
-fn install_isola_handler(conf_d: &Path, isola_config: &Path) -> Result<()> {
-    let dir = shim_dir();
-    let isola = dir.join("isola");
-    ensure!(
-        isola.is_file(),
-        "{} is missing: build it (cargo build -p isola)",
-        isola.display()
-    );
-    let mut cmd = Command::new(&isola);
-    cmd.args(["install", "crio", "--dir"])
-        .arg(conf_d)
-        .arg("--isola-config")
-        .arg(isola_config)
-        .arg("--shim")
-        .arg(dir.join(crate::containerd::SHIM_BINARY));
-    let out = run_with_deadline(&mut cmd, None, Duration::from_secs(30))
-        .map_err(|e| anyhow::anyhow!("isola install crio: {e}"))?;
-    ensure!(
-        out.status.success(),
-        "isola install crio: {}",
-        describe(&out)
-    );
-    Ok(())
-}
 
 /// The configuration of a private CRI-O in `dir`, with its binaries in `bin` (the isola
 /// handler is in the drop-in directory).

@@ -15,6 +15,7 @@ pub mod cri_stream;
 pub mod crio;
 pub mod ctr_child;
 pub mod ctr_tasks;
+pub mod handlers;
 pub mod keeper;
 pub mod mounts;
 pub mod probe;
@@ -57,6 +58,40 @@ pub fn guest_kernel_release() -> String {
     release
 }
 
+/// The backend the VM tests run on: `$ISOLA_TEST_HYPERVISOR` (`qemu`, the default, or
+/// `cloud-hypervisor`). `make test` runs the ctr suite a second time with Cloud Hypervisor on
+/// hosts with hardware KVM, and says why it does not elsewhere.
+pub fn test_hypervisor() -> isola_config::HypervisorKind {
+    match std::env::var("ISOLA_TEST_HYPERVISOR").as_deref() {
+        Ok("cloud-hypervisor") => isola_config::HypervisorKind::CloudHypervisor,
+        Ok("qemu") | Err(_) => isola_config::HypervisorKind::Qemu,
+        Ok(other) => panic!("ISOLA_TEST_HYPERVISOR={other}: use qemu or cloud-hypervisor"),
+    }
+}
+
+/// The Cloud Hypervisor binary for tests: `$ISOLA_TEST_CLOUD_HYPERVISOR`, else v49 from
+/// ../shared/tools/cloud-hypervisor (what CI has). Panics saying so when it is missing.
+pub fn test_cloud_hypervisor() -> PathBuf {
+    let p = std::env::var_os("ISOLA_TEST_CLOUD_HYPERVISOR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("../shared/tools/cloud-hypervisor/cloud-hypervisor"));
+    assert!(
+        p.is_file(),
+        "{} is missing: Cloud Hypervisor v49 comes from ../shared/tools/cloud-hypervisor (or set \
+         ISOLA_TEST_CLOUD_HYPERVISOR)",
+        p.display()
+    );
+    p
+}
+
+/// The command name (`/proc/<pid>/comm`, 15 characters) of the test backend's VMM.
+pub fn test_vmm_comm() -> &'static str {
+    match test_hypervisor() {
+        isola_config::HypervisorKind::Qemu => "qemu-system",
+        isola_config::HypervisorKind::CloudHypervisor => "cloud-hyperviso",
+    }
+}
+
 /// A test environment: its own state directory and a configuration using the built image.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
@@ -76,6 +111,10 @@ impl TestEnv {
         config.hypervisor.initrd = guest_file("INITRD", "initrd.img");
         config.runtime.state_dir = dir.path().to_path_buf();
         config.agent.dial_timeout_ms = 60_000;
+        config.hypervisor.kind = test_hypervisor();
+        if config.hypervisor.kind == isola_config::HypervisorKind::CloudHypervisor {
+            config.hypervisor.cloud_hypervisor_path = test_cloud_hypervisor();
+        }
         config
             .validate(Path::new("<test>"))
             .expect("test configuration is valid");

@@ -10,28 +10,11 @@ use isola_config::HypervisorKind;
 use isola_tests::containerd::{describe, host_kernel_release, Containerd};
 use isola_tests::TestEnv;
 
-/// The v49 binary CI has next to the workspace, or `$ISOLA_TEST_CLOUD_HYPERVISOR`.
-fn cloud_hypervisor() -> std::path::PathBuf {
-    let p = std::env::var_os("ISOLA_TEST_CLOUD_HYPERVISOR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/tools/cloud-hypervisor/cloud-hypervisor")
-        });
-    assert!(
-        p.is_file(),
-        "{} is missing: this test needs Cloud Hypervisor v49 from ../shared/tools/cloud-hypervisor \
-         (or set ISOLA_TEST_CLOUD_HYPERVISOR)",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn vm_ctr_cloud_hypervisor_runs_or_is_refused_up_front() {
     let mut env = TestEnv::new();
     env.config.hypervisor.kind = HypervisorKind::CloudHypervisor;
-    env.config.hypervisor.cloud_hypervisor_path = cloud_hypervisor();
+    env.config.hypervisor.cloud_hypervisor_path = isola_tests::test_cloud_hypervisor();
     let c = Containerd::start_with(env);
     c.import_test_image();
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();

@@ -42,10 +42,11 @@ fn spawn_run(c: &Containerd, id: &str, cmd: &[&str]) -> CtrChild {
     c.ctr_spawn(&args)
 }
 
+/// The VMMs' pids (QEMU, or Cloud Hypervisor with `ISOLA_TEST_HYPERVISOR`).
 fn qemu_pids(c: &Containerd) -> Vec<u32> {
     c.vm_processes()
         .into_iter()
-        .filter(|(_, comm)| comm.starts_with("qemu-system"))
+        .filter(|(_, comm)| comm.starts_with(isola_tests::test_vmm_comm()))
         .map(|(pid, _)| pid)
         .collect()
 }

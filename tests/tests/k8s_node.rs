@@ -6,6 +6,11 @@
 //! plus overhead; then every kubectl feature of [`isola_tests::cluster::checks`] on an isola
 //! pod and a runc pod side by side; deleting the pods leaves nothing on the host.
 //!
+//! The second handler `isola-clh` (Cloud Hypervisor, registered by `isola install --handler
+//! isola-clh --hypervisor cloud-hypervisor`) with deploy/runtimeclass-clh.yaml: its pod runs in a
+//! Cloud Hypervisor guest where the node has hardware KVM, and elsewhere (this CI) the kubelet
+//! reports the refusal with its reason on the pod.
+//!
 //! One cluster per runtime serves the whole test (a cluster start costs seconds); the two
 //! runtimes' clusters take turns (one node per host).
 
@@ -73,6 +78,11 @@ async fn node(runtime: Runtime) {
     let cluster =
         tokio::task::block_in_place(|| Cluster::start(runtime)).expect("starting the cluster");
     let mut result = runtimeclass(&cluster).await.context("RuntimeClass");
+    if result.is_ok() {
+        result = second_handler(&cluster)
+            .await
+            .context("the isola-clh handler");
+    }
     if result.is_ok() {
         result = checks::workloads(&cluster).await;
     }
@@ -166,6 +176,79 @@ async fn runtimeclass(cluster: &Cluster) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !pods.list(&Default::default()).await?.items.is_empty() {
         ensure!(Instant::now() < deadline, "pods not deleted after 120 s");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+/// The pod events' messages.
+fn pod_events(cluster: &Cluster, name: &str) -> Result<String> {
+    let selector = format!("involvedObject.name={name}");
+    let o = cluster.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &selector,
+        "-o",
+        "jsonpath={range .items[*]}{.reason}: {.message}{\"\\n\"}{end}",
+    ])?;
+    Ok(out(&o))
+}
+
+async fn second_handler(cluster: &Cluster) -> Result<()> {
+    let rc = isola_tests::repo_root().join("deploy/runtimeclass-clh.yaml");
+    let applied = cluster.kubectl(&["apply", "-f", &rc.to_string_lossy()])?;
+    ensure!(applied.status.success(), "kubectl apply: {}", out(&applied));
+    let pods: Api<Pod> = Api::namespaced(cluster.client().await?, NS);
+    let sleeper = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
+    pods.create(
+        &PostParams::default(),
+        &pod("in-clh", Some("isola-clh"), &sleeper, serde_json::json!({})),
+    )
+    .await
+    .context("creating the isola-clh pod")?;
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
+    let kvm = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    match isola_hypervisor::accel::cloud_hypervisor_problem(&cpuinfo, kvm) {
+        None => {
+            wait_running(&pods, "in-clh").await?;
+            let uname = out(&cluster.kubectl(&["exec", "in-clh", "--", "uname", "-r"])?);
+            ensure!(
+                uname.contains("-isola"),
+                "the isola-clh pod's kernel: {uname:?}"
+            );
+        }
+        Some(reason) => {
+            eprintln!("no hardware KVM on this node: the isola-clh pod must be refused ({reason})");
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let events = pod_events(cluster, "in-clh")?;
+                if events.contains("FailedCreatePodSandBox")
+                    && events.contains("Cloud Hypervisor needs hardware KVM")
+                {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "no FailedCreatePodSandBox event with the reason after 120 s; events:\n{events}"
+                );
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let phase = pods.get("in-clh").await?.status.and_then(|s| s.phase);
+            ensure!(phase.as_deref() == Some("Pending"), "{phase:?}");
+        }
+    }
+    pods.delete("in-clh", &DeleteParams::default()).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !pods.list(&Default::default()).await?.items.is_empty() {
+        ensure!(
+            Instant::now() < deadline,
+            "the isola-clh pod not deleted after 120 s"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())

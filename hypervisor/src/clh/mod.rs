@@ -183,6 +183,13 @@ impl ClhHypervisor {
                 c.vcpus, c.memory_mib
             ));
         }
+        if c.vsock == crate::VsockChoice::VhostKernel {
+            return invalid(
+                "vsock is set to vhost-kernel but Cloud Hypervisor only has its own hybrid vsock \
+                 (set vsock to auto)"
+                    .into(),
+            );
+        }
         self.paths.check_socket_lengths()?;
         let bad_mac = {
             let net = self.net.lock().unwrap_or_else(|e| e.into_inner());
@@ -363,6 +370,10 @@ impl Hypervisor for ClhHypervisor {
 
     async fn wait(&self) -> Result<VmExit, HypervisorError> {
         self.core.wait().await
+    }
+
+    async fn kill(&self) -> Result<(), HypervisorError> {
+        self.core.kill()
     }
 
     async fn pause(&self) -> Result<(), HypervisorError> {

@@ -117,6 +117,25 @@ async fn tcg_is_refused_before_anything_runs() {
     ));
 }
 
+#[tokio::test]
+async fn kernel_vsock_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = ClhHypervisor::new(VmConfig {
+        vsock: crate::VsockChoice::VhostKernel,
+        ..cfg(dir.path())
+    });
+    // On a host without hardware KVM the accelerator check comes first.
+    match vm.start().await.unwrap_err() {
+        HypervisorError::InvalidConfig(m) => assert!(m.contains("hybrid vsock"), "{m}"),
+        HypervisorError::AcceleratorUnavailable { .. } => {
+            let e = vm.validate().await.unwrap_err();
+            assert!(e.to_string().contains("hybrid vsock"), "{e}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!dir.path().join("state").exists());
+}
+
 /// Hosts without hardware KVM (like isola's CI) refuse up front with the reason; hosts with
 /// it pass the check and stop at the next one (the missing kernel). Either way, nothing is
 /// left behind and no VMM ran.

@@ -5,19 +5,29 @@
 //! Readiness is checked by the socket file appearing, not by connecting: these daemons serve
 //! exactly one frontend connection and exit when it closes, so a probe connection would kill
 //! them.
+//!
+//! Each daemon is reaped by a task of its own the moment it exits (no zombie), and its exit is
+//! published ([`Daemon::exit_receiver`]) so the VM's supervisor can end a VM whose helper died
+//! (see `lifecycle.rs`). Stopping goes through the same task, so a pid is never signalled
+//! after it was reaped.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
 
 use crate::process::{self, duration_ms, SpawnError};
+use crate::VmExit;
 
 pub mod virtiofsd;
 pub mod vsock;
 
 /// How often readiness is polled.
 const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How long a stop waits for the reaper beyond the grace period (SIGKILL and reaping).
+const STOP_SLACK: Duration = Duration::from_secs(6);
 
 /// Failures of a helper daemon.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,16 @@ pub enum DaemonError {
         /// The last lines of its stderr.
         log_tail: String,
     },
+    /// The daemon did not exit even after SIGKILL.
+    #[error("{name} (pid {pid}) did not exit within {timeout_ms} ms of being stopped")]
+    Stuck {
+        /// Which daemon.
+        name: &'static str,
+        /// Its pid.
+        pid: u32,
+        /// How long was waited.
+        timeout_ms: u64,
+    },
     /// Checking the socket path failed for a reason other than it not existing.
     #[error("checking {} for {name}: {source}", socket.display())]
     SocketCheck {
@@ -67,10 +87,13 @@ pub enum DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     name: &'static str,
-    child: Child,
     pid: u32,
     socket: PathBuf,
     log: PathBuf,
+    /// The exit, once the reaper saw it.
+    exit: watch::Receiver<Option<VmExit>>,
+    /// Asks the reaper to stop the daemon with this grace period; dropped = kill at once.
+    stop: Option<oneshot::Sender<Duration>>,
 }
 
 impl Daemon {
@@ -83,15 +106,37 @@ impl Daemon {
         log: PathBuf,
     ) -> Result<Self, DaemonError> {
         remove_if_exists(&socket).await;
-        let child = process::spawn(name, cmd, &log).await?;
+        let mut child = process::spawn(name, cmd, &log).await?;
         let pid = child.id().unwrap_or(0);
         tracing::debug!(name, pid, socket = %socket.display(), "spawned helper daemon");
+        let (exit_tx, exit) = watch::channel(None);
+        let (stop, stop_rx) = oneshot::channel::<Duration>();
+        tokio::spawn(async move {
+            let status = tokio::select! {
+                status = child.wait() => status.map_err(|source| SpawnError::Wait { name, pid, source }),
+                // A stop request, or the Daemon was dropped (grace zero).
+                grace = stop_rx => process::terminate(name, &mut child, grace.unwrap_or(Duration::ZERO)).await,
+            };
+            let exit = match status {
+                Ok(status) => process::exit_of(status),
+                Err(e) => {
+                    tracing::warn!(name, pid, error = %e, "reaping a helper daemon failed");
+                    VmExit {
+                        code: None,
+                        signal: None,
+                    }
+                }
+            };
+            tracing::debug!(name, pid, %exit, "helper daemon exited");
+            exit_tx.send_replace(Some(exit));
+        });
         Ok(Self {
             name,
-            child,
             pid,
             socket,
             log,
+            exit,
+            stop: Some(stop),
         })
     }
 
@@ -127,18 +172,20 @@ impl Daemon {
         &self.socket
     }
 
+    /// A receiver that sees the daemon's exit.
+    pub fn exit_receiver(&self) -> watch::Receiver<Option<VmExit>> {
+        self.exit.clone()
+    }
+
     /// Waits until the socket exists. Fails early, with the daemon's output, if it exits.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<(), DaemonError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.try_wait().map_err(|source| SpawnError::Wait {
-                name: self.name,
-                pid: self.pid,
-                source,
-            })? {
+            let exited = *self.exit.borrow();
+            if let Some(exit) = exited {
                 return Err(DaemonError::ExitedEarly {
                     name: self.name,
-                    status: process::exit_of(status).to_string(),
+                    status: exit.to_string(),
                     log_tail: process::tail_file(&self.log).await,
                 });
             }
@@ -165,13 +212,30 @@ impl Daemon {
         }
     }
 
-    /// Stops the daemon (SIGTERM, then SIGKILL after `grace`), reaps it and removes its socket.
+    /// Stops the daemon (SIGTERM, then SIGKILL after `grace`), waits for the reaper and removes
+    /// its socket.
     pub async fn stop(mut self, grace: Duration) -> Result<(), DaemonError> {
-        let status = process::terminate(self.name, &mut self.child, grace).await;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(grace);
+        }
+        let bound = grace + STOP_SLACK;
+        let exited = tokio::time::timeout(bound, self.exit.wait_for(Option::is_some))
+            .await
+            .map(|r| r.map(|exit| *exit));
         remove_if_exists(&self.socket).await;
-        let status = status?;
-        tracing::debug!(name = self.name, pid = self.pid, exit = %process::exit_of(status), "helper daemon stopped");
-        Ok(())
+        match exited {
+            Ok(Ok(exit)) => {
+                tracing::debug!(name = self.name, pid = self.pid, exit = ?exit, "helper daemon stopped");
+                Ok(())
+            }
+            // The reaper is gone only with the runtime: nothing left to wait for.
+            Ok(Err(_)) => Ok(()),
+            Err(_) => Err(DaemonError::Stuck {
+                name: self.name,
+                pid: self.pid,
+                timeout_ms: duration_ms(bound),
+            }),
+        }
     }
 }
 
@@ -235,5 +299,32 @@ mod tests {
         assert!(matches!(err, DaemonError::SocketTimeout { .. }), "{err:?}");
         assert!(err.to_string().contains("starting"), "{err}");
         d.stop(Duration::from_millis(500)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dying_daemon_is_reaped_at_once_and_its_exit_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "exec sleep 30"]);
+        let d = Daemon::spawn("fake", cmd, dir.path().join("s"), dir.path().join("l"))
+            .await
+            .unwrap();
+        let mut exit = d.exit_receiver();
+        assert!(exit.borrow().is_none());
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(d.pid()).unwrap()),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(2), exit.wait_for(Option::is_some))
+            .await
+            .expect("the exit is seen at once")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.signal, Some(9));
+        // Reaped: no zombie left under our pid.
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid()));
+        assert!(stat.is_err(), "still there: {stat:?}");
+        d.stop(Duration::from_millis(100)).await.unwrap();
     }
 }

@@ -384,6 +384,10 @@ impl Hypervisor for QemuHypervisor {
         self.core.wait().await
     }
 
+    async fn kill(&self) -> Result<(), HypervisorError> {
+        self.core.kill()
+    }
+
     async fn pause(&self) -> Result<(), HypervisorError> {
         self.qmp_client().await?.stop().await?;
         tracing::info!(sandbox = %self.id(), "VM paused");

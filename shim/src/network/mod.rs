@@ -77,6 +77,24 @@ impl NetError {
             source,
         }
     }
+
+    /// The pod network namespace itself does not exist (any more).
+    pub fn netns_missing(&self) -> bool {
+        matches!(self, NetError::Netns { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
+    }
+
+    /// The kind of the OS error behind this failure, where there is one (a netlink error
+    /// carries the kernel's errno).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            NetError::Netns { source, .. } | NetError::Io { source, .. } => Some(source.kind()),
+            NetError::Netlink {
+                source: rtnetlink::Error::NetlinkError(m),
+                ..
+            } => Some(m.to_io().kind()),
+            NetError::Netlink { .. } | NetError::Unusable(_) => None,
+        }
+    }
 }
 
 /// An address with its prefix length.
