@@ -104,6 +104,12 @@ pub struct AgentConfig {
     /// `log_level`: the agent's log level, passed to the guest kernel command
     /// line as `agent.log=<level>`. Default [`LogLevel::Info`].
     pub log_level: LogLevel,
+    /// `watchdog_timeout_ms`: how long the agent of a running pod may leave the runtime's
+    /// health checks (one every [`AgentConfig::watchdog_period`]) unanswered before the VM
+    /// is declared dead: its VMM is killed and every process of the pod ends with status 255,
+    /// as if the VM had crashed (a frozen VMM, a hung guest). 0 turns the watchdog off.
+    /// Default 30000.
+    pub watchdog_timeout_ms: u64,
 }
 
 /// The `[runtime]` section: behaviour of the shim itself.
@@ -129,6 +135,8 @@ pub const DEFAULT_VIRTIOFSD_PATH: &str = "/usr/local/bin/virtiofsd";
 pub const DEFAULT_VHOST_USER_VSOCK_PATH: &str = "/usr/local/bin/vhost-device-vsock";
 /// Default of `runtime.state_dir`.
 pub const DEFAULT_STATE_DIR: &str = "/run/isola";
+/// Default of `agent.watchdog_timeout_ms`.
+pub const DEFAULT_WATCHDOG_TIMEOUT_MS: u64 = 30_000;
 /// Default of `agent.dial_timeout_ms`.
 pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 30_000;
 /// Default of `hypervisor.vcpus`.
@@ -194,6 +202,7 @@ impl Default for AgentConfig {
         AgentConfig {
             dial_timeout_ms: DEFAULT_DIAL_TIMEOUT_MS,
             log_level: LogLevel::default(),
+            watchdog_timeout_ms: DEFAULT_WATCHDOG_TIMEOUT_MS,
         }
     }
 }
@@ -202,6 +211,17 @@ impl AgentConfig {
     /// `dial_timeout_ms` as a [`Duration`].
     pub fn dial_timeout(&self) -> Duration {
         Duration::from_millis(self.dial_timeout_ms)
+    }
+
+    /// `watchdog_timeout_ms` as a [`Duration`]; None when the watchdog is off.
+    pub fn watchdog_timeout(&self) -> Option<Duration> {
+        (self.watchdog_timeout_ms > 0).then(|| Duration::from_millis(self.watchdog_timeout_ms))
+    }
+
+    /// How often the watchdog checks the agent: a third of its timeout (so a few checks fit
+    /// in it), at most 5 s and at least 100 ms.
+    pub fn watchdog_period(&self) -> Duration {
+        Duration::from_millis((self.watchdog_timeout_ms / 3).clamp(100, 5_000))
     }
 
     /// The guest kernel parameter carrying the log level, e.g. `agent.log=info`.

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use isola_agent_client::dial::{self, DialError};
+use isola_agent_client::AgentClient;
 use isola_agent_proto::agent::{
     stdio_stream_header::Stream, AddARPNeighborsRequest, CloseStdinRequest, ContainerRequest,
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest,
@@ -68,6 +69,9 @@ pub struct GuestProcess {
 #[async_trait]
 pub trait AgentApi: Send + Sync {
     /// Sets up the sandbox in the guest (shared filesystem, hostname).
+    /// Health.Check within `timeout`: Ok only when the agent answers SERVING (the watchdog's
+    /// probe; cheap in the guest).
+    async fn check(&self, timeout: Duration) -> Result<()>;
     async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()>;
     /// Tears the sandbox down in the guest before the VM stops.
     async fn destroy_sandbox(&self) -> Result<()>;
@@ -150,14 +154,20 @@ const STDIO_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The real agent, over ttrpc on vsock (kernel or hybrid).
 pub struct TtrpcAgent {
+    client: AgentClient,
     rpc: AgentRpc,
     endpoint: AgentEndpoint,
 }
 
 impl TtrpcAgent {
     /// Wraps a connected agent client; `endpoint` is where stdio streams are dialed.
-    pub fn new(rpc: AgentRpc, endpoint: AgentEndpoint) -> TtrpcAgent {
-        TtrpcAgent { rpc, endpoint }
+    pub fn new(client: AgentClient, endpoint: AgentEndpoint) -> TtrpcAgent {
+        let rpc = client.agent.clone();
+        TtrpcAgent {
+            client,
+            rpc,
+            endpoint,
+        }
     }
 
     async fn dial_stdio(&self) -> Result<BoxStream, DialError> {
@@ -185,6 +195,17 @@ fn ctx() -> ttrpc::context::Context {
 
 #[async_trait]
 impl AgentApi for TtrpcAgent {
+    async fn check(&self, timeout: Duration) -> Result<()> {
+        self.client.check(timeout).await.map_err(|e| match e {
+            isola_agent_client::ClientError::Rpc { rpc, source } => ShimError::agent(rpc, source),
+            other => ShimError::Agent {
+                rpc: "Check",
+                code: ttrpc::Code::UNAVAILABLE,
+                message: other.to_string(),
+            },
+        })
+    }
+
     async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
         call("CreateSandbox", self.rpc.create_sandbox(ctx(), &req)).await?;
         Ok(())

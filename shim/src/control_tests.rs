@@ -341,3 +341,49 @@ async fn an_agent_without_oom_events_is_asked_once() {
         .count();
     assert_eq!(asked, 1);
 }
+
+#[tokio::test]
+async fn a_silent_agent_is_declared_dead_and_every_process_ends() {
+    let env = Env::with_config(|c| c.agent.watchdog_timeout_ms = 300);
+    let s = &env.service;
+    s.create(env.request("c1", NONE)).await.unwrap();
+    s.start("c1", "").await.unwrap();
+    env.agent().frozen.store(true, Ordering::SeqCst);
+    let t0 = std::time::Instant::now();
+    let exit = tokio::time::timeout(Duration::from_secs(5), s.wait("c1", ""))
+        .await
+        .expect("the watchdog ended the pod")
+        .unwrap();
+    assert_eq!(exit.status, crate::service::VM_DIED_STATUS);
+    // Declared dead after the limit, and long before any RPC deadline.
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert!(env.events.topics().contains(&TASK_EXIT_EVENT_TOPIC));
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while env.vm().stops.load(Ordering::SeqCst) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead VM was not torn down"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = s.create(env.request("c2", NONE)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FAILED_PRECONDITION, "{again}");
+}
+
+#[tokio::test]
+async fn a_healthy_agent_is_left_alone_by_the_watchdog() {
+    let env = Env::with_config(|c| c.agent.watchdog_timeout_ms = 300);
+    let s = &env.service;
+    s.create(env.request("c1", NONE)).await.unwrap();
+    s.start("c1", "").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(
+        s.state("c1", "").unwrap().status.enum_value(),
+        Ok(TaskStatus::RUNNING)
+    );
+    assert_eq!(env.vm().stops.load(Ordering::SeqCst), 0);
+}

@@ -5,6 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::ExitSignal;
@@ -56,6 +57,8 @@ pub struct FakeAgent {
     next_pid: AtomicUsize,
     /// Containers frozen by PauseContainer.
     pub paused: Mutex<HashSet<String>>,
+    /// Health.Check never answers (a frozen VM or a hung agent).
+    pub frozen: AtomicBool,
     /// UpdateContainer's resources, as JSON, in order.
     pub updates: Mutex<Vec<(String, String)>>,
     oom_queue: Mutex<VecDeque<String>>,
@@ -204,6 +207,20 @@ impl FakeAgent {
 
 #[async_trait]
 impl AgentApi for FakeAgent {
+    async fn check(&self, timeout: Duration) -> Result<()> {
+        if self.frozen.load(Ordering::SeqCst) {
+            tokio::time::sleep(timeout).await;
+        }
+        if self.is_dead() || self.frozen.load(Ordering::SeqCst) {
+            return Err(ShimError::Agent {
+                rpc: "Check",
+                code: Code::DEADLINE_EXCEEDED,
+                message: "no answer".into(),
+            });
+        }
+        Ok(())
+    }
+
     async fn create_sandbox(&self, req: CreateSandboxRequest) -> Result<()> {
         self.call("CreateSandbox", &req.sandbox_id)?;
         *self.sandbox.lock().unwrap() = Some(req);
@@ -571,6 +588,11 @@ impl Sandbox for FakeSandbox {
         self.exit.send_replace(Some("stopped".into()));
         Ok(())
     }
+    async fn kill(&self) -> Result<()> {
+        self.agent.vm_died();
+        self.exit.send_replace(Some("killed by signal 9".into()));
+        Ok(())
+    }
     async fn hotplug_vcpus(&self, total: u32) -> Result<u32> {
         self.hotplugs.lock().unwrap().push(("vcpus", total));
         if !self.can_hotplug.load(Ordering::SeqCst) {
@@ -688,6 +710,11 @@ impl Default for Env {
 
 impl Env {
     pub fn new() -> Env {
+        Self::with_config(|_| {})
+    }
+
+    /// An environment whose configuration is the default changed by `adjust`.
+    pub fn with_config(adjust: impl Fn(&mut Config) + Send + Sync + 'static) -> Env {
         let tmp = tempfile::tempdir().unwrap();
         let factory = Arc::new(FakeFactory {
             current: Mutex::new(FakeSandbox::new(tmp.path())),
@@ -707,6 +734,7 @@ impl Env {
             Arc::new(move |_o: &RuntimeOptions| {
                 let mut c = Config::default();
                 c.runtime.state_dir = state_dir.clone();
+                adjust(&mut c);
                 Ok(c)
             }),
             exit.clone(),

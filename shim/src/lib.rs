@@ -28,6 +28,7 @@ pub mod state;
 pub mod stdio;
 pub mod task;
 pub mod translate;
+mod watchdog;
 
 #[cfg(test)]
 mod control_tests;

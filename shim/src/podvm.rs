@@ -41,6 +41,8 @@ pub(crate) struct PodVm {
     pub size: Mutex<VmSize>,
     /// The [`SandboxRecord`] `delete` cleans up from after a dead shim.
     pub record: PathBuf,
+    /// The agent watchdog's limit and period (`[agent] watchdog_timeout_ms`); None = off.
+    pub watchdog: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl std::fmt::Debug for PodVm {
@@ -107,6 +109,10 @@ impl PodVm {
                 memory_mib: config.hypervisor.memory_mib,
             }),
             record: record_path,
+            watchdog: config
+                .agent
+                .watchdog_timeout()
+                .map(|t| (t, config.agent.watchdog_period())),
         })
     }
 
@@ -404,6 +410,7 @@ mod tests {
                 memory_mib: 512,
             }),
             record: dir.join(format!("{id}.json")),
+            watchdog: None,
         };
         (Arc::new(vm), fake)
     }

@@ -49,6 +49,9 @@ pub trait Sandbox: Send + Sync {
     /// Stops the VM and removes what it left on the host: helper daemons, sockets, mounts,
     /// directories. Idempotent; also right after the VM died on its own.
     async fn stop(&self) -> Result<()>;
+    /// Kills the VMM at once (the VM was declared dead): [`wait`](Self::wait) then resolves
+    /// and the VM is handled as crashed.
+    async fn kill(&self) -> Result<()>;
     /// Grows the VM to `total` vCPUs; returns the resulting count. An error whose code is
     /// Unimplemented when the hypervisor cannot (yet); the hypervisor's own error
     /// ([`ShimError::Hypervisor`]) otherwise.
@@ -174,7 +177,7 @@ impl SandboxFactory for VmFactory {
             }
         };
         let endpoint = vm.vm.agent_endpoint();
-        let agent = Arc::new(TtrpcAgent::new(vm.agent.agent.clone(), endpoint.clone()));
+        let agent = Arc::new(TtrpcAgent::new(vm.agent.clone(), endpoint.clone()));
         Ok(Arc::new(VmSandbox {
             vm,
             agent,
@@ -279,6 +282,17 @@ impl Sandbox for VmSandbox {
     async fn unshare_container(&self, cid: &str) -> Result<()> {
         let (s, cid) = (self.shared.clone(), cid.to_string());
         blocking(move || s.unshare_container(&cid)).await
+    }
+
+    async fn kill(&self) -> Result<()> {
+        self.vm
+            .vm
+            .kill()
+            .await
+            .map_err(|source| ShimError::Hypervisor {
+                op: "killing the VMM",
+                source: Box::new(source),
+            })
     }
 
     async fn stop(&self) -> Result<()> {

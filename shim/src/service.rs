@@ -258,6 +258,7 @@ impl Service {
         if booted {
             self.watch_vm(vm.clone());
             self.watch_oom(vm.clone());
+            self.watch_agent(vm.clone());
         }
         Ok(vm)
     }
