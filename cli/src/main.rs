@@ -2,6 +2,8 @@
 //!
 //! - `isola check [--no-boot]`: is this host ready to run pods? Boots a throwaway VM unless told
 //!   not to; exits 0 only when everything needed works (with a boot: when the agent answered).
+//! - `isola ps [--json]`: the node's isola sandboxes, from the records their shims leave.
+//! - `isola monitor --listen ADDR`: a Prometheus endpoint (`GET /metrics`) for those sandboxes.
 //! - `isola bench boot`: boot-time benchmark against the bare-kernel floor.
 //! - `isola install containerd|crio` / `isola uninstall containerd|crio`: the runtime in
 //!   containerd's configuration or CRI-O's drop-in directory; `--handler` for a second runtime
@@ -12,6 +14,10 @@ mod check;
 mod host;
 mod install;
 mod kernel;
+mod metrics;
+mod monitor;
+mod procfs;
+mod ps;
 mod report;
 
 use std::path::PathBuf;
@@ -44,6 +50,18 @@ enum Command {
         /// Only the host checks; do not boot a VM
         #[arg(long)]
         no_boot: bool,
+    },
+    /// List the node's isola sandboxes
+    Ps {
+        /// Machine-readable output (a JSON array)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve Prometheus metrics of the node's isola sandboxes on GET /metrics
+    Monitor {
+        /// Address to listen on
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: std::net::SocketAddr,
     },
     /// Benchmarks
     Bench {
@@ -81,6 +99,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Check { no_boot } => check::run(cli.config.as_deref(), !no_boot).await,
+            Command::Ps { json } => ps::run(cli.config.as_deref(), json),
+            Command::Monitor { listen } => monitor::run(cli.config.as_deref(), listen).await,
             Command::Bench { which } => bench::run(cli.config.as_deref(), which).await,
             Command::Install { what } => install::install(what),
             Command::Uninstall { what } => install::uninstall(what),

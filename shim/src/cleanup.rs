@@ -211,6 +211,7 @@ mod tests {
             processes: vec![],
             vm_dir: vm_dir.clone(),
             shared_dir: shared.clone(),
+            ..Default::default()
         }
         .save(&record_path)
         .unwrap();

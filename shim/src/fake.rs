@@ -559,6 +559,12 @@ impl Sandbox for FakeSandbox {
     fn shared_dir(&self) -> PathBuf {
         self.dir.join("shared")
     }
+    fn boot_timings(&self) -> isola_sandbox::BootTimings {
+        isola_sandbox::BootTimings {
+            vmm_ready: std::time::Duration::from_millis(12),
+            agent_ready: std::time::Duration::from_millis(345),
+        }
+    }
     async fn wait(&self) -> String {
         let mut rx = self.exit.subscribe();
         let r = rx

@@ -89,12 +89,21 @@ impl PodVm {
             return Err(e);
         }
         let record_path = SandboxRecord::path(&config.runtime.state_dir, sandbox_id);
+        let timings = vm.boot_timings();
         let record = SandboxRecord {
             sandbox_id: sandbox_id.to_string(),
             shim: ProcId::current(),
             processes: vm.processes().into_iter().filter_map(ProcId::of).collect(),
             vm_dir: vm.vm_dir(),
             shared_dir: vm.shared_dir(),
+            hypervisor: config.hypervisor.kind.to_string(),
+            vcpus: config.hypervisor.vcpus,
+            memory_mib: config.hypervisor.memory_mib,
+            vmm_ready_ms: Some(millis(timings.vmm_ready)),
+            agent_ready_ms: Some(millis(timings.agent_ready)),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
         };
         if let Err(e) = record.save(&record_path) {
             tracing::warn!(error = %e, "recording the sandbox for cleanup");
@@ -123,6 +132,11 @@ impl PodVm {
         }
         persist::remove_file_quietly(&self.record);
     }
+}
+
+/// Whole milliseconds of `d`, saturating.
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Where the pod VM is in its life.

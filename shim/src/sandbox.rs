@@ -10,7 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use isola_config::{Config, SharedFs};
 use isola_hypervisor::NetDevice;
-use isola_sandbox::{BootedVm, SandboxPaths};
+use isola_sandbox::{BootTimings, BootedVm, SandboxPaths};
 use oci_spec::runtime::Spec;
 use tokio::sync::OnceCell;
 
@@ -34,6 +34,8 @@ pub trait Sandbox: Send + Sync {
     fn vm_dir(&self) -> PathBuf;
     /// The host directory shared with the guest.
     fn shared_dir(&self) -> PathBuf;
+    /// How long the VM took to boot, recorded for `isola ps` and `isola monitor`.
+    fn boot_timings(&self) -> BootTimings;
     /// Resolves when the VM has exited (for whatever reason), describing how.
     async fn wait(&self) -> String;
     /// Exposes a container's rootfs and binds to the guest (see [`crate::mounts`]).
@@ -259,6 +261,10 @@ impl Sandbox for VmSandbox {
 
     fn shared_dir(&self) -> PathBuf {
         self.shared.root().to_path_buf()
+    }
+
+    fn boot_timings(&self) -> BootTimings {
+        self.vm.timings
     }
 
     async fn wait(&self) -> String {

@@ -53,6 +53,15 @@ async fn create_start_wait_delete() {
     assert_eq!(BundleRecord::load(&bundle).unwrap().sandbox_id, "c1");
     let record = SandboxRecord::path(&env.tmp.path().join("state"), "c1");
     assert!(record.exists());
+    // What `isola ps` and `isola monitor` read: the VM as booted and how long that took.
+    let rec = SandboxRecord::load(&record).unwrap();
+    assert_eq!(rec.hypervisor, "qemu");
+    assert!(rec.vcpus >= 1 && rec.memory_mib >= 128, "{rec:?}");
+    assert_eq!(
+        (rec.vmm_ready_ms, rec.agent_ready_ms),
+        (Some(12), Some(345))
+    );
+    assert!(rec.created_unix > 1_600_000_000);
 
     assert_eq!(s.start("c1", "").await.unwrap(), 4242);
     assert_eq!(

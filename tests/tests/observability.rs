@@ -1,0 +1,143 @@
+//! `isola ps` and `isola monitor` on a node with two running pods (a private containerd): both
+//! pods listed as running with their VMM's pid, and the scrape's figures for each VMM matching
+//! what /proc says of that process.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use isola_tests::containerd::{describe, shim_dir, Containerd};
+use isola_tests::{comm, processes_mentioning};
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// The VMM of sandbox `id`.
+fn vmm_pid(c: &Containerd, id: &str) -> u32 {
+    let vm_dir = c.state_dir().join("vm").join(id);
+    processes_mentioning(&vm_dir.to_string_lossy())
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .find(|pid| comm(*pid).starts_with(isola_tests::test_vmm_comm()))
+        .unwrap_or_else(|| panic!("no VMM for {id}: {:?}", c.vm_processes()))
+}
+
+fn rss_bytes(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    kib * 1024.0
+}
+
+/// The value of the sample of `metric` whose labels include all of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn vm_ps_and_monitor_show_two_running_pods() {
+    let c = Containerd::start();
+    c.import_test_image();
+    for id in ["t-obs-a", "t-obs-b"] {
+        let out = c.run_with(&["-d"], id, &["sleep", "1000"], None);
+        assert!(out.status.success(), "ctr run -d {id}: {}", describe(&out));
+        c.wait_task_status(id, "RUNNING", BOOT);
+    }
+    let isola = shim_dir().join("isola");
+    let config = c.isola_config().to_owned();
+
+    let ps = Command::new(&isola)
+        .arg("--config")
+        .arg(&config)
+        .args(["ps", "--json"])
+        .output()
+        .unwrap();
+    assert!(ps.status.success(), "isola ps: {}", describe(&ps));
+    let listed: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    for id in ["t-obs-a", "t-obs-b"] {
+        let pod = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["sandbox_id"] == id)
+            .unwrap_or_else(|| panic!("{id} not in {listed}"));
+        assert_eq!(pod["state"], "running", "{pod}");
+        assert_eq!(pod["vmm_pid"], vmm_pid(&c, id), "{pod}");
+        assert!(
+            pod["agent_ready_ms"].as_u64().is_some_and(|ms| ms > 0),
+            "{pod}"
+        );
+    }
+
+    let mut monitor = Command::new(&isola)
+        .arg("--config")
+        .arg(&config)
+        .args(["monitor", "--listen", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(monitor.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_owned();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        conn,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut scrape = String::new();
+    conn.read_to_string(&mut scrape).unwrap();
+    let _ = monitor.kill();
+    let _ = monitor.wait();
+    assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
+    assert_eq!(
+        sample(&scrape, "isola_sandboxes", &["state=\"running\""]),
+        Some(2.0),
+        "{scrape}"
+    );
+    for id in ["t-obs-a", "t-obs-b"] {
+        let pod = format!("sandbox_id=\"{id}\"");
+        let vmm = ["process=\"vmm\"", pod.as_str()];
+        let rss = sample(&scrape, "isola_process_resident_memory_bytes", &vmm)
+            .unwrap_or_else(|| panic!("no VMM RSS for {id}:\n{scrape}"));
+        let now = rss_bytes(vmm_pid(&c, id));
+        assert!(
+            (rss - now).abs() / now < 0.25,
+            "{id}: scraped RSS {rss} vs /proc {now}"
+        );
+        let pss = sample(&scrape, "isola_process_pss_bytes", &vmm).unwrap();
+        assert!(pss > 0.0 && pss <= rss * 1.05, "{id}: PSS {pss}, RSS {rss}");
+        let cpu = sample(&scrape, "isola_process_cpu_seconds_total", &vmm).unwrap();
+        assert!(cpu > 0.0, "{id}: a booted VMM used CPU: {cpu}");
+        assert!(
+            sample(
+                &scrape,
+                "isola_process_resident_memory_bytes",
+                &[pod.as_str(), "process=\"virtiofsd\""]
+            )
+            .is_some(),
+            "{id}: virtiofsd's figures:\n{scrape}"
+        );
+    }
+
+    for id in ["t-obs-a", "t-obs-b"] {
+        let _ = c.ctr(&["tasks", "kill", "-s", "KILL", id]);
+        let _ = c.ctr(&["tasks", "rm", "-f", id]);
+        let _ = c.ctr(&["containers", "rm", id]);
+    }
+    c.assert_nothing_left("two pods, isola ps and isola monitor");
+}
