@@ -67,6 +67,19 @@ pub const STDIO_PORT: u32 = 1025;
 /// while the guest driver is still initialising the device (rust-vmm/vhost#247), so the host
 /// must not poll the agent during early boot.
 pub const READY_PORT: u32 = 1026;
+/// vsock port of the debug console (`isola debug console`), served only when the guest kernel
+/// command line carries `agent.debug_console=<port>` (the runtime adds it when the
+/// configuration sets `[agent] debug_console = true`). Each connection is a root shell in the
+/// guest, outside every container, on a pty: raw bytes both ways, no framing.
+pub const DEBUG_CONSOLE_PORT: u32 = 1027;
+/// The directory, at the top of the sandbox's shared directory, where the host puts the debug
+/// console's shell binary (a static busybox) before boot when the console is enabled.
+pub const DEBUG_DIR: &str = ".isola-debug";
+/// The shell binary's name in [`DEBUG_DIR`].
+pub const DEBUG_SHELL: &str = "busybox";
+/// Where the guest sees the debug console's shell binary: the shared directory is mounted at
+/// `/run/isola/shared` by CreateSandbox.
+pub const DEBUG_SHELL_GUEST_PATH: &str = "/run/isola/shared/.isola-debug/busybox";
 /// The line the agent writes on the readiness connection.
 pub const READY_LINE: &[u8] = b"READY\n";
 /// Upper bound on a stdio stream's header frame, in bytes.
@@ -164,5 +177,22 @@ pub mod stdio_header {
             );
             assert!(decode(&[0xff, 0xff, 0xff]).is_err());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_console_port_and_path_fit_the_others() {
+        let ports = [AGENT_PORT, STDIO_PORT, READY_PORT, DEBUG_CONSOLE_PORT];
+        for (i, a) in ports.iter().enumerate() {
+            assert!(!ports[i + 1..].contains(a), "port {a} used twice");
+        }
+        assert_eq!(
+            DEBUG_SHELL_GUEST_PATH,
+            format!("/run/isola/shared/{DEBUG_DIR}/{DEBUG_SHELL}")
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! | `agent.port=N` | vsock port of the ttrpc server | 1024 |
 //! | `agent.listen=unix:PATH` | serve on a Unix socket instead of vsock (tests, debugging); stdio streams are then accepted on `PATH.stdio` instead of vsock port 1025 | — |
 //! | `agent.ready_port=N` | once serving, connect to host vsock port N to announce readiness | — |
+//! | `agent.debug_console=N` | serve the debug console (a root shell in the guest) on vsock port N; with `agent.listen=unix:PATH` on `PATH.debug` | off |
 //!
 //! Unknown `agent.*` keys and bad values are reported (logged) and ignored, so an old agent
 //! still boots under a newer shim.
@@ -28,6 +29,8 @@ pub struct AgentOptions {
     pub listen: Listen,
     /// Host vsock port to announce readiness on (see `ready.rs`).
     pub ready_port: Option<u32>,
+    /// vsock port of the debug console (see `debug_console.rs`); None: not served.
+    pub debug_console: Option<u32>,
     /// Problems found while parsing, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -38,6 +41,7 @@ impl Default for AgentOptions {
             log_level: "info".into(),
             listen: Listen::Vsock(AGENT_PORT),
             ready_port: None,
+            debug_console: None,
             warnings: Vec::new(),
         }
     }
@@ -65,6 +69,12 @@ pub fn parse(cmdline: &str) -> AgentOptions {
                 Ok(port) if port > 0 => opts.ready_port = Some(port),
                 _ => opts.warnings.push(format!(
                     "agent.ready_port={value:?} is not a port number; not announcing readiness"
+                )),
+            },
+            "debug_console" => match value.parse::<u32>() {
+                Ok(port) if port > 0 => opts.debug_console = Some(port),
+                _ => opts.warnings.push(format!(
+                    "agent.debug_console={value:?} is not a port number; no debug console"
                 )),
             },
             "listen" => match value.strip_prefix("unix:") {
@@ -98,6 +108,18 @@ mod tests {
         assert_eq!(o.listen, Listen::Vsock(2000));
         assert_eq!(o.ready_port, None);
         assert_eq!(parse("agent.ready_port=1026").ready_port, Some(1026));
+        assert_eq!(o.debug_console, None);
+        assert_eq!(
+            parse("agent.debug_console=1027").debug_console,
+            Some(isola_agent_proto::DEBUG_CONSOLE_PORT)
+        );
+        let bad = parse("agent.debug_console=yes");
+        assert_eq!(bad.debug_console, None);
+        assert!(
+            bad.warnings[0].contains("no debug console"),
+            "{:?}",
+            bad.warnings
+        );
         let o = parse("agent.listen=unix:/tmp/a.sock");
         assert_eq!(o.listen, Listen::Unix("/tmp/a.sock".into()));
         assert!(o.warnings.is_empty());

@@ -3,7 +3,8 @@
 //! As PID 1 it mounts the pseudo filesystems, attaches the console, loads the image's kernel
 //! modules, reaps orphans, serves the host's ttrpc requests on vsock and runs the pod's
 //! containers (youki's libcontainer, in helper processes: see [`libct`]), their stdio
-//! travelling on a second vsock port (see [`stdio`]). Options come from the
+//! travelling on a second vsock port (see [`stdio`]), and, when enabled, a debug shell (see
+//! [`debug_console`]). Options come from the
 //! kernel command line (see [`cmdline`]). Run as an ordinary process (tests, debugging) it skips
 //! the init duties and reads its options from `$ISOLA_AGENT_CMDLINE`.
 //!
@@ -15,6 +16,7 @@ mod boot;
 mod cgroups;
 mod cmdline;
 mod container;
+mod debug_console;
 mod error;
 mod fdpass;
 mod hotplug;
@@ -90,6 +92,7 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
     }
     let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
     let runtime = libct::Runtime::new(reaper.clone(), libct::LIBCONTAINER_ROOT, &opts.log_level);
+    let console_reaper = reaper.clone();
     let containers = Arc::new(container::Containers::new(
         runtime,
         reaper,
@@ -100,6 +103,11 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
     if let Err(e) = stdio::listener::start(&opts.listen, containers) {
         // Containers still run; only their stdio cannot reach the host.
         tracing::error!(error = %e, addr = %stdio::listener::address(&opts.listen), "cannot accept stdio streams");
+    }
+    if let Some(port) = opts.debug_console {
+        if let Err(e) = debug_console::start(&opts.listen, port, console_reaper) {
+            tracing::error!(error = %e, addr = %debug_console::address(&opts.listen, port), "cannot serve the debug console");
+        }
     }
     tracing::info!(
         elapsed_ms = started.elapsed().as_millis() as u64,

@@ -4,6 +4,8 @@
 //!   not to; exits 0 only when everything needed works (with a boot: when the agent answered).
 //! - `isola ps [--json]`: the node's isola sandboxes, from the records their shims leave.
 //! - `isola monitor --listen ADDR`: a Prometheus endpoint (`GET /metrics`) for those sandboxes.
+//! - `isola debug console <sandbox>`: a root shell in a pod's guest, outside every container
+//!   (only with `[agent] debug_console = true`; see docs/observability.md).
 //! - `isola bench boot`: boot-time benchmark against the bare-kernel floor.
 //! - `isola install containerd|crio` / `isola uninstall containerd|crio`: the runtime in
 //!   containerd's configuration or CRI-O's drop-in directory; `--handler` for a second runtime
@@ -11,6 +13,7 @@
 
 mod bench;
 mod check;
+mod debug;
 mod host;
 mod install;
 mod kernel;
@@ -63,6 +66,11 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: std::net::SocketAddr,
     },
+    /// Diagnose a running pod
+    Debug {
+        #[command(subcommand)]
+        what: debug::Debug,
+    },
     /// Benchmarks
     Bench {
         #[command(subcommand)]
@@ -101,6 +109,7 @@ fn main() -> ExitCode {
             Command::Check { no_boot } => check::run(cli.config.as_deref(), !no_boot).await,
             Command::Ps { json } => ps::run(cli.config.as_deref(), json),
             Command::Monitor { listen } => monitor::run(cli.config.as_deref(), listen).await,
+            Command::Debug { what } => debug::run(cli.config.as_deref(), what).await,
             Command::Bench { which } => bench::run(cli.config.as_deref(), which).await,
             Command::Install { what } => install::install(what),
             Command::Uninstall { what } => install::uninstall(what),

@@ -110,6 +110,16 @@ pub struct AgentConfig {
     /// as if the VM had crashed (a frozen VMM, a hung guest). 0 turns the watchdog off.
     /// Default 30000.
     pub watchdog_timeout_ms: u64,
+    /// `debug_console`: serve a root shell in the guest, outside every container, for
+    /// `isola debug console <sandbox>` (diagnosis only). The pod VM's kernel command line then
+    /// carries `agent.debug_console=<port>` and the host puts [`AgentConfig::debug_busybox_path`]
+    /// into the pod's shared directory before boot. Not overridable by a pod annotation.
+    /// Default `false`.
+    pub debug_console: bool,
+    /// `debug_busybox_path`: the static busybox the debug console runs in the guest (copied
+    /// into each pod's shared directory when `debug_console` is on; the guest has no libc, so
+    /// it must be statically linked). Default `/bin/busybox` (Debian's `busybox-static`).
+    pub debug_busybox_path: PathBuf,
 }
 
 /// The `[runtime]` section: behaviour of the shim itself.
@@ -137,6 +147,8 @@ pub const DEFAULT_VHOST_USER_VSOCK_PATH: &str = "/usr/local/bin/vhost-device-vso
 pub const DEFAULT_STATE_DIR: &str = "/run/isola";
 /// Default of `agent.watchdog_timeout_ms`.
 pub const DEFAULT_WATCHDOG_TIMEOUT_MS: u64 = 30_000;
+/// Default of `agent.debug_busybox_path`.
+pub const DEFAULT_DEBUG_BUSYBOX_PATH: &str = "/bin/busybox";
 /// Default of `agent.dial_timeout_ms`.
 pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 30_000;
 /// Default of `hypervisor.vcpus`.
@@ -203,6 +215,8 @@ impl Default for AgentConfig {
             dial_timeout_ms: DEFAULT_DIAL_TIMEOUT_MS,
             log_level: LogLevel::default(),
             watchdog_timeout_ms: DEFAULT_WATCHDOG_TIMEOUT_MS,
+            debug_console: false,
+            debug_busybox_path: PathBuf::from(DEFAULT_DEBUG_BUSYBOX_PATH),
         }
     }
 }

@@ -66,6 +66,11 @@ fn defaults() {
     assert_eq!(c.agent.dial_timeout(), std::time::Duration::from_secs(30));
     assert_eq!(c.agent.log_level, LogLevel::Info);
     assert_eq!(c.agent.kernel_param(), "agent.log=info");
+    assert!(
+        !c.agent.debug_console,
+        "the debug console is off by default"
+    );
+    assert_eq!(c.agent.debug_busybox_path, Path::new("/bin/busybox"));
     assert!(!c.runtime.debug);
     assert_eq!(c.runtime.state_dir, Path::new("/run/isola"));
     c.validate(Path::new("<defaults>")).unwrap();
@@ -502,4 +507,20 @@ fn pod_section_is_validated_with_file_and_key() {
     assert_eq!(ok.pod.overhead_memory_mib, 64);
     let kind = parse("[pod]\nenable_annotations = [\"hypervisor.kind\"]\n").unwrap();
     assert_eq!(kind.pod.enable_annotations, ["hypervisor.kind"]);
+}
+
+#[test]
+fn debug_console_keys_parse() {
+    let c = parse("[agent]\ndebug_console = true\ndebug_busybox_path = \"/opt/bb\"\n").unwrap();
+    assert!(c.agent.debug_console);
+    assert_eq!(c.agent.debug_busybox_path, Path::new("/opt/bb"));
+    let (err, _) = parse_err("[agent]\ndebug_console = \"yes\"\n");
+    assert_eq!(err.key(), Some("agent.debug_console"));
+}
+
+#[test]
+fn no_pod_annotation_can_enable_the_debug_console() {
+    assert!(!isola_config::OVERRIDABLE
+        .iter()
+        .any(|k| k.contains("debug")));
 }

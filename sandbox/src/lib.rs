@@ -4,6 +4,7 @@
 //! path a user checks is the path pods take.
 
 mod console;
+pub mod debug_console;
 pub mod record;
 mod vmconfig;
 

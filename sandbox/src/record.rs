@@ -110,6 +110,18 @@ pub struct SandboxRecord {
     /// When the sandbox was created, seconds since the Unix epoch; 0 in older records.
     #[serde(default)]
     pub created_unix: u64,
+    /// Whether the VM booted with the debug console (`[agent] debug_console = true`); false in
+    /// older records.
+    #[serde(default)]
+    pub debug_console: bool,
+    /// The hybrid vsock Unix socket of the VM (vhost-user vsock, Cloud Hypervisor); None with
+    /// kernel vsock and in older records.
+    #[serde(default)]
+    pub vsock_socket: Option<PathBuf>,
+    /// The guest's vsock context id with kernel vsock; None with hybrid vsock and in older
+    /// records.
+    #[serde(default)]
+    pub vsock_cid: Option<u32>,
 }
 
 impl SandboxRecord {
@@ -244,6 +256,22 @@ mod tests {
         assert_eq!(rec.hypervisor, "");
         assert_eq!((rec.vcpus, rec.memory_mib, rec.created_unix), (0, 0, 0));
         assert_eq!((rec.vmm_ready_ms, rec.agent_ready_ms), (None, None));
+        assert!(!rec.debug_console);
+        assert_eq!((rec.vsock_socket, rec.vsock_cid), (None, None));
+    }
+
+    #[test]
+    fn the_debug_console_flag_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = SandboxRecord::path(dir.path(), "d");
+        let rec = SandboxRecord {
+            sandbox_id: "d".into(),
+            debug_console: true,
+            vsock_cid: Some(42),
+            ..Default::default()
+        };
+        rec.save(&path).unwrap();
+        assert_eq!(SandboxRecord::load(&path).unwrap(), rec);
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub fn vm_dir_name(id: &str) -> String {
 pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
     let h = &cfg.hypervisor;
     let mut kernel_params = cfg.agent.kernel_param();
+    if cfg.agent.debug_console {
+        kernel_params.push(' ');
+        kernel_params.push_str(&crate::debug_console::kernel_param());
+    }
     if !h.kernel_params.trim().is_empty() {
         kernel_params.push(' ');
         kernel_params.push_str(h.kernel_params.trim());

@@ -445,6 +445,13 @@ impl SharedDir {
             return Ok(());
         }
         self.unmount_below(&self.root)?;
+        // The debug console's shell (isola_sandbox::debug_console): its directory's files
+        // first, so that the loop below can remove the directory.
+        if let Ok(root) = self.open_root() {
+            if let Ok(debug) = open_dir_beneath(&root, Path::new(isola_agent_proto::DEBUG_DIR)) {
+                remove_entries(&debug, &self.root.join(isola_agent_proto::DEBUG_DIR));
+            }
+        }
         if let Ok(entries) = std::fs::read_dir(&self.root) {
             for entry in entries.flatten() {
                 if let Some(cid) = entry.file_name().to_str() {

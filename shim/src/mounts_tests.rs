@@ -234,3 +234,18 @@ fn busy_mounts_are_detached_lazily() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn teardown_removes_the_debug_console_shell() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("busybox");
+    std::fs::write(&src, b"shell").unwrap();
+    let shared = SharedDir::new(tmp.path().join("shared"));
+    shared.prepare().unwrap();
+    let at = isola_sandbox::debug_console::install(shared.root(), &src).unwrap();
+    assert!(at.is_file());
+    shared.teardown().unwrap();
+    assert!(!shared.root().exists(), "nothing is left of the shared dir");
+    assert!(src.is_file(), "the source is untouched");
+}

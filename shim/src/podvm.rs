@@ -30,6 +30,7 @@ use crate::persist::{self, ProcId, SandboxRecord};
 use crate::sandbox::{Sandbox, SandboxFactory};
 use crate::service::VM_DIED_STATUS;
 use crate::translate::GUEST_SHARED_DIR;
+use isola_agent_proto::AgentEndpoint;
 
 /// The running pod VM: the VM, its agent, its size and its cleanup record.
 pub(crate) struct PodVm {
@@ -90,6 +91,11 @@ impl PodVm {
         }
         let record_path = SandboxRecord::path(&config.runtime.state_dir, sandbox_id);
         let timings = vm.boot_timings();
+        let (vsock_socket, vsock_cid) = match vm.agent_endpoint() {
+            Some(AgentEndpoint::HybridVsock { path, .. }) => (Some(path), None),
+            Some(AgentEndpoint::Vsock { cid, .. }) => (None, Some(cid)),
+            None => (None, None),
+        };
         let record = SandboxRecord {
             sandbox_id: sandbox_id.to_string(),
             shim: ProcId::current(),
@@ -104,6 +110,9 @@ impl PodVm {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            debug_console: config.agent.debug_console,
+            vsock_socket,
+            vsock_cid,
         };
         if let Err(e) = record.save(&record_path) {
             tracing::warn!(error = %e, "recording the sandbox for cleanup");

@@ -32,6 +32,11 @@ pub trait Sandbox: Send + Sync {
     fn endpoint(&self) -> String;
     /// The hypervisor's per-VM directory.
     fn vm_dir(&self) -> PathBuf;
+    /// Where the host reaches the guest's vsock ports, recorded for `isola debug console`;
+    /// None when there is no guest (fakes).
+    fn agent_endpoint(&self) -> Option<isola_agent_proto::AgentEndpoint> {
+        None
+    }
     /// The host directory shared with the guest.
     fn shared_dir(&self) -> PathBuf;
     /// How long the VM took to boot, recorded for `isola ps` and `isola monitor`.
@@ -150,6 +155,21 @@ impl SandboxFactory for VmFactory {
         // Before virtiofsd starts: see the propagation note in `mounts`.
         let s = shared.clone();
         blocking(move || s.prepare()).await?;
+        if config.agent.debug_console {
+            let (s, busybox) = (shared.clone(), config.agent.debug_busybox_path.clone());
+            let installed = blocking(move || {
+                isola_sandbox::debug_console::install(s.root(), &busybox)
+                    .map_err(|e| ShimError::FailedPrecondition(e.to_string()))
+            })
+            .await;
+            if let Err(e) = installed {
+                let s = shared.clone();
+                if let Err(te) = blocking(move || s.teardown()).await {
+                    tracing::warn!(error = %te, "removing the shared directory");
+                }
+                return Err(e);
+            }
+        }
         let (pod_net, devices) = match netns {
             Some(ns) => match attach_network(self.networking.as_ref(), sandbox_id, ns).await {
                 Ok((net, devices)) => (Some((ns.to_path_buf(), net)), devices),
@@ -257,6 +277,10 @@ impl Sandbox for VmSandbox {
 
     fn vm_dir(&self) -> PathBuf {
         self.vm.paths.vm_dir.clone()
+    }
+
+    fn agent_endpoint(&self) -> Option<isola_agent_proto::AgentEndpoint> {
+        Some(self.vm.vm.agent_endpoint())
     }
 
     fn shared_dir(&self) -> PathBuf {
