@@ -15,7 +15,7 @@ use crate::host::{self, CgroupMode};
 use crate::report::{Report, Status};
 
 /// Runs the checks; Ok(true) when everything needed works.
-pub async fn run(config: Option<&Path>, boot: bool) -> anyhow::Result<bool> {
+pub async fn run(config: Option<&Path>, boot: bool, verbose: bool) -> anyhow::Result<bool> {
     let mut r = Report::default();
     let (cfg, path) = match crate::load_config(config) {
         Ok(c) => c,
@@ -26,6 +26,9 @@ pub async fn run(config: Option<&Path>, boot: bool) -> anyhow::Result<bool> {
     };
     r.line(Status::Ok, "configuration", path.display().to_string());
     host_checks(&cfg, &mut r).await;
+    if verbose {
+        crate::logs::print(&cfg);
+    }
     if r.failed() {
         println!("host checks failed: fix the lines marked FAIL above");
         return Ok(false);

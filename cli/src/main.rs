@@ -17,6 +17,7 @@ mod debug;
 mod host;
 mod install;
 mod kernel;
+mod logs;
 mod metrics;
 mod monitor;
 mod procfs;
@@ -53,6 +54,10 @@ enum Command {
         /// Only the host checks; do not boot a VM
         #[arg(long)]
         no_boot: bool,
+        /// Also say where each log lives (the shim's, the guest's, the VMM's and the daemons'),
+        /// with the files of every pod running now
+        #[arg(long, short)]
+        verbose: bool,
     },
     /// List the node's isola sandboxes
     Ps {
@@ -106,7 +111,9 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Check { no_boot } => check::run(cli.config.as_deref(), !no_boot).await,
+            Command::Check { no_boot, verbose } => {
+                check::run(cli.config.as_deref(), !no_boot, verbose).await
+            }
             Command::Ps { json } => ps::run(cli.config.as_deref(), json),
             Command::Monitor { listen } => monitor::run(cli.config.as_deref(), listen).await,
             Command::Debug { what } => debug::run(cli.config.as_deref(), what).await,
