@@ -1,7 +1,7 @@
 //! `isola monitor --listen ADDR`: a Prometheus endpoint for the node's isola sandboxes, like
 //! kata-monitor. `GET /metrics` discovers the sandboxes as `isola ps` does and reads their
-//! host processes from /proc on every scrape ([`crate::metrics::render`]); nothing runs
-//! between scrapes.
+//! host processes from /proc and their shims' metrics snapshots on every scrape
+//! ([`crate::metrics::render`]); nothing runs between scrapes.
 //!
 //! HTTP is hyper 1.x's HTTP/1 server connection, one task per connection, with a header read
 //! timeout so an idle or slow client cannot hold a connection open.
@@ -18,6 +18,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use isola_sandbox::record;
+use isola_sandbox::shim_metrics::ShimMetrics;
 use tokio::net::TcpListener;
 
 use crate::metrics;
@@ -45,7 +46,14 @@ pub fn respond(method: &Method, path: &str, state_dir: &Path) -> Response<Full<B
             return plain(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n"));
         }
     };
-    let text = metrics::render(&records, &HostProc, Units::host(), crate::ps::now_unix());
+    let snapshot = |id: &str| ShimMetrics::read(&ShimMetrics::path(state_dir, id));
+    let text = metrics::render(
+        &records,
+        &snapshot,
+        &HostProc,
+        Units::host(),
+        crate::ps::now_unix(),
+    );
     let mut r = Response::new(Full::new(Bytes::from(text)));
     r.headers_mut().insert(
         CONTENT_TYPE,
@@ -201,6 +209,16 @@ mod tests {
             .save(&SandboxRecord::path(tmp.path(), id))
             .unwrap();
         }
+        // pod-a's shim left a metrics snapshot, pod-b's a garbled one.
+        ShimMetrics {
+            sandbox_id: "pod-a".into(),
+            written_unix: crate::ps::now_unix(),
+            watchdog_failed_checks: 2,
+            ..Default::default()
+        }
+        .save(&ShimMetrics::path(tmp.path(), "pod-a"))
+        .unwrap();
+        std::fs::write(ShimMetrics::path(tmp.path(), "pod-b"), "{garbled").unwrap();
 
         let resp = respond(&Method::GET, "/metrics", tmp.path());
         assert_eq!(resp.status(), StatusCode::OK);
@@ -257,6 +275,14 @@ mod tests {
         assert_eq!(
             value(&text, &format!("isola_pod_agent_ready_seconds{pod}")),
             0.6
+        );
+        assert_eq!(
+            value(&text, &format!("isola_watchdog_failed_checks_total{pod}")),
+            2.0
+        );
+        assert!(
+            !text.contains(r#"isola_shim_metrics_age_seconds{sandbox_id="pod-b""#),
+            "{text}"
         );
         let up = value(&text, &format!("isola_pod_uptime_seconds{pod}"));
         assert!((10.0..15.0).contains(&up), "{up}");

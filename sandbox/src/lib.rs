@@ -6,6 +6,7 @@
 mod console;
 pub mod debug_console;
 pub mod record;
+pub mod shim_metrics;
 mod vmconfig;
 
 use std::path::PathBuf;

@@ -9,10 +9,10 @@ use isola_agent_client::AgentClient;
 use isola_agent_proto::agent::{
     stdio_stream_header::Stream, AddARPNeighborsRequest, CloseStdinRequest, ContainerRequest,
     CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, ExecProcessRequest,
-    ListProcessesRequest, OnlineCPUMemRequest, RemoveContainerRequest, Routes,
-    SignalProcessRequest, StartContainerRequest, StatsContainerResponse, StdioStreamHeader,
-    TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest,
-    WaitProcessRequest,
+    GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest, OnlineCPUMemRequest,
+    RemoveContainerRequest, Routes, SignalProcessRequest, StartContainerRequest,
+    StatsContainerResponse, StdioStreamHeader, TtyWinResizeRequest, UpdateContainerRequest,
+    UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessRequest,
 };
 use isola_agent_proto::agent_ttrpc::AgentClient as AgentRpc;
 use isola_agent_proto::types::{ARPNeighbor, Empty, Interface, Route};
@@ -132,6 +132,9 @@ pub trait AgentApi: Send + Sync {
     async fn update_routes(&self, routes: Vec<Route>) -> Result<()>;
     /// Adds permanent neighbour entries in the guest.
     async fn add_arp_neighbors(&self, neighbors: Vec<ARPNeighbor>) -> Result<()>;
+    /// GetGuestDetails within `timeout`: the guest's memory, CPUs and CPU time. Fields an
+    /// older agent does not know are 0.
+    async fn guest_details(&self, timeout: Duration) -> Result<GuestDetailsResponse>;
 }
 
 /// The first frame of a stdio connection (framing shared with the agent, see
@@ -450,6 +453,16 @@ impl AgentApi for TtrpcAgent {
         };
         call("AddARPNeighbors", self.rpc.add_arp_neighbors(ctx(), &req)).await?;
         Ok(())
+    }
+
+    async fn guest_details(&self, timeout: Duration) -> Result<GuestDetailsResponse> {
+        let ctx = isola_agent_client::context(timeout);
+        call(
+            "GetGuestDetails",
+            self.rpc
+                .get_guest_details(ctx, &GuestDetailsRequest::default()),
+        )
+        .await
     }
 }
 

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use containerd_shim_protos::shim::shim::DeleteResponse;
+use isola_sandbox::shim_metrics::ShimMetrics;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protobuf::well_known_types::timestamp::Timestamp;
@@ -42,6 +43,7 @@ fn cleanup(record: &BundleRecord) {
         Err(e) => {
             tracing::info!(container_id = cid, error = %e, "the sandbox was already cleaned up");
             persist::remove_file_quietly(&record.sandbox_record.with_extension("json"));
+            remove_metrics_snapshot(&record.sandbox_record);
             return;
         }
     };
@@ -61,7 +63,15 @@ fn cleanup(record: &BundleRecord) {
         tracing::warn!(dir = %sandbox.shared_dir.display(), error = %e, "removing the shared directory");
     }
     remove_vm_dir(&sandbox.vm_dir);
+    remove_metrics_snapshot(&record.sandbox_record);
     persist::remove_file_quietly(&record.sandbox_record);
+}
+
+/// Removes the metrics snapshot that goes with the sandbox record `record`.
+fn remove_metrics_snapshot(record: &Path) {
+    if let Some(snapshot) = ShimMetrics::path_for_record(record) {
+        ShimMetrics::remove(&snapshot);
+    }
 }
 
 /// Removes the socket of the shim named by `<bundle>/address` if nothing answers on it any more
@@ -215,6 +225,8 @@ mod tests {
         }
         .save(&record_path)
         .unwrap();
+        let snapshot = ShimMetrics::path(tmp.path(), "sb");
+        ShimMetrics::default().save(&snapshot).unwrap();
         let bundle = tmp.path().join("bundle");
         BundleRecord {
             container_id: "c1".into(),
@@ -230,5 +242,9 @@ mod tests {
         assert!(!vm_dir.exists());
         assert!(!shared.exists());
         assert!(!record_path.exists());
+        assert!(
+            !snapshot.exists(),
+            "the metrics snapshot goes with the record"
+        );
     }
 }

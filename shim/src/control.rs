@@ -10,6 +10,7 @@ use oci_spec::runtime::LinuxResources;
 use protobuf::well_known_types::any::Any;
 use ttrpc::Code;
 
+use crate::counters::{Outcome, Resource};
 use crate::error::{Result, ShimError};
 use crate::metrics;
 use crate::podvm::PodVm;
@@ -40,6 +41,16 @@ fn already_has(e: &ShimError) -> Option<u64> {
             _ => None,
         },
         _ => None,
+    }
+}
+
+/// How a hotplug went, for the counters (see [`Outcome`]).
+fn hotplug_outcome<T>(result: &Result<T>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Grown,
+        Err(e) if e.code() == Code::UNIMPLEMENTED => Outcome::Unsupported,
+        Err(e) if already_has(e).is_some() => Outcome::AlreadyGrown,
+        Err(_) => Outcome::Failed,
     }
 }
 
@@ -171,7 +182,11 @@ impl Service {
         // The VM's memory after a hot-plug, for the agent to wait for (0: none).
         let mut grown_mib = 0;
         if let Some(want) = want_cpus.filter(|w| *w > have.vcpus) {
-            match sandbox.vm.hotplug_vcpus(want).await {
+            let grown = sandbox.vm.hotplug_vcpus(want).await;
+            sandbox
+                .counters
+                .hotplug(Resource::Vcpus, hotplug_outcome(&grown));
+            match grown {
                 Ok(now) => {
                     tracing::info!(from = have.vcpus, to = now, "VM grown: vCPUs");
                     added_cpus = now.saturating_sub(have.vcpus);
@@ -193,7 +208,11 @@ impl Service {
             let target = u32::try_from(want).map_err(|_| {
                 ShimError::InvalidArgument(format!("a memory limit of {want} MiB is too large"))
             })?;
-            match sandbox.vm.hotplug_memory(target).await {
+            let grown = sandbox.vm.hotplug_memory(target).await;
+            sandbox
+                .counters
+                .hotplug(Resource::Memory, hotplug_outcome(&grown));
+            match grown {
                 Ok(now) => {
                     tracing::info!(from = have.memory_mib, to = now, "VM grown: memory (MiB)");
                     grown_mib = now;

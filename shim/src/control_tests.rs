@@ -387,3 +387,81 @@ async fn a_healthy_agent_is_left_alone_by_the_watchdog() {
     );
     assert_eq!(env.vm().stops.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn the_metrics_snapshot_counts_rpcs_hotplugs_and_the_guest() {
+    use isola_sandbox::shim_metrics::ShimMetrics;
+
+    // A watchdog period of 500 ms: time enough to thaw the agent after one failed check.
+    let env = Env::with_config(|c| c.agent.watchdog_timeout_ms = 1500);
+    let s = &env.service;
+    {
+        let agent = env.agent();
+        let mut guest = agent.guest.lock().unwrap();
+        guest.memory_total_bytes = 512 << 20;
+        guest.memory_available_bytes = 400 << 20;
+        guest.cpu_seconds = 1.25;
+    }
+    running(&env).await;
+    // Written as soon as the VM is up, next to the record.
+    let path = ShimMetrics::path(&env.tmp.path().join("state"), "c1");
+    eventually("the first snapshot", || {
+        ShimMetrics::read(&path).is_some_and(|m| m.guest.cpu_seconds.is_some())
+    })
+    .await;
+    let first = ShimMetrics::read(&path).unwrap();
+    assert_eq!(first.sandbox_id, "c1");
+    assert_eq!(first.guest.memory_total_bytes, Some(512 << 20));
+    assert_eq!(first.guest.memory_available_bytes, Some(400 << 20));
+    assert_eq!(first.rpcs["CreateSandbox"].calls, 1);
+    assert_eq!(first.rpcs["GetGuestDetails"].calls, 1);
+    assert!(first.written_unix > 0);
+
+    // A failing RPC, a hotplug that grows the VM and one the VM cannot do, a failed check.
+    env.agent().fail("ListProcesses", Code::NOT_FOUND, "gone");
+    assert_eq!(code(s.pids("c1").await), Code::NOT_FOUND);
+    env.vm().can_hotplug.store(true, Ordering::SeqCst);
+    s.update(
+        "c1",
+        Some(&resources(r#"{"cpu":{"quota":300000,"period":100000}}"#)),
+    )
+    .await
+    .unwrap();
+    env.vm().can_hotplug.store(false, Ordering::SeqCst);
+    s.update("c1", Some(&resources(r#"{"memory":{"limit":4294967296}}"#)))
+        .await
+        .unwrap();
+    env.agent().frozen.store(true, Ordering::SeqCst);
+    let vm = s.pod.ready().unwrap();
+    eventually("a failed watchdog check", || {
+        vm.counters.snapshot("c1", 0).watchdog_failed_checks > 0
+    })
+    .await;
+    env.agent().frozen.store(false, Ordering::SeqCst);
+    vm.write_metrics(crate::counters::now_unix());
+    let m = ShimMetrics::read(&path).unwrap();
+    let list = &m.rpcs["ListProcesses"];
+    assert_eq!((list.calls, list.errors["NOT_FOUND"]), (1, 1));
+    let created = &m.rpcs["CreateContainer"];
+    assert_eq!(created.duration.as_ref().unwrap().count(), created.calls);
+    assert_eq!(m.rpcs["OnlineCPUMem"].calls, 1);
+    assert!(m.rpcs["Check"].errors["DEADLINE_EXCEEDED"] >= 1);
+    let events: Vec<_> = m
+        .hotplug
+        .iter()
+        .map(|h| (h.resource.as_str(), h.outcome.as_str(), h.count))
+        .collect();
+    assert_eq!(
+        events,
+        [("vcpus", "grown", 1), ("memory", "unsupported", 1)]
+    );
+    assert!(m.watchdog_failed_checks >= 1);
+
+    // Removed with the record when the pod ends, and not written again.
+    s.kill("c1", "", 9, false).await.unwrap();
+    s.wait("c1", "").await.unwrap();
+    s.delete("c1", "").await.unwrap();
+    assert!(!path.exists());
+    vm.write_metrics(crate::counters::now_unix());
+    assert!(!path.exists(), "no snapshot after the teardown");
+}

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod cleanup;
 pub mod control;
+pub(crate) mod counters;
 pub mod error;
 pub mod events;
 pub mod features;
@@ -34,6 +35,8 @@ mod watchdog;
 mod control_tests;
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+pub mod fake_vm;
 #[cfg(test)]
 mod sandbox_tests;
 #[cfg(test)]

@@ -25,12 +25,14 @@ use tokio::sync::watch;
 
 use crate::agent::AgentApi;
 use crate::control::VmSize;
+use crate::counters::{Counters, CountingAgent};
 use crate::error::{Result, ShimError};
 use crate::persist::{self, ProcId, SandboxRecord};
 use crate::sandbox::{Sandbox, SandboxFactory};
 use crate::service::VM_DIED_STATUS;
 use crate::translate::GUEST_SHARED_DIR;
 use isola_agent_proto::AgentEndpoint;
+use isola_sandbox::shim_metrics::ShimMetrics;
 
 /// The running pod VM: the VM, its agent, its size and its cleanup record.
 pub(crate) struct PodVm {
@@ -44,6 +46,12 @@ pub(crate) struct PodVm {
     pub record: PathBuf,
     /// The agent watchdog's limit and period (`[agent] watchdog_timeout_ms`); None = off.
     pub watchdog: Option<(std::time::Duration, std::time::Duration)>,
+    /// The shim's counters for this VM ([`crate::counters`]); `agent` counts into them.
+    pub counters: Arc<Counters>,
+    /// Where the [`ShimMetrics`] snapshot is written.
+    pub metrics: PathBuf,
+    /// Set by the teardown: no snapshot is written after it removed the file.
+    metrics_closed: Mutex<bool>,
 }
 
 impl std::fmt::Debug for PodVm {
@@ -67,7 +75,8 @@ impl PodVm {
     ) -> Result<PodVm> {
         tracing::info!("booting the sandbox VM");
         let vm = factory.boot_pod(config, sandbox_id, spec).await?;
-        let agent = vm.agent();
+        let counters = Arc::new(Counters::default());
+        let agent: Arc<dyn AgentApi> = Arc::new(CountingAgent::new(vm.agent(), counters.clone()));
         let storage = Storage {
             driver: "virtiofs".into(),
             source: isola_sandbox::SHARED_FS_TAG.into(),
@@ -118,24 +127,69 @@ impl PodVm {
             tracing::warn!(error = %e, "recording the sandbox for cleanup");
         }
         tracing::info!(endpoint = %vm.endpoint(), pid = vm.pid(), "sandbox ready");
-        Ok(PodVm {
-            id: sandbox_id.to_string(),
-            vm,
-            agent,
-            size: Mutex::new(VmSize {
-                vcpus: config.hypervisor.vcpus,
-                memory_mib: config.hypervisor.memory_mib,
-            }),
-            record: record_path,
-            watchdog: config
-                .agent
-                .watchdog_timeout()
-                .map(|t| (t, config.agent.watchdog_period())),
-        })
+        let size = VmSize {
+            vcpus: config.hypervisor.vcpus,
+            memory_mib: config.hypervisor.memory_mib,
+        };
+        let mut pod = PodVm::new(sandbox_id, vm, agent, size, record_path, counters);
+        pod.watchdog = config
+            .agent
+            .watchdog_timeout()
+            .map(|t| (t, config.agent.watchdog_period()));
+        Ok(pod)
     }
 
-    /// Stops the VM and removes what it left on the host, its record included.
+    /// A running VM of `size` with its record at `record` (the snapshot goes next to it) and
+    /// no watchdog.
+    pub fn new(
+        id: &str,
+        vm: Arc<dyn Sandbox>,
+        agent: Arc<dyn AgentApi>,
+        size: VmSize,
+        record: PathBuf,
+        counters: Arc<Counters>,
+    ) -> PodVm {
+        let metrics = ShimMetrics::path_for_record(&record)
+            .unwrap_or_else(|| record.with_extension("metrics.json"));
+        PodVm {
+            id: id.to_string(),
+            vm,
+            agent,
+            size: Mutex::new(size),
+            record,
+            watchdog: None,
+            counters,
+            metrics,
+            metrics_closed: Mutex::new(false),
+        }
+    }
+
+    /// Writes the metrics snapshot as of `now_unix`, unless the teardown removed it already.
+    pub fn write_metrics(&self, now_unix: u64) {
+        let closed = self.metrics_closed.lock().unwrap();
+        if *closed {
+            return;
+        }
+        if let Err(e) = self
+            .counters
+            .snapshot(&self.id, now_unix)
+            .save(&self.metrics)
+        {
+            tracing::debug!(error = %e, "writing the metrics snapshot");
+        }
+    }
+
+    /// Removes the metrics snapshot for good.
+    pub fn close_metrics(&self) {
+        let mut closed = self.metrics_closed.lock().unwrap();
+        *closed = true;
+        ShimMetrics::remove(&self.metrics);
+    }
+
+    /// Stops the VM and removes what it left on the host, its record and metrics snapshot
+    /// included.
     async fn teardown(&self) {
+        self.close_metrics();
         if let Err(e) = self.vm.stop().await {
             tracing::warn!(error = %e, "stopping the sandbox");
         }
@@ -424,17 +478,17 @@ mod tests {
 
     fn pod_vm(id: &str, dir: &std::path::Path) -> (Arc<PodVm>, Arc<FakeSandbox>) {
         let fake = FakeSandbox::new(dir);
-        let vm = PodVm {
-            id: id.to_string(),
-            vm: fake.clone(),
-            agent: fake.agent.clone(),
-            size: Mutex::new(VmSize {
+        let vm = PodVm::new(
+            id,
+            fake.clone(),
+            fake.agent.clone(),
+            VmSize {
                 vcpus: 1,
                 memory_mib: 512,
-            }),
-            record: dir.join(format!("{id}.json")),
-            watchdog: None,
-        };
+            },
+            dir.join(format!("{id}.json")),
+            Arc::default(),
+        );
         (Arc::new(vm), fake)
     }
 

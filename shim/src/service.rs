@@ -259,6 +259,7 @@ impl Service {
             self.watch_vm(vm.clone());
             self.watch_oom(vm.clone());
             self.watch_agent(vm.clone());
+            self.export_metrics(vm.clone());
         }
         Ok(vm)
     }

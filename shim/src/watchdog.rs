@@ -63,6 +63,7 @@ impl Service {
                 match vm.agent.check(period).await {
                     Ok(()) => live.answered(Instant::now()),
                     Err(e) => {
+                        vm.counters.watchdog_failed();
                         tracing::warn!(error = %e, "the guest agent did not answer its health check")
                     }
                 }

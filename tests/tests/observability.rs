@@ -91,16 +91,33 @@ fn vm_ps_and_monitor_show_two_running_pods() {
         .and_then(|s| s.split('/').next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_owned();
-    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        conn,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut scrape = String::new();
-    conn.read_to_string(&mut scrape).unwrap();
+    let get = || {
+        let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let request = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        conn.write_all(request.as_bytes()).unwrap();
+        let mut scrape = String::new();
+        conn.read_to_string(&mut scrape).unwrap();
+        scrape
+    };
+    // The shims' snapshots (guest figures, agent RPC counters) are written at boot and every
+    // 10 s: wait for one that has seen the container created.
+    let created = |scrape: &str, id: &str| {
+        let pod = format!("sandbox_id=\"{id}\"");
+        let rpc = [pod.as_str(), "rpc=\"CreateContainer\""];
+        sample(scrape, "isola_agent_rpc_calls_total", &rpc).is_some_and(|n| n >= 1.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(25);
+    let mut scrape = get();
+    while !(created(&scrape, "t-obs-a") && created(&scrape, "t-obs-b")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot counted CreateContainer:\n{scrape}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        scrape = get();
+    }
     let _ = monitor.kill();
     let _ = monitor.wait();
     assert!(scrape.starts_with("HTTP/1.1 200"), "{scrape}");
@@ -132,6 +149,21 @@ fn vm_ps_and_monitor_show_two_running_pods() {
             .is_some(),
             "{id}: virtiofsd's figures:\n{scrape}"
         );
+        // The guest's own view, from the agent.
+        let total = sample(&scrape, "isola_guest_memory_total_bytes", &[pod.as_str()])
+            .unwrap_or_else(|| panic!("{id}: no guest memory:\n{scrape}"));
+        let avail = sample(
+            &scrape,
+            "isola_guest_memory_available_bytes",
+            &[pod.as_str()],
+        )
+        .unwrap();
+        assert!(
+            total >= 256.0 * 1024.0 * 1024.0 && avail > 0.0 && avail < total,
+            "{id}: {avail} of {total}"
+        );
+        let guest_cpu = sample(&scrape, "isola_guest_cpu_seconds_total", &[pod.as_str()]).unwrap();
+        assert!(guest_cpu > 0.0, "{id}: guest CPU {guest_cpu}");
     }
 
     for id in ["t-obs-a", "t-obs-b"] {

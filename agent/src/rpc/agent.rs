@@ -101,6 +101,9 @@ impl agent_ttrpc::Agent for AgentService {
     ) -> ttrpc::Result<GuestDetailsResponse> {
         guarded("GetGuestDetails", async {
             let block = sysinfo::read("/sys/devices/system/memory/block_size_bytes");
+            let meminfo = sysinfo::read("/proc/meminfo");
+            // The `cpu` line comes first; the rest (per-CPU lines, interrupts) can be long.
+            let stat = sysinfo::read_head("/proc/stat", 4096);
             Ok(GuestDetailsResponse {
                 mem_block_size_bytes: sysinfo::parse_block_size(&block).unwrap_or(0),
                 mem_hotplug_probe: std::path::Path::new("/sys/devices/system/memory/probe")
@@ -108,8 +111,9 @@ impl agent_ttrpc::Agent for AgentService {
                 online_cpus: sysinfo::count_cpu_list(&sysinfo::read(
                     "/sys/devices/system/cpu/online",
                 )),
-                memory_total_bytes: sysinfo::parse_mem_total(&sysinfo::read("/proc/meminfo"))
-                    .unwrap_or(0),
+                memory_total_bytes: sysinfo::parse_mem_total(&meminfo).unwrap_or(0),
+                memory_available_bytes: sysinfo::parse_mem_available(&meminfo).unwrap_or(0),
+                cpu_seconds: sysinfo::parse_cpu_seconds(&stat, sysinfo::clk_tck()).unwrap_or(0.0),
                 kernel_release: sysinfo::kernel_release(),
                 agent_version: env!("CARGO_PKG_VERSION").to_string(),
                 ..Default::default()
