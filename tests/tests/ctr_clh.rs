@@ -17,15 +17,13 @@ fn vm_ctr_cloud_hypervisor_runs_or_is_refused_up_front() {
     env.config.hypervisor.cloud_hypervisor_path = isola_tests::test_cloud_hypervisor();
     let c = Containerd::start_with(env);
     c.import_test_image();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
-    let hw_kvm = isola_hypervisor::accel::cloud_hypervisor_problem(
-        &cpuinfo,
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-            .is_ok(),
-    );
+    let host = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(isola_hypervisor::accel::probe_host());
+    let hw_kvm =
+        isola_hypervisor::accel::cloud_hypervisor_problem(&host.cpuinfo, host.kvm_openable);
     let t0 = Instant::now();
     let out = c.run("t-clh", &["uname", "-r"]);
     let took = t0.elapsed();

@@ -207,13 +207,8 @@ async fn second_handler(cluster: &Cluster) -> Result<()> {
     )
     .await
     .context("creating the isola-clh pod")?;
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo")?;
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    match isola_hypervisor::accel::cloud_hypervisor_problem(&cpuinfo, kvm) {
+    let host = isola_hypervisor::accel::probe_host().await;
+    match isola_hypervisor::accel::cloud_hypervisor_problem(&host.cpuinfo, host.kvm_openable) {
         None => {
             wait_running(&pods, "in-clh").await?;
             let uname = out(&cluster.kubectl(&["exec", "in-clh", "--", "uname", "-r"])?);
