@@ -278,11 +278,12 @@ async fn logs(cluster: &Cluster, class: Class) -> Result<()> {
     Ok(())
 }
 
-/// `kubectl exec -it` in a terminal (util-linux `script` gives kubectl one).
+/// `kubectl exec -it` in a terminal (util-linux `script` gives kubectl one); the process runs
+/// under the container's RuntimeDefault seccomp filter, as the container does.
 fn exec_tty(cluster: &Cluster, class: Class) -> Result<()> {
     let kubectl = super::bin_dir()?.join("kubectl");
     let line = format!(
-        "{} exec -it {} -c web -- sh -c 'tty; stty size; echo in-a-tty'",
+        "{} exec -it {} -c web -- sh -c 'tty; stty size; grep Seccomp: /proc/self/status; echo in-a-tty'",
         kubectl.display(),
         class.full_pod()
     );
@@ -296,6 +297,12 @@ fn exec_tty(cluster: &Cluster, class: Class) -> Result<()> {
         out.status.success() && text.contains("/dev/pts/") && text.contains("in-a-tty"),
         "{}",
         crate::containerd::describe(&out)
+    );
+    // Seccomp mode 2: a filter (0 would be none: an exec escaping the container's profile).
+    ensure!(
+        text.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+        "the exec'd process has no seccomp filter:\n{text}"
     );
     Ok(())
 }

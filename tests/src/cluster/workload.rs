@@ -98,6 +98,8 @@ spec:
     image: {image}
     imagePullPolicy: Never
     command: ["sh", "-c", "{web}"]
+    securityContext:
+      seccompProfile: {{type: RuntimeDefault}}
     env:
     - name: POD_NAME
       valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
