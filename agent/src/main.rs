@@ -22,6 +22,7 @@ mod fdpass;
 mod hotplug;
 mod init;
 mod libct;
+mod logging;
 mod modules;
 mod network;
 mod oom;
@@ -39,7 +40,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tracing_subscriber::EnvFilter;
 
 fn main() {
     // The libcontainer helper is this binary re-executed (see `libct`): it never serves.
@@ -55,7 +55,10 @@ fn main() {
         _ => std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
     };
     let opts = cmdline::parse(&cmdline);
-    init_logging(&opts.log_level);
+    logging::init(
+        &format!("isola_agent={},ttrpc=warn", opts.log_level),
+        std::io::stderr,
+    );
     std::panic::set_hook(Box::new(|info| {
         tracing::error!(panic = %info, "isola-agent panicked");
     }));
@@ -126,15 +129,4 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
         std::future::pending::<()>().await;
     }
     Ok(())
-}
-
-fn init_logging(level: &str) {
-    let filter = EnvFilter::try_new(format!("isola_agent={level},ttrpc=warn"))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .with_target(false)
-        .init();
 }

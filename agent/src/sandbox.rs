@@ -101,6 +101,7 @@ impl Sandbox {
             }
         }
         st.id = Some(req.sandbox_id.clone());
+        crate::logging::set_sandbox_id(&req.sandbox_id);
         st.mounts = mounts;
         tracing::info!(sandbox = %req.sandbox_id, hostname = %req.hostname, storages = st.mounts.len(), "sandbox created");
         Ok(())

@@ -7,6 +7,8 @@
 //! own (`time=... level=... msg=... key=value`), to that FIFO, and bridges the `log` records of
 //! containerd-shim itself (event publishing) into it with `tracing_log::LogTracer`.
 //! Each line is one `write`, so lines of several shims never interleave.
+//! Every line carries `sandbox_id`: the span's where one sets it, else the shim's own `-id`
+//! (one shim serves one pod, so that is its sandbox).
 
 use std::fmt::{self, Write as _};
 use std::fs::File;
@@ -30,8 +32,9 @@ pub enum Target {
     Stderr,
 }
 
-/// Installs the subscriber. `debug` is containerd's `-debug`; `RUST_LOG` overrides the level.
-pub fn init(target: Target, debug: bool) {
+/// Installs the subscriber. `debug` is containerd's `-debug`; `RUST_LOG` overrides the level;
+/// `sandbox_id` (the shim's `-id`) goes on every line no span gives one.
+pub fn init(target: Target, debug: bool, sandbox_id: &str) {
     // `delete` prints to stderr, which containerd logs as "cleanup warnings": problems only.
     let default = match (debug, &target) {
         (true, _) => "debug",
@@ -49,7 +52,9 @@ pub fn init(target: Target, debug: bool) {
     };
     let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .event_format(Logfmt)
+        .event_format(Logfmt {
+            sandbox_id: sandbox_id.to_string(),
+        })
         .fmt_fields(LogfmtFields)
         .with_writer(writer)
         .finish();
@@ -134,8 +139,11 @@ impl Visit for Fields {
     }
 }
 
-/// The event format: `time="..." level=info msg="..." k=v ... span_k=v`.
-struct Logfmt;
+/// The event format: `time="..." level=info msg="..." k=v ... span_k=v`, with `sandbox_id`
+/// added when no span set it.
+struct Logfmt {
+    sandbox_id: String,
+}
 
 impl<S, N> FormatEvent<S, N> for Logfmt
 where
@@ -158,14 +166,18 @@ where
             serde_json::to_string(&fields.message).unwrap_or_default(),
             fields.pairs
         )?;
+        let mut spans = String::new();
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root() {
                 if let Some(f) = span.extensions().get::<FormattedFields<N>>() {
-                    if !f.fields.is_empty() {
-                        write!(w, "{}", f.fields)?;
-                    }
+                    spans.push_str(&f.fields);
                 }
             }
+        }
+        write!(w, "{spans}")?;
+        let named = spans.contains(" sandbox_id=") || fields.pairs.contains(" sandbox_id=");
+        if !named && !self.sandbox_id.is_empty() {
+            write!(w, " sandbox_id={}", value(&self.sandbox_id))?;
         }
         writeln!(w)
     }
@@ -223,20 +235,49 @@ mod tests {
         assert_eq!(value(""), "\"\"");
     }
 
-    #[test]
-    fn lines_carry_span_fields() {
+    /// What `f` logs, formatted as the shim of sandbox `shim-sb` does.
+    fn logged(f: impl FnOnce()) -> String {
         use tracing_subscriber::layer::SubscriberExt;
         let buf = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
         let b = buf.clone();
         let make = move || Capture(b.clone());
         let subscriber = tracing_subscriber::registry().with(
             tracing_subscriber::fmt::layer()
-                .event_format(Logfmt)
+                .event_format(Logfmt {
+                    sandbox_id: "shim-sb".into(),
+                })
                 .fmt_fields(LogfmtFields)
                 .with_ansi(false)
                 .with_writer(make),
         );
-        tracing::subscriber::with_default(subscriber, || {
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        text
+    }
+
+    #[test]
+    fn lines_outside_a_pod_span_carry_the_shims_sandbox_id() {
+        let text = logged(|| {
+            tracing::info!("serving");
+            let span = tracing::info_span!("watchdog", period_ms = 100);
+            let _e = span.enter();
+            tracing::warn!(sandbox_id = "ev-sb", "from the event");
+        });
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(
+            lines[0].ends_with("msg=\"serving\" sandbox_id=shim-sb"),
+            "{text}"
+        );
+        assert!(
+            lines[1].ends_with("msg=\"from the event\" sandbox_id=ev-sb period_ms=100"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn lines_carry_span_fields() {
+        let text = logged(|| {
             let span = tracing::info_span!(
                 "create",
                 container_id = "c1",
@@ -247,7 +288,6 @@ mod tests {
             span.record("sandbox_id", "sb");
             tracing::warn!(error = "no such file", "sharing the \"rootfs\"");
         });
-        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
         assert!(text.starts_with("time=\""), "{text}");
         assert!(
             text.contains("level=warn msg=\"sharing the \\\"rootfs\\\"\" error=\"no such file\" container_id=c1 sandbox_id=sb\n"),

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     match flags.action.as_str() {
         "start" => {
             // containerd reads stdout and stderr together as the address: log to the FIFO.
-            logging::init(logging::Target::ContainerdFifo, flags.debug);
+            logging::init(logging::Target::ContainerdFifo, flags.debug, &flags.id);
             match start::start(&flags) {
                 Ok(reply) => {
                     let mut out = std::io::stdout();
@@ -81,7 +81,7 @@ fn main() -> ExitCode {
             }
         }
         "delete" => {
-            logging::init(logging::Target::Stderr, flags.debug);
+            logging::init(logging::Target::Stderr, flags.debug, &flags.id);
             let bundle = if flags.bundle.is_empty() {
                 std::env::current_dir().unwrap_or_default()
             } else {
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             }
         }
         "" => {
-            logging::init(logging::Target::ContainerdFifo, flags.debug);
+            logging::init(logging::Target::ContainerdFifo, flags.debug, &flags.id);
             match runtime.block_on(serve::serve(&flags)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

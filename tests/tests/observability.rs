@@ -166,10 +166,54 @@ fn vm_ps_and_monitor_show_two_running_pods() {
         assert!(guest_cpu > 0.0, "{id}: guest CPU {guest_cpu}");
     }
 
+    // Every line the agent logs once it serves the pod names the pod; a container request's
+    // lines name the container too.
+    for id in ["t-obs-a", "t-obs-b"] {
+        let exec = c.ctr(&["tasks", "exec", "--exec-id", "logged", id, "true"]);
+        assert!(exec.status.success(), "{}", describe(&exec));
+        agent_lines_name_the_pod(&c, id);
+    }
+
     for id in ["t-obs-a", "t-obs-b"] {
         let _ = c.ctr(&["tasks", "kill", "-s", "KILL", id]);
         let _ = c.ctr(&["tasks", "rm", "-f", id]);
         let _ = c.ctr(&["containers", "rm", id]);
     }
     c.assert_nothing_left("two pods, isola ps and isola monitor");
+}
+
+/// The agent's lines in pod `id`'s console log from the sandbox's creation on: each starts with
+/// `sandbox_id=<id>`, and the exec's lines carry `container_id=<id>` (ctr's container is named
+/// like its pod).
+fn agent_lines_name_the_pod(c: &Containerd, id: &str) {
+    let log = c.state_dir().join("vm").join(id).join("console.log");
+    let text = std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let is_agent = |l: &str| {
+        [" INFO ", " WARN ", " DEBUG ", " TRACE ", "ERROR "]
+            .iter()
+            .any(|lvl| l.contains(lvl))
+    };
+    let lines: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.contains("sandbox created"))
+        .filter(|l| is_agent(l))
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "{id}: no agent lines after the sandbox's creation:\n{text}"
+    );
+    let prefix = format!("sandbox_id={id} ");
+    for l in &lines {
+        assert!(
+            l.starts_with(&prefix),
+            "{id}: an agent line without its pod: {l:?}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("ExecProcess") && l.contains(&format!("container_id={id}"))),
+        "{id}: no exec line naming the container:\n{}",
+        lines.join("\n")
+    );
 }

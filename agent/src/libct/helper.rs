@@ -18,7 +18,6 @@ use libcontainer::error::LibcontainerError;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::socket::MsgFlags;
-use tracing_subscriber::EnvFilter;
 
 use super::executor::ProcessExecutor;
 use super::seccomp::ExecSeccomp;
@@ -50,20 +49,19 @@ pub fn main() -> ! {
 
 fn init_logging() {
     let level = std::env::var(LOG_ENV).unwrap_or_else(|_| "info".into());
-    let filter = EnvFilter::try_new(format!(
-        "isola_agent={level},libcontainer={level},libcgroups={level}"
-    ))
-    .unwrap_or_else(|_| EnvFilter::new("info"));
+    if let Ok(id) = std::env::var(crate::logging::SANDBOX_ENV) {
+        if !id.is_empty() {
+            crate::logging::set_sandbox_id(&id);
+        }
+    }
     // A close-on-exec duplicate: container processes replace fds 0-2 with their own stdio.
     let Ok(log) = std::io::stderr().as_fd().try_clone_to_owned() else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(Mutex::new(File::from(log)))
-        .with_ansi(false)
-        .with_target(false)
-        .try_init();
+    crate::logging::init(
+        &format!("isola_agent={level},libcontainer={level},libcgroups={level}"),
+        Mutex::new(File::from(log)),
+    );
 }
 
 fn serve() -> Result<(), String> {
@@ -82,6 +80,8 @@ fn serve() -> Result<(), String> {
 
     let response = match serde_json::from_slice::<Request>(&buf[..n]) {
         Ok(request) => {
+            let span = tracing::info_span!("helper", container_id = %request.op.container_id());
+            let _entered = span.enter();
             tracing::debug!(?request, "libcontainer helper request");
             execute(request, fds)
         }

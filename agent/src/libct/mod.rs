@@ -86,6 +86,17 @@ pub enum Op {
     Delete { id: String },
 }
 
+impl Op {
+    /// The container the operation is for.
+    pub fn container_id(&self) -> &str {
+        match self {
+            Op::Create { id, .. } | Op::Exec { id, .. } | Op::Start { id } | Op::Delete { id } => {
+                id
+            }
+        }
+    }
+}
+
 /// What the helper receives.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -181,6 +192,10 @@ impl Runtime {
         helper
             .arg(HELPER_ARG)
             .env(LOG_ENV, &self.log_level)
+            .env(
+                crate::logging::SANDBOX_ENV,
+                crate::logging::sandbox_id().unwrap_or_default(),
+            )
             .stdin(Stdio::from(theirs))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
