@@ -3,7 +3,8 @@
 //! traffic across it, a TUN device, a FUSE mount, and the pod's sysctls (safe and unsafe ones)
 //! as runc applies them. The tools come from the test image `localhost/isola/tools`
 //! (scripts/build-test-image.sh: Debian's iproute2, iptables, nftables and bindfs with their
-//! libraries on busybox).
+//! libraries on busybox); the scripts are shared with the `ctr` tests
+//! (`isola_tests::workload_scripts`, tests/tests/ctr_workloads.rs).
 //!
 //! Tests that boot a VM are `vm_*`; one pod serves many checks.
 
@@ -11,15 +12,17 @@ use std::collections::HashMap;
 
 use anyhow::{ensure, Context, Result};
 use isola_tests::cri::{ContainerOptions, CriEnv, Pod, PodOptions, ISOLA, RUNC};
+use isola_tests::workload_scripts::{
+    redirect_with, BRIDGE, BRIDGE_MARKER, FUSE, FUSE_MARKER, NFT_REDIRECT, NFT_REDIRECT_MARKER,
+    REDIRECT_MARKER, TOOLS_IMAGE, TUN, TUN_MARKER,
+};
 use k8s_cri::v1::{Capability, Device, LinuxContainerSecurityContext};
 
-const TOOLS_IMAGE: &str = "localhost/isola/tools:latest";
 const SLEEPER: &[&str] = &["sleep", "100000"];
 
 /// Imports the tools image into the CRI namespace.
 fn import_tools(cri: &CriEnv) -> Result<()> {
-    let tar = isola_tests::repo_root().join("build/images/tools.tar");
-    cri.import_image(&tar)
+    cri.import_image(&isola_tests::workload_scripts::tools_tar())
 }
 
 fn tools(security: LinuxContainerSecurityContext) -> ContainerOptions {
@@ -48,40 +51,6 @@ async fn script_ok(
     );
     Ok(out.stdout)
 }
-
-/// iptables NAT: connections to port 8080 of the pod's localhost land on a server at 8081.
-const REDIRECT: &str = "(nc -ll -p 8081 -e echo redirected &); sleep 0.5; \
-    $IPT -t nat -A OUTPUT -p tcp -d 127.0.0.1 --dport 8080 -j REDIRECT --to-ports 8081; \
-    $IPT -t nat -S OUTPUT; nc 127.0.0.1 8080 </dev/null; \
-    $IPT -t nat -F OUTPUT";
-
-/// The same with nftables' own syntax.
-const NFT_REDIRECT: &str = "(nc -ll -p 8082 -e echo nft-redirected &); sleep 0.5; \
-    nft add table ip isola; \
-    nft add chain ip isola out '{ type nat hook output priority -100; }'; \
-    nft add rule ip isola out ip daddr 127.0.0.1 tcp dport 8090 redirect to :8082; \
-    nft list table ip isola; nc 127.0.0.1 8090 </dev/null; nft delete table ip isola";
-
-/// A bridge, a veth pair with one end in a network namespace of its own, traffic across.
-/// (Debian's `ip` by its path: the busybox shell would run its own `ip` applet.)
-const BRIDGE: &str = "/usr/sbin/ip link add br-t type bridge; /usr/sbin/ip addr add 10.77.0.1/24 dev br-t; \
-    /usr/sbin/ip link set br-t up; /usr/sbin/ip link add v-t0 type veth peer name v-t1; \
-    /usr/sbin/ip link set v-t0 master br-t; /usr/sbin/ip link set v-t0 up; \
-    unshare -n sleep 1000 & P=$!; sleep 0.3; /usr/sbin/ip link set v-t1 netns $P; \
-    nsenter -t $P -n /usr/sbin/ip addr add 10.77.0.2/24 dev v-t1; nsenter -t $P -n /usr/sbin/ip link set v-t1 up; \
-    nsenter -t $P -n /usr/sbin/ip link set lo up; \
-    (nsenter -t $P -n nc -l -p 7000 -e echo across-the-bridge &); sleep 0.5; \
-    nc 10.77.0.2 7000 </dev/null; kill $P; /usr/sbin/ip link del br-t; /usr/sbin/ip link del v-t0 2>/dev/null || true";
-
-/// A TUN device with an address, up.
-const TUN: &str = "ls -l /dev/net/tun; IP=/usr/sbin/ip; $IP tuntap add dev tun-t mode tun; \
-    $IP addr add 10.78.0.1/24 dev tun-t; $IP link set tun-t up; $IP -d link show tun-t; \
-    $IP tuntap del dev tun-t mode tun; echo tun-ok";
-
-/// A FUSE file system (bindfs) mounted, read through, unmounted.
-const FUSE: &str = "ls -l /dev/fuse; mkdir -p /srv/src /srv/fuse; echo through-fuse > /srv/src/f; \
-    bindfs /srv/src /srv/fuse; grep ' /srv/fuse ' /proc/mounts; cat /srv/fuse/f; \
-    umount /srv/fuse; echo fuse-ok";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_cri_privileged_and_net_admin_workloads_run_in_the_pods_kernel() {
@@ -150,15 +119,22 @@ async fn workloads(cri: &CriEnv) -> Result<()> {
             },
         )
         .await?;
-    script_ok(cri, &vpn, "NET_ADMIN with /dev/net/tun: tun", TUN, "tun-ok").await?;
+    script_ok(
+        cri,
+        &vpn,
+        "NET_ADMIN with /dev/net/tun: tun",
+        TUN,
+        TUN_MARKER,
+    )
+    .await?;
     for (cid, who) in [(&privileged, "privileged"), (&net_admin, "NET_ADMIN")] {
         for ipt in ["iptables-legacy", "iptables-nft"] {
             let out = script_ok(
                 cri,
                 cid,
                 &format!("{who}: {ipt} REDIRECT"),
-                &format!("IPT={ipt}; {REDIRECT}"),
-                "redirected",
+                &redirect_with(ipt),
+                REDIRECT_MARKER,
             )
             .await?;
             ensure!(out.contains("--to-ports 8081"), "{who}: {ipt}: {out}");
@@ -168,7 +144,7 @@ async fn workloads(cri: &CriEnv) -> Result<()> {
             cid,
             &format!("{who}: nft redirect"),
             NFT_REDIRECT,
-            "nft-redirected",
+            NFT_REDIRECT_MARKER,
         )
         .await?;
         script_ok(
@@ -176,13 +152,13 @@ async fn workloads(cri: &CriEnv) -> Result<()> {
             cid,
             &format!("{who}: bridge and veth"),
             BRIDGE,
-            "across-the-bridge",
+            BRIDGE_MARKER,
         )
         .await?;
     }
     // Devices: a privileged container has the guest's own (the host's are not passed).
-    script_ok(cri, &privileged, "privileged: tun", TUN, "tun-ok").await?;
-    let out = script_ok(cri, &privileged, "privileged: FUSE", FUSE, "fuse-ok").await?;
+    script_ok(cri, &privileged, "privileged: tun", TUN, TUN_MARKER).await?;
+    let out = script_ok(cri, &privileged, "privileged: FUSE", FUSE, FUSE_MARKER).await?;
     ensure!(
         out.contains("through-fuse") && out.contains("/srv/fuse fuse"),
         "{out}"

@@ -21,6 +21,7 @@
 mod devices;
 mod hugepages;
 mod inherit;
+mod loopback;
 mod pod;
 pub mod spec;
 mod sysctl;
@@ -345,7 +346,14 @@ impl Containers {
             console_socket: console.as_ref().map(|s| s.path().to_path_buf()),
             stdio: side.is_some(),
         };
-        self.run_for(&c.init, op, side, console).await
+        self.run_for(&c.init, op, side, console).await?;
+        if loopback::wants_new_netns(&cs.spec) {
+            let pid = c.init.pid().ok_or_else(|| {
+                AgentError::Runtime(format!("container {}: its init has no pid", c.id))
+            })?;
+            loopback::up_in_netns_of(pid, &c.id).await?;
+        }
+        Ok(())
     }
 
     /// Runs a helper that creates `process`, then watches it and wires its terminal.
