@@ -1,12 +1,19 @@
 //! Task events for containerd: [`EventSink`], with [`RemoteEvents`] forwarding to containerd's
-//! event service through containerd-shim's `RemotePublisher`, and [`NoEvents`] for CRI-O,
-//! which gives the shim no event service.
+//! event service (see [`forwarder`]: it survives a containerd restart), and [`NoEvents`] for
+//! CRI-O, which gives the shim no event service.
+
+mod forwarder;
+#[cfg(test)]
+mod tests;
+
+use std::time::SystemTime;
 
 use async_trait::async_trait;
-use containerd_shim::publisher::RemotePublisher;
-use containerd_shim::Context;
+use containerd_shim_protos::shim::event::Envelope;
 use protobuf::MessageDyn;
 use tokio::sync::{mpsc, oneshot};
+
+pub use forwarder::{envelope, Forwarder, GIVE_UP_AFTER};
 
 /// Where the task service sends its events (TaskCreate, TaskStart, TaskExit, TaskDelete, ...).
 ///
@@ -22,28 +29,28 @@ pub trait EventSink: Send + Sync {
 }
 
 enum Item {
-    Event(&'static str, Box<dyn MessageDyn>),
+    Event(Envelope),
     Flush(oneshot::Sender<()>),
 }
 
 /// Events forwarded to containerd by a background task, in order.
 pub struct RemoteEvents {
+    namespace: String,
     tx: mpsc::UnboundedSender<Item>,
 }
 
 impl RemoteEvents {
-    /// Starts the forwarding task; `namespace` is the containerd namespace of the shim.
-    pub fn new(publisher: RemotePublisher, namespace: String) -> RemoteEvents {
+    /// Starts the forwarding task; `address` is containerd's `TTRPC_ADDRESS`, `namespace` the
+    /// containerd namespace of the shim.
+    pub fn new(address: &str, namespace: String) -> RemoteEvents {
         let (tx, mut rx) = mpsc::unbounded_channel::<Item>();
+        let mut forwarder = Forwarder::new(address);
         tokio::spawn(async move {
             while let Some(item) = rx.recv().await {
                 match item {
-                    Item::Event(topic, event) => {
-                        if let Err(e) = publisher
-                            .publish(Context::default(), topic, &namespace, event)
-                            .await
-                        {
-                            tracing::warn!(topic, error = %e, "publishing an event to containerd failed");
+                    Item::Event(env) => {
+                        if let Err(e) = forwarder.forward(&env).await {
+                            tracing::error!(topic = env.topic(), error = %e, "an event for containerd was lost");
                         }
                     }
                     Item::Flush(done) => {
@@ -52,7 +59,7 @@ impl RemoteEvents {
                 }
             }
         });
-        RemoteEvents { tx }
+        RemoteEvents { namespace, tx }
     }
 }
 
@@ -60,7 +67,15 @@ impl RemoteEvents {
 impl EventSink for RemoteEvents {
     fn publish(&self, topic: &'static str, event: Box<dyn MessageDyn>) {
         tracing::debug!(topic, "event");
-        if self.tx.send(Item::Event(topic, event)).is_err() {
+        // Stamped now, when it happened, however long the delivery takes.
+        let env = match envelope(topic, &self.namespace, event.as_ref(), SystemTime::now()) {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::error!(topic, error = %e, "an event for containerd was lost");
+                return;
+            }
+        };
+        if self.tx.send(Item::Event(env)).is_err() {
             tracing::warn!(topic, "the event forwarder is gone; event dropped");
         }
     }

@@ -4,7 +4,6 @@ use std::os::unix::net::UnixListener;
 use std::path::Path;
 use std::sync::Arc;
 
-use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{ExitSignal, Flags};
 use tokio::signal::unix::{signal, SignalKind};
 use ttrpc::r#async::transport::Listener;
@@ -36,14 +35,7 @@ pub async fn serve(flags: &Flags) -> Result<()> {
     };
     let ttrpc_address = std::env::var("TTRPC_ADDRESS").unwrap_or_default();
     let events: Arc<dyn EventSink> = match event_service(&flags.address, &ttrpc_address) {
-        Some(address) => {
-            let publisher = RemotePublisher::new(address).await.map_err(|e| {
-                ShimError::Internal(format!(
-                    "connecting to containerd's events at {address}: {e}"
-                ))
-            })?;
-            Arc::new(RemoteEvents::new(publisher, flags.namespace.clone()))
-        }
+        Some(address) => Arc::new(RemoteEvents::new(address, flags.namespace.clone())),
         None => {
             tracing::info!("no event service (started by CRI-O): events are not published");
             Arc::new(NoEvents)

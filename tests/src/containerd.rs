@@ -14,9 +14,8 @@
 //! (built by `cargo nextest run --workspace`), or the one in `$ISOLA_SHIM_DIR`. The test image is
 //! `build/images/busybox.tar` from `make images`, or `$ISOLA_TEST_IMAGE`.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -27,6 +26,8 @@ pub use crate::ctr_child::{pseudo_random_bytes, run_with_deadline, CtrChild};
 use crate::ctr_child::{wait_task_started, Hold};
 pub use crate::mounts::mounts_under;
 use crate::{processes_mentioning, repo_root, TestEnv};
+
+mod restart;
 
 /// The containerd namespace the tests use.
 pub const NAMESPACE: &str = "isola-test";
@@ -192,33 +193,7 @@ impl Containerd {
         std::fs::write(&config, containerd_config(&dir, &isola_config))
             .expect("writing the containerd configuration");
         crate::handlers::install_clh_containerd(&config, &isola_config, env.dir.path()).unwrap();
-        let log = std::fs::File::create(dir.join("containerd.log")).expect("creating the log");
-
-        let path = match std::env::var_os("PATH") {
-            Some(p) => {
-                let mut dirs = vec![shim_dir.clone()];
-                dirs.extend(std::env::split_paths(&p));
-                std::env::join_paths(dirs).expect("a joinable PATH")
-            }
-            None => shim_dir.clone().into_os_string(),
-        };
-        let mut cmd = Command::new("containerd");
-        cmd.arg("--config")
-            .arg(&config)
-            .env("PATH", path)
-            .env("ISOLA_CONFIG", &isola_config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("duplicating the log handle"))
-            .stderr(log);
-        // SAFETY: the closure runs in the forked child before exec and only makes the
-        // async-signal-safe prctl(2) system call.
-        unsafe {
-            cmd.pre_exec(|| {
-                // If the test process dies without running destructors, containerd goes too.
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-            });
-        }
-        let (child, keeper) = match crate::keeper::spawn_kept(cmd) {
+        let (child, keeper) = match restart::spawn(&dir, &isola_config, &shim_dir) {
             Ok(c) => c,
             Err(e) => {
                 cleanup_dir(&dir);
