@@ -99,8 +99,27 @@ async fn vm_containers_output_exit_codes_signals_and_errors() {
     .await
     .expect("ExecProcess");
     assert_eq!(pod.wait("c2", "e7").await.unwrap(), 7);
+    // The id of an exec that has exited is free again (the host deleted it first) ...
+    pod.exec(
+        "c2",
+        "e7",
+        &["sh", "-c", "exit 8"],
+        stdio(false, false, false, false),
+    )
+    .await
+    .expect("ExecProcess with the id of an exited exec");
+    assert_eq!(pod.wait("c2", "e7").await.unwrap(), 8);
+    // ... the id of a running one is not.
+    pod.exec(
+        "c2",
+        "long",
+        &["sleep", "100"],
+        stdio(false, false, false, false),
+    )
+    .await
+    .expect("ExecProcess");
     let dup = pod
-        .exec("c2", "e7", &["true"], stdio(false, false, false, false))
+        .exec("c2", "long", &["true"], stdio(false, false, false, false))
         .await
         .unwrap_err();
     assert_eq!(code(&dup), "ALREADY_EXISTS", "{dup:?}");

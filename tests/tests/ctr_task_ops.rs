@@ -104,6 +104,13 @@ fn vm_ctr_task_exec_with_and_without_tty() {
     assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
     assert_eq!(stdout(&out), "out\n", "{}", describe(&out));
     assert!(stderr(&out).contains("err"), "{}", describe(&out));
+    // ctr deletes an exec when it ends: its id can be used again, as under runc.
+    let again = c.ctr(&exec_args("t-exec", "e-plain", &["echo", "again"]));
+    assert!(
+        again.status.success() && stdout(&again) == "again\n",
+        "reusing an exec id: {}",
+        describe(&again)
+    );
 
     // With a terminal: the process sees a tty.
     let (code, term) = c.ctr_on_pty(

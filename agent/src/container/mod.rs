@@ -510,7 +510,9 @@ impl Containers {
                 EXEC_RETENTION,
                 EXEC_KEEP_EXITED,
             );
-            if st.execs.contains_key(exec_id) {
+            // An exited exec's id is free again: the host asks for it only once it has
+            // deleted the old process (containerd and runc let `--exec-id` be reused so).
+            if st.execs.get(exec_id).is_some_and(|p| p.exit().is_none()) {
                 return Err(taken());
             }
             st.execs.insert(exec_id.to_string(), process.clone());
