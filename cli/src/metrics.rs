@@ -164,12 +164,12 @@ impl Families {
         );
         r.register(
             "isola_pod_vcpus",
-            "vCPUs the pod VM booted with",
+            "vCPUs the pod VM has (as booted, plus any hotplugged)",
             f.vcpus.clone(),
         );
         r.register(
             "isola_pod_memory_bytes",
-            "Memory the pod VM booted with",
+            "Memory the pod VM has (as booted, plus any hotplugged)",
             f.memory.clone(),
         );
         r.register(
@@ -333,19 +333,25 @@ pub fn render(
             sandbox_id: rec.sandbox_id.clone(),
             backend: rec.hypervisor.clone(),
         };
-        f.vcpus.get_or_create(&pod).set(i64::from(rec.vcpus));
+        // A snapshot of another sandbox (a file put there by hand) is no figure of this one.
+        let snap = snapshot(&rec.sandbox_id).filter(|s| s.sandbox_id == rec.sandbox_id);
+        // The size now (hotplug included) when the shim says, else as booted.
+        let (vcpus, memory_mib) = snap
+            .as_ref()
+            .and_then(|s| s.vm)
+            .map_or((rec.vcpus, rec.memory_mib), |v| (v.vcpus, v.memory_mib));
+        f.vcpus.get_or_create(&pod).set(i64::from(vcpus));
         f.memory
             .get_or_create(&pod)
-            .set(gauge_value(rec.memory_mib.saturating_mul(1024 * 1024)));
+            .set(gauge_value(memory_mib.saturating_mul(1024 * 1024)));
         if let Some(ms) = rec.vmm_ready_ms {
             f.vmm_ready.get_or_create(&pod).set(ms as f64 / 1000.0);
         }
         if let Some(ms) = rec.agent_ready_ms {
             f.agent_ready.get_or_create(&pod).set(ms as f64 / 1000.0);
         }
-        // A snapshot of another sandbox (a file put there by hand) is no figure of this one.
-        if let Some(snap) = snapshot(&rec.sandbox_id).filter(|s| s.sandbox_id == rec.sandbox_id) {
-            f.snapshot(&pod, &snap, now_unix);
+        if let Some(snap) = &snap {
+            f.snapshot(&pod, snap, now_unix);
         }
         if rec.created_unix > 0 {
             f.uptime
@@ -492,7 +498,7 @@ mod tests {
     fn renders_the_shims_snapshot() {
         use std::collections::BTreeMap;
 
-        use isola_sandbox::shim_metrics::{GuestFigures, HotplugCount, RpcFigures};
+        use isola_sandbox::shim_metrics::{GuestFigures, HotplugCount, RpcFigures, VmFigures};
 
         let src = Fake(HashMap::from([(10, fake_proc(0, 1, 1, "qemu"))]));
         let rec = SandboxRecord {
@@ -550,6 +556,11 @@ mod tests {
                 count: 3,
             }],
             watchdog_failed_checks: 5,
+            // Grown from the record's (default: unknown) size by hotplug.
+            vm: Some(VmFigures {
+                vcpus: 3,
+                memory_mib: 1024,
+            }),
         };
         let units = Units {
             clk_tck: 100,
@@ -575,6 +586,8 @@ mod tests {
             format!("isola_agent_rpc_duration_seconds_count{{{cc}}} 4"),
             format!(r#"isola_hotplug_events_total{{{pod},resource="memory",outcome="grown"}} 3"#),
             format!("isola_watchdog_failed_checks_total{{{pod}}} 5"),
+            format!("isola_pod_vcpus{{{pod}}} 3"),
+            format!("isola_pod_memory_bytes{{{pod}}} 1073741824"),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -2,13 +2,16 @@
 //! `<runtime.state_dir>/shim/` (`isola_sandbox::record`).
 //!
 //! A sandbox is "running" while the VMM process it recorded (same pid, same start time) is
-//! alive, "dead" otherwise (its shim died and nothing has cleaned up yet).
+//! alive, "dead" otherwise (its shim died and nothing has cleaned up yet). Its size is the one
+//! its shim last wrote in its metrics snapshot (hotplugged vCPUs and memory included), else the
+//! recorded boot size.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use isola_sandbox::record::{self, ProcId, SandboxRecord};
+use isola_sandbox::shim_metrics::{ShimMetrics, VmFigures};
 use serde::Serialize;
 
 /// One line of `isola ps`.
@@ -20,9 +23,9 @@ pub struct PodRow {
     pub backend: String,
     /// The VMM's pid, if recorded.
     pub vmm_pid: Option<u32>,
-    /// vCPUs as booted (0: not recorded).
+    /// vCPUs now (as booted when the shim has not said; 0: not recorded).
     pub vcpus: u32,
-    /// Memory as booted, MiB (0: not recorded).
+    /// Memory now, MiB (as booted when the shim has not said; 0: not recorded).
     pub memory_mib: u64,
     /// "running" or "dead".
     pub state: &'static str,
@@ -36,23 +39,28 @@ pub struct PodRow {
     pub agent_ready_ms: Option<u64>,
 }
 
-/// The rows of `records`, with `alive` telling whether a recorded process still runs and
-/// `now_unix` the current time.
+/// The rows of `records`, with `alive` telling whether a recorded process still runs, `size`
+/// a sandbox's current size if its shim said, and `now_unix` the current time.
 pub fn rows(
     records: &[SandboxRecord],
     alive: impl Fn(&ProcId) -> bool,
+    size: impl Fn(&str) -> Option<VmFigures>,
     now_unix: u64,
 ) -> Vec<PodRow> {
     records
         .iter()
         .map(|r| {
             let running = r.vmm().is_some_and(|p| alive(&p));
+            let now = size(&r.sandbox_id).unwrap_or(VmFigures {
+                vcpus: r.vcpus,
+                memory_mib: r.memory_mib,
+            });
             PodRow {
                 sandbox_id: r.sandbox_id.clone(),
                 backend: r.hypervisor.clone(),
                 vmm_pid: r.vmm().map(|p| p.pid),
-                vcpus: r.vcpus,
-                memory_mib: r.memory_mib,
+                vcpus: now.vcpus,
+                memory_mib: now.memory_mib,
                 state: if running { "running" } else { "dead" },
                 uptime_seconds: (running && r.created_unix > 0)
                     .then(|| now_unix.saturating_sub(r.created_unix)),
@@ -162,7 +170,12 @@ pub fn state_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
 pub fn discover(state_dir: &Path) -> anyhow::Result<Vec<PodRow>> {
     let records = record::list(state_dir)
         .with_context(|| format!("reading the sandbox records of {}", state_dir.display()))?;
-    Ok(rows(&records, ProcId::alive, now_unix()))
+    let size = |id: &str| {
+        ShimMetrics::read(&ShimMetrics::path(state_dir, id))
+            .filter(|m| m.sandbox_id == id)
+            .and_then(|m| m.vm)
+    };
+    Ok(rows(&records, ProcId::alive, size, now_unix()))
 }
 
 /// Runs `isola ps`: the table, or JSON with `as_json`.
@@ -225,6 +238,17 @@ mod tests {
         record("pod-b", dead, now - 3600)
             .save(&SandboxRecord::path(tmp.path(), "pod-b"))
             .unwrap();
+        // pod-b's shim grew its VM (and said so in its snapshot) before it died.
+        ShimMetrics {
+            sandbox_id: "pod-b".into(),
+            vm: Some(VmFigures {
+                vcpus: 4,
+                memory_mib: 2048,
+            }),
+            ..Default::default()
+        }
+        .save(&ShimMetrics::path(tmp.path(), "pod-b"))
+        .unwrap();
         // A record from before the boot figures were recorded.
         SandboxRecord {
             sandbox_id: "pod-c".into(),
@@ -258,6 +282,7 @@ mod tests {
             ["pod-a", "qemu", &pid, "2", "512", "MiB", "running", "2m5s"]
         );
         assert_eq!(cols(lines[2])[6], "dead");
+        assert_eq!(cols(lines[2])[3..6], ["4", "2048", "MiB"]);
         assert_eq!(cols(lines[3]), ["pod-c", "-", "-", "-", "-", "dead", "-"]);
         // The columns line up under the header.
         let state_at = lines[0].find("STATE").unwrap();

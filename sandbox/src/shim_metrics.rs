@@ -50,6 +50,18 @@ pub struct ShimMetrics {
     /// Health checks of the agent watchdog that got no answer.
     #[serde(default)]
     pub watchdog_failed_checks: u64,
+    /// The VM's size now, hotplugged vCPUs and memory included (None from older shims).
+    #[serde(default)]
+    pub vm: Option<VmFigures>,
+}
+
+/// The VM's current size as its shim knows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmFigures {
+    /// vCPUs plugged.
+    pub vcpus: u32,
+    /// Memory plugged, MiB.
+    pub memory_mib: u64,
 }
 
 /// Guest-wide figures as the agent last reported them.
@@ -247,6 +259,10 @@ mod tests {
                 count: 1,
             }],
             watchdog_failed_checks: 1,
+            vm: Some(VmFigures {
+                vcpus: 2,
+                memory_mib: 768,
+            }),
         };
         let path = ShimMetrics::path(dir.path(), "a");
         assert_eq!(

@@ -231,6 +231,8 @@ impl Service {
         }
         if added_cpus > 0 || grown_mib > 0 {
             sandbox.agent.online_cpu_mem(added_cpus, grown_mib).await?;
+            // `isola ps` and the monitor show the new size at once, not at the next period.
+            sandbox.write_metrics(crate::counters::now_unix());
         }
         Ok(())
     }

@@ -416,6 +416,8 @@ async fn the_metrics_snapshot_counts_rpcs_hotplugs_and_the_guest() {
     assert_eq!(first.rpcs["CreateSandbox"].calls, 1);
     assert_eq!(first.rpcs["GetGuestDetails"].calls, 1);
     assert!(first.written_unix > 0);
+    let booted = first.vm.expect("the VM's size");
+    assert!(booted.vcpus >= 1 && booted.memory_mib > 0, "{booted:?}");
 
     // A failing RPC, a hotplug that grows the VM and one the VM cannot do, a failed check.
     env.agent().fail("ListProcesses", Code::NOT_FOUND, "gone");
@@ -427,6 +429,9 @@ async fn the_metrics_snapshot_counts_rpcs_hotplugs_and_the_guest() {
     )
     .await
     .unwrap();
+    // The grown size is in the snapshot at once, not at the next period.
+    let grown = ShimMetrics::read(&path).unwrap().vm.unwrap();
+    assert_eq!((grown.vcpus, grown.memory_mib), (3, booted.memory_mib));
     env.vm().can_hotplug.store(false, Ordering::SeqCst);
     s.update("c1", Some(&resources(r#"{"memory":{"limit":4294967296}}"#)))
         .await

@@ -159,6 +159,7 @@ impl Counters {
                 })
                 .collect(),
             watchdog_failed_checks: inner.watchdog_failed_checks,
+            vm: None,
         }
     }
 }

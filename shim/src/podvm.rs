@@ -32,7 +32,7 @@ use crate::sandbox::{Sandbox, SandboxFactory};
 use crate::service::VM_DIED_STATUS;
 use crate::translate::GUEST_SHARED_DIR;
 use isola_agent_proto::AgentEndpoint;
-use isola_sandbox::shim_metrics::ShimMetrics;
+use isola_sandbox::shim_metrics::{ShimMetrics, VmFigures};
 
 /// The running pod VM: the VM, its agent, its size and its cleanup record.
 pub(crate) struct PodVm {
@@ -170,11 +170,13 @@ impl PodVm {
         if *closed {
             return;
         }
-        if let Err(e) = self
-            .counters
-            .snapshot(&self.id, now_unix)
-            .save(&self.metrics)
-        {
+        let mut snapshot = self.counters.snapshot(&self.id, now_unix);
+        let size = *self.size.lock().unwrap();
+        snapshot.vm = Some(VmFigures {
+            vcpus: size.vcpus,
+            memory_mib: size.memory_mib,
+        });
+        if let Err(e) = snapshot.save(&self.metrics) {
             tracing::debug!(error = %e, "writing the metrics snapshot");
         }
     }

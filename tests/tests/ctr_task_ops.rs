@@ -467,6 +467,21 @@ fn vm_task_update_raises_a_memory_limit() {
         total_kib > 900 * 1024,
         "the guest did not grow past its initial 512 MiB: MemTotal {total_kib} kB"
     );
+    // `isola ps` shows the grown VM at once.
+    let ps = std::process::Command::new(isola_tests::containerd::shim_dir().join("isola"))
+        .arg("--config")
+        .arg(c.isola_config())
+        .args(["ps", "--json"])
+        .output()
+        .expect("running isola ps");
+    let listed: serde_json::Value = serde_json::from_slice(&ps.stdout)
+        .unwrap_or_else(|e| panic!("isola ps --json: {e}: {}", describe(&ps)));
+    let pod = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|p| p["sandbox_id"] == "t-update"))
+        .unwrap_or_else(|| panic!("t-update not in {listed}"));
+    let mib = pod["memory_mib"].as_u64().unwrap_or(0);
+    assert!(mib >= 1024, "isola ps shows {mib} MiB: {pod}");
 
     // Malformed resources: InvalidArgument (3).
     let (code, msg) = shim_update(&c, "t-update", r#"{"memory":{"limit":"lots"}}"#);
