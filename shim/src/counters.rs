@@ -3,9 +3,9 @@
 //! and failed watchdog checks, plus the guest-wide memory and CPU figures the agent reports.
 //!
 //! Every agent call goes through [`CountingAgent`], which wraps the VM's agent. While the VM is
-//! the running one, [`Service::export_metrics`] asks the agent for the guest's figures and
-//! writes a [`ShimMetrics`] snapshot next to the sandbox record at once and then every
-//! [`SNAPSHOT_PERIOD`]; the teardown removes it with the record
+//! the running one, its heartbeat ([`crate::watchdog`]) asks the agent for the guest's figures
+//! and writes a [`ShimMetrics`] snapshot next to the sandbox record at once and then every
+//! `SNAPSHOT_PERIOD`; the teardown removes it with the record
 //! ([`PodVm::close_metrics`](crate::podvm::PodVm::close_metrics)). No socket, no server: the
 //! monitor reads files, as it reads the records.
 
@@ -21,16 +21,11 @@ use isola_agent_proto::agent::{
 };
 use isola_agent_proto::types::{ARPNeighbor, Interface, Route};
 use isola_sandbox::shim_metrics::{
-    DurationHistogram, GuestFigures, HotplugCount, RpcFigures, ShimMetrics, SNAPSHOT_PERIOD,
+    DurationHistogram, GuestFigures, HotplugCount, RpcFigures, ShimMetrics,
 };
 
 use crate::agent::{AgentApi, BoxStream, GuestProcess, ProcessExit, StdioKind};
 use crate::error::Result;
-use crate::podvm::PodVm;
-use crate::service::Service;
-
-/// How long the snapshot task waits for GetGuestDetails.
-const GUEST_DETAILS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A resource the VM grows by hotplug.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,30 +310,6 @@ pub(crate) fn now_unix() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-impl Service {
-    /// Writes `vm`'s metrics snapshot now and every [`SNAPSHOT_PERIOD`] while it is the
-    /// running VM, each time with the guest's figures asked of the agent first.
-    pub(crate) fn export_metrics(self: &Arc<Self>, vm: Arc<PodVm>) {
-        let this = Arc::downgrade(self);
-        let span = tracing::info_span!(parent: None, "metrics", sandbox_id = %vm.id);
-        let task = async move {
-            let current = || this.upgrade().is_some_and(|s| s.pod.is_current(&vm));
-            while current() {
-                match vm.agent.guest_details(GUEST_DETAILS_TIMEOUT).await {
-                    Ok(details) => vm.counters.guest(&details),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "asking the agent for the guest's figures");
-                        vm.counters.guest_unknown();
-                    }
-                }
-                vm.write_metrics(now_unix());
-                tokio::time::sleep(SNAPSHOT_PERIOD).await;
-            }
-        };
-        tokio::spawn(tracing::Instrument::instrument(task, span));
-    }
 }
 
 #[cfg(test)]

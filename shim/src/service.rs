@@ -258,8 +258,7 @@ impl Service {
         if booted {
             self.watch_vm(vm.clone());
             self.watch_oom(vm.clone());
-            self.watch_agent(vm.clone());
-            self.export_metrics(vm.clone());
+            self.watch_pod(vm.clone());
         }
         Ok(vm)
     }
