@@ -34,9 +34,7 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::UnixListener;
 use tokio::sync::Semaphore;
-use tokio_vsock::{VsockAddr, VsockListener};
 
 use crate::cmdline::Listen;
 use crate::pty;
@@ -82,43 +80,22 @@ pub fn start(listen: &Listen, port: u32, reaper: Reaper) -> io::Result<()> {
         reaper,
         slots: Arc::new(Semaphore::new(MAX_CONSOLES)),
     });
-    match listen {
-        Listen::Vsock(_) => {
-            let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, port))?;
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(server.clone().serve(stream));
-                        }
-                        Err(e) => accept_failed(e).await,
-                    }
-                }
-            });
-        }
-        Listen::Unix(path) => {
-            let path = unix_path(path);
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)?;
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(server.clone().serve(stream));
-                        }
-                        Err(e) => accept_failed(e).await,
-                    }
-                }
-            });
-        }
-    }
+    let unix = match listen {
+        Listen::Unix(path) => unix_path(path),
+        Listen::Vsock(_) => String::new(),
+    };
+    crate::accept::start(listen, port, &unix, "debug console", server)?;
     tracing::warn!(addr = %address(listen, port), "debug console enabled: root shells in the guest are served");
     Ok(())
 }
 
-async fn accept_failed(e: io::Error) {
-    tracing::warn!(error = %e, "accepting a debug console connection failed");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+impl crate::accept::Handler for Arc<Server> {
+    fn handle<S>(self, conn: S) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.serve(conn)
+    }
 }
 
 /// What every console shares.

@@ -12,6 +12,7 @@
 //! panicking handler answers INTERNAL, and a fatal start-up failure powers the VM off so the
 //! host sees the VM end rather than a silent hang.
 
+mod accept;
 mod boot;
 mod cgroups;
 mod cmdline;

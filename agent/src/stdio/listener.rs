@@ -16,8 +16,6 @@ use isola_agent_proto::agent::StdioStreamHeader;
 use isola_agent_proto::stdio_header::{self, HeaderError};
 use isola_agent_proto::{MAX_STDIO_HEADER_LEN, STDIO_PORT};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::net::UnixListener;
-use tokio_vsock::{VsockAddr, VsockListener};
 
 use crate::cmdline::Listen;
 use crate::container::Containers;
@@ -42,44 +40,32 @@ pub fn address(listen: &Listen) -> String {
 
 /// Binds the stdio listener and serves it on a background task.
 pub fn start(listen: &Listen, containers: Arc<Containers>) -> std::io::Result<()> {
-    match listen {
-        Listen::Vsock(_) => {
-            let listener = VsockListener::bind(VsockAddr::new(libc::VMADDR_CID_ANY, STDIO_PORT))?;
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(handle(stream, containers.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accepting a stdio stream failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
-        }
-        Listen::Unix(path) => {
-            let path = unix_path(path);
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)?;
-            tokio::spawn(async move {
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            tokio::spawn(handle(stream, containers.clone()));
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accepting a stdio stream failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                    }
-                }
-            });
-        }
-    }
+    let unix = match listen {
+        Listen::Unix(path) => unix_path(path),
+        Listen::Vsock(_) => String::new(),
+    };
+    crate::accept::start(
+        listen,
+        STDIO_PORT,
+        &unix,
+        "stdio stream",
+        Streams(containers),
+    )?;
     tracing::info!(addr = %address(listen), "agent accepting stdio streams");
     Ok(())
+}
+
+/// Hands each stdio connection to [`handle`].
+#[derive(Clone)]
+struct Streams(Arc<Containers>);
+
+impl crate::accept::Handler for Streams {
+    fn handle<S>(self, conn: S) -> impl std::future::Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        handle(conn, self.0)
+    }
 }
 
 /// Why a connection's header was not accepted.
