@@ -7,6 +7,7 @@
 #   make install   install binaries (isola, the containerd shim), guest image and default
 #                  config under $(PREFIX)
 #   make images    the local test image (build/images/busybox.tar; no registry needed)
+#   make deploy-payload  what `isola deploy install --payload` installs (build/deploy-payload)
 
 PREFIX      ?= /usr/local
 CARGO       ?= cargo
@@ -22,7 +23,7 @@ ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: all setup build agent guest images k8s k8s-demo k8s-demo-stop demo test lint unit bench install uninstall clean
+.PHONY: all setup build agent guest images k8s k8s-demo k8s-demo-stop demo test lint unit bench install uninstall deploy-payload clean
 
 all: build guest images
 
@@ -114,6 +115,11 @@ install: build guest
 	sed 's|"/usr/local/share/isola/|"$(PREFIX)/share/isola/|' config/configuration.toml > build/configuration.toml
 	install -D -m 0644 build/configuration.toml $(DESTDIR)$(PREFIX)/share/isola/configuration.toml
 	@echo "installed; to add the runtime to containerd's CRI: $(PREFIX)/bin/isola install containerd"
+
+# The payload of the isola-deploy image (deploy/isola-deploy.yaml): release binaries, the guest
+# image and the default configuration, laid out as `make install` lays out a PREFIX.
+deploy-payload: build guest
+	scripts/build-deploy-payload.sh build/deploy-payload
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/isola $(DESTDIR)$(PREFIX)/bin/$(SHIM)

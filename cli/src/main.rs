@@ -10,10 +10,13 @@
 //! - `isola install containerd|crio` / `isola uninstall containerd|crio`: the runtime in
 //!   containerd's configuration or CRI-O's drop-in directory; `--handler` for a second runtime
 //!   handler (e.g. `isola-clh` with `--hypervisor cloud-hypervisor`).
+//! - `isola deploy install|uninstall`: isola onto a node from a payload, versioned, registered
+//!   and restored byte for byte (the isola-deploy DaemonSet's entrypoint).
 
 mod bench;
 mod check;
 mod debug;
+mod deploy;
 mod host;
 mod install;
 mod kernel;
@@ -91,6 +94,11 @@ enum Command {
         #[command(subcommand)]
         what: install::Uninstall,
     },
+    /// Install isola onto a node from a payload (what the isola-deploy DaemonSet runs)
+    Deploy {
+        #[command(subcommand)]
+        what: deploy::Deploy,
+    },
 }
 
 fn main() -> ExitCode {
@@ -120,6 +128,7 @@ fn main() -> ExitCode {
             Command::Bench { which } => bench::run(cli.config.as_deref(), which).await,
             Command::Install { what } => install::install(what),
             Command::Uninstall { what } => install::uninstall(what),
+            Command::Deploy { what } => deploy::run(what),
         }
     });
     match result {

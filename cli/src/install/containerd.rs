@@ -349,6 +349,23 @@ pub fn uninstall(text: &str, handler: &str) -> Result<Edit, Error> {
     })
 }
 
+/// Sets `runtime_path` (the shim binary containerd runs, instead of finding
+/// `containerd-shim-isola-v2` on its `PATH`; containerd 1.6 and later) of the runtime `handler`,
+/// which [`install`] added to `text` before.
+pub fn set_runtime_path(text: &str, handler: &str, shim: &Path) -> Result<Edit, Error> {
+    let mut doc = parse(text)?;
+    let path = runtimes_path(version(&doc)?.unwrap_or(2))?;
+    let mut keys = path.to_vec();
+    keys.push(handler);
+    let runtime = table_at(doc.as_table_mut(), &keys)?;
+    set_string(runtime, "runtime_path", &shim.to_string_lossy());
+    let new = doc.to_string();
+    Ok(Edit {
+        changed: new != text,
+        text: new,
+    })
+}
+
 /// The isola configuration file containerd's runtime entry `handler` points at, if the
 /// configuration `text` has one.
 pub fn installed_config_path(text: &str, handler: &str) -> Option<String> {

@@ -1,0 +1,277 @@
+//! Making the node's runtime read its new configuration, the way the node runs it:
+//!
+//! - `systemd:<unit>`: `systemctl restart <unit>`. The usual choice for containerd, which has no
+//!   configuration reload: its shims are separate processes that containerd reconnects to on
+//!   start, so running pods (isola's included) survive.
+//! - `signal:<pidfile>:<SIG>`: the signal to the pid in a file of the host. CRI-O 1.32 reloads
+//!   its runtime handlers (`crio.runtime.runtimes`, drop-ins included) on SIGHUP
+//!   (`Config.ReloadRuntimes`), so `signal:/run/crio/crio.pid:HUP` registers isola without
+//!   restarting anything, where a pid file exists (CRI-O writes none itself: the service
+//!   manager or the node's scripts must). containerd ignores SIGHUP for its configuration.
+//! - `command:<argv…>`: any command (split on whitespace, no quoting), for nodes without
+//!   systemd, e.g. the test node's own restart script.
+//! - `none`: nothing; the operator restarts the runtime.
+//!
+//! With `--host-root` other than `/`, `systemctl` and commands run in the host's namespaces
+//! through `nsenter -t 1 -m -u -i -n -p` (the pod needs hostPID and privileges); the pid file is
+//! read under the host root and the signal sent directly (hostPID: the same pid namespace).
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::Signal;
+
+/// How to make the runtime take up its configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Strategy {
+    Systemd(String),
+    Signal { pidfile: PathBuf, signal: Signal },
+    Command(Vec<String>),
+    None,
+}
+
+impl FromStr for Strategy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Strategy, String> {
+        let usage = "expected systemd:<unit>, signal:<pidfile>:<SIG>, command:<argv...> or none";
+        let (kind, rest) = s.split_once(':').unwrap_or((s, ""));
+        match (kind, rest) {
+            ("none", "") => Ok(Strategy::None),
+            ("systemd", unit) if !unit.is_empty() && !unit.contains(char::is_whitespace) => {
+                Ok(Strategy::Systemd(unit.to_string()))
+            }
+            ("signal", rest) => {
+                let (pidfile, sig) = rest.rsplit_once(':').ok_or(format!(
+                    "--restart {s}: {usage}, e.g. signal:/run/crio/crio.pid:HUP"
+                ))?;
+                let name = if sig.starts_with("SIG") {
+                    sig.to_string()
+                } else {
+                    format!("SIG{sig}")
+                };
+                let signal = Signal::from_str(&name)
+                    .map_err(|_| format!("--restart {s}: unknown signal {sig:?} (e.g. HUP)"))?;
+                if !Path::new(pidfile).is_absolute() {
+                    return Err(format!(
+                        "--restart {s}: the pid file must be an absolute host path"
+                    ));
+                }
+                Ok(Strategy::Signal {
+                    pidfile: PathBuf::from(pidfile),
+                    signal,
+                })
+            }
+            ("command", argv) if !argv.trim().is_empty() => Ok(Strategy::Command(
+                argv.split_whitespace().map(str::to_string).collect(),
+            )),
+            _ => Err(format!("--restart {s}: {usage}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Strategy::Systemd(u) => write!(f, "systemd:{u}"),
+            Strategy::Signal { pidfile, signal } => {
+                write!(f, "signal:{}:{}", pidfile.display(), signal.as_str())
+            }
+            Strategy::Command(argv) => write!(f, "command:{}", argv.join(" ")),
+            Strategy::None => write!(f, "none"),
+        }
+    }
+}
+
+/// The argv that runs `argv` in the host's namespaces: as it is on the host itself, through
+/// nsenter from a pod.
+pub fn on_host(host_root: &Path, argv: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    if host_root != Path::new("/") {
+        out.extend(["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"].map(str::to_string));
+    }
+    out.extend(argv.iter().cloned());
+    out
+}
+
+/// Restarts (or reloads) the runtime.
+pub trait Restarter {
+    /// Does it; Ok(true) when something was done (the socket is then waited for).
+    fn restart(&self, how: &Strategy) -> anyhow::Result<bool>;
+}
+
+/// The real one.
+pub struct Host {
+    pub host_root: PathBuf,
+}
+
+/// Runs `argv`, failing with its output when it fails.
+pub fn run(argv: &[String]) -> anyhow::Result<()> {
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .with_context(|| format!("running {}", argv.join(" ")))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`{}` failed ({}): {}{}",
+            argv.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+impl Restarter for Host {
+    fn restart(&self, how: &Strategy) -> anyhow::Result<bool> {
+        match how {
+            Strategy::None => return Ok(false),
+            Strategy::Systemd(unit) => {
+                let argv = ["systemctl", "restart", unit].map(str::to_string);
+                run(&on_host(&self.host_root, &argv)).with_context(|| {
+                    format!("restarting {unit}; is the runtime a systemd unit of that name? Otherwise pass --restart command:... or signal:...")
+                })?;
+            }
+            Strategy::Command(argv) => run(&on_host(&self.host_root, argv))
+                .context("the --restart command failed; fix it, or restart the runtime yourself and pass --restart none")?,
+            Strategy::Signal { pidfile, signal } => {
+                let local = self.host_root.join(pidfile.strip_prefix("/").unwrap_or(pidfile));
+                let text = std::fs::read_to_string(&local)
+                    .with_context(|| format!("reading the runtime's pid file {}", local.display()))?;
+                let pid: i32 = text.trim().parse().with_context(|| {
+                    format!("{}: not a pid: {:?}", local.display(), text.trim())
+                })?;
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), *signal).with_context(|| {
+                    format!("sending {signal} to pid {pid} (from {}); the pod needs hostPID", local.display())
+                })?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Waits until something accepts connections on the Unix socket `path`, at most `timeout`.
+pub fn wait_socket(path: &Path, timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    loop {
+        let err = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => return Ok(start.elapsed()),
+            Err(e) => e,
+        };
+        if start.elapsed() >= timeout {
+            anyhow::bail!(
+                "the runtime's socket {} did not answer within {:?} ({err}); see the runtime's \
+                 log (journalctl -u containerd / crio), or pass --runtime-socket if it lives elsewhere",
+                path.display(),
+                timeout
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strategies_parse_and_print_back() {
+        for s in [
+            "none",
+            "systemd:containerd",
+            "signal:/run/crio/crio.pid:SIGHUP",
+            "command:/usr/local/bin/restart containerd now",
+        ] {
+            assert_eq!(s.parse::<Strategy>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "signal:/run/crio.pid:HUP".parse::<Strategy>().unwrap(),
+            Strategy::Signal {
+                pidfile: "/run/crio.pid".into(),
+                signal: Signal::SIGHUP
+            }
+        );
+        assert_eq!(
+            "command:a  b".parse::<Strategy>().unwrap(),
+            Strategy::Command(vec!["a".into(), "b".into()])
+        );
+        for bad in [
+            "",
+            "systemd:",
+            "systemd:a b",
+            "signal:/p",
+            "signal:/p:NOPE",
+            "signal:p:HUP",
+            "command:",
+            "reboot",
+            "none:x",
+        ] {
+            let e = bad.parse::<Strategy>().unwrap_err();
+            assert!(e.contains("--restart"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn commands_enter_the_host_from_a_pod_only() {
+        let argv = [
+            "systemctl".to_string(),
+            "restart".into(),
+            "containerd".into(),
+        ];
+        assert_eq!(on_host(Path::new("/"), &argv), argv);
+        let from_pod = on_host(Path::new("/host"), &argv);
+        assert_eq!(&from_pod[..3], ["nsenter", "-t", "1"]);
+        assert_eq!(&from_pod[from_pod.len() - 3..], argv);
+    }
+
+    #[test]
+    fn signals_reach_the_pid_in_the_pid_file() {
+        let host = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::create_dir_all(host.path().join("run")).unwrap();
+        std::fs::write(host.path().join("run/rt.pid"), format!("{}\n", child.id())).unwrap();
+        let r = Host {
+            host_root: host.path().to_path_buf(),
+        };
+        let how: Strategy = "signal:/run/rt.pid:TERM".parse().unwrap();
+        assert!(r.restart(&how).unwrap());
+        let status = child.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(15));
+        let missing: Strategy = "signal:/run/none.pid:HUP".parse().unwrap();
+        let e = r.restart(&missing).unwrap_err();
+        assert!(format!("{e:#}").contains("pid file"), "{e:#}");
+        assert!(!r.restart(&Strategy::None).unwrap());
+    }
+
+    #[test]
+    fn a_failing_command_says_so_with_its_output() {
+        let r = Host {
+            host_root: "/".into(),
+        };
+        let ok: Strategy = "command:true".parse().unwrap();
+        assert!(r.restart(&ok).unwrap());
+        let bad: Strategy = "command:sh -c echo_nope".parse().unwrap();
+        let e = format!("{:#}", r.restart(&bad).unwrap_err());
+        assert!(
+            e.contains("echo_nope") && e.contains("--restart none"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn waiting_for_a_socket_is_bounded() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let e = wait_socket(&sock, Duration::from_millis(300)).unwrap_err();
+        assert!(e.to_string().contains("did not answer"), "{e}");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(wait_socket(&sock, Duration::from_secs(5)).is_ok());
+    }
+}

@@ -1,0 +1,354 @@
+//! install/uninstall end to end on a scratch host root, with a fake runtime restart, process
+//! table, check and node hook.
+
+use std::cell::RefCell;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::gc::{Process, Processes};
+use super::restart::{Restarter, Strategy};
+use super::*;
+
+#[derive(Default)]
+struct Fakes {
+    restarts: RefCell<Vec<String>>,
+    procs: RefCell<Vec<Process>>,
+    checks: RefCell<Vec<Vec<String>>>,
+    hook: RefCell<Vec<String>>,
+    fail_restart: RefCell<bool>,
+}
+
+impl Restarter for Fakes {
+    fn restart(&self, how: &Strategy) -> anyhow::Result<bool> {
+        if *self.fail_restart.borrow() {
+            anyhow::bail!("restart failed");
+        }
+        self.restarts.borrow_mut().push(how.to_string());
+        Ok(false) // as if --restart none: no socket to wait for
+    }
+}
+
+impl Processes for Fakes {
+    fn list(&self) -> Vec<Process> {
+        self.procs.borrow().clone()
+    }
+}
+
+impl Checker for Fakes {
+    fn check(&self, _: &Layout, hs: &[Handler]) -> anyhow::Result<()> {
+        self.checks
+            .borrow_mut()
+            .push(hs.iter().map(|h| h.name.clone()).collect());
+        Ok(())
+    }
+}
+
+impl NodeHook for Fakes {
+    fn ready(&self, i: &Installed) -> anyhow::Result<()> {
+        self.hook.borrow_mut().push(format!("ready {}", i.version));
+        Ok(())
+    }
+    fn unready(&self) -> anyhow::Result<()> {
+        self.hook.borrow_mut().push("unready".into());
+        Ok(())
+    }
+}
+
+fn env(f: &Fakes) -> Env<'_> {
+    Env {
+        procs: f,
+        restarter: f,
+        checker: f,
+        hook: f,
+    }
+}
+
+struct Node {
+    host: tempfile::TempDir,
+    payload: tempfile::TempDir,
+}
+
+const ORIGINAL: &str = "# the node's own\nversion = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"pause\"\n";
+
+fn node() -> Node {
+    let n = Node {
+        host: tempfile::tempdir().unwrap(),
+        payload: tempfile::tempdir().unwrap(),
+    };
+    super::version::tests::payload(n.payload.path(), "shim 1");
+    fs::create_dir_all(n.host.path().join("etc/containerd")).unwrap();
+    fs::write(n.host.path().join("etc/containerd/config.toml"), ORIGINAL).unwrap();
+    n
+}
+
+fn opts(n: &Node, runtime: Runtime, handlers: &[&str]) -> install::Opts {
+    let runtime_config = match runtime {
+        Runtime::Containerd => PathBuf::from("/etc/containerd/config.toml"),
+        Runtime::Crio => PathBuf::from("/etc/crio/crio.conf.d"),
+    };
+    install::Opts {
+        layout: Layout::new(n.host.path(), Path::new("/opt/isola")).unwrap(),
+        runtime,
+        runtime_config,
+        payload: n.payload.path().to_path_buf(),
+        handlers: layout::handlers(&handlers.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap(),
+        restart: "systemd:containerd".parse().unwrap(),
+        socket: "/run/containerd/containerd.sock".into(),
+        wait: Duration::from_secs(1),
+        check: true,
+    }
+}
+
+fn un(o: &install::Opts) -> uninstall::Opts {
+    uninstall::Opts {
+        layout: o.layout.clone(),
+        restart: o.restart.clone(),
+        socket: None,
+        wait: Duration::from_secs(1),
+        force: false,
+    }
+}
+
+#[test]
+fn install_restarts_once_upgrades_restart_nothing_uninstall_restores_bytes() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    let first = install::install(&o, &env(&f)).unwrap();
+    assert!(first.registered_now);
+    assert_eq!(*f.restarts.borrow(), ["systemd:containerd"]);
+    assert_eq!(f.checks.borrow().len(), 1);
+    let cfg = n.host.path().join("etc/containerd/config.toml");
+    let edited = fs::read_to_string(&cfg).unwrap();
+    assert!(edited.contains("runtime_path = \"/opt/isola/current/bin/containerd-shim-isola-v2\""));
+
+    // Again: the same version, no edit, no restart; still checked and hooked.
+    let again = install::install(&o, &env(&f)).unwrap();
+    assert_eq!(again.version, first.version);
+    assert!(!again.registered_now);
+    assert_eq!(f.restarts.borrow().len(), 1);
+    assert_eq!(fs::read_to_string(&cfg).unwrap(), edited);
+
+    // A new payload while a shim of the first version runs: a new version, the old one kept,
+    // and still no restart (containerd's configuration goes through `current`).
+    fs::write(
+        n.payload.path().join("bin/containerd-shim-isola-v2"),
+        "shim 2",
+    )
+    .unwrap();
+    f.procs.borrow_mut().push(Process {
+        pid: 99,
+        exe: Some(format!(
+            "/opt/isola/versions/{}/bin/containerd-shim-isola-v2",
+            first.version
+        )),
+        cmdline: vec![],
+    });
+    let second = install::install(&o, &env(&f)).unwrap();
+    assert_ne!(second.version, first.version);
+    assert_eq!(f.restarts.borrow().len(), 1);
+    assert_eq!(gc::installed(&o.layout).unwrap().len(), 2);
+    // The shim ends: the next run collects its version.
+    f.procs.borrow_mut().clear();
+    install::install(&o, &env(&f)).unwrap();
+    assert_eq!(
+        gc::installed(&o.layout).unwrap(),
+        vec![second.version.clone()]
+    );
+    assert_eq!(
+        *f.hook.borrow(),
+        [
+            first.version.clone(),
+            first.version,
+            second.version.clone(),
+            second.version
+        ]
+        .map(|v| format!("ready {v}"))
+    );
+
+    assert!(uninstall::uninstall(&un(&o), &env(&f)).unwrap());
+    assert_eq!(fs::read(&cfg).unwrap(), ORIGINAL.as_bytes());
+    assert!(!n.host.path().join("opt/isola").exists());
+    assert_eq!(f.restarts.borrow().len(), 2);
+    assert_eq!(f.hook.borrow().last().unwrap(), "unready");
+    // Nothing installed: a no-op.
+    assert!(!uninstall::uninstall(&un(&o), &env(&f)).unwrap());
+    assert_eq!(f.restarts.borrow().len(), 2);
+}
+
+#[test]
+fn a_failed_restart_is_retried_by_the_next_run() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    *f.fail_restart.borrow_mut() = true;
+    assert!(install::install(&o, &env(&f)).is_err());
+    assert!(f.hook.borrow().is_empty(), "not ready after a failure");
+    *f.fail_restart.borrow_mut() = false;
+    install::install(&o, &env(&f)).unwrap();
+    assert_eq!(f.restarts.borrow().len(), 1, "the pending restart happened");
+}
+
+#[test]
+fn an_admin_edit_after_install_survives_uninstall() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &["isola", "isola-clh:qemu"]);
+    install::install(&o, &env(&f)).unwrap();
+    let cfg = n.host.path().join("etc/containerd/config.toml");
+    let mut text = fs::read_to_string(&cfg).unwrap();
+    text.push_str("\n[metrics]\n  address = \"127.0.0.1:1338\"\n");
+    fs::write(&cfg, &text).unwrap();
+    uninstall::uninstall(&un(&o), &env(&f)).unwrap();
+    let after = fs::read_to_string(&cfg).unwrap();
+    assert!(after.contains("address = \"127.0.0.1:1338\""), "{after}");
+    assert!(!after.contains("isola"), "{after}");
+    assert!(after.starts_with(ORIGINAL), "{after}");
+}
+
+#[test]
+fn crio_drop_ins_come_and_go_with_their_directory() {
+    let n = node();
+    fs::create_dir_all(n.host.path().join("etc")).unwrap();
+    let f = Fakes::default();
+    let mut o = opts(&n, Runtime::Crio, &["isola", "isola-clh:qemu"]);
+    o.restart = "signal:/run/crio.pid:HUP".parse().unwrap();
+    install::install(&o, &env(&f)).unwrap();
+    let dir = n.host.path().join("etc/crio/crio.conf.d");
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["50-isola-clh.conf", "50-isola.conf"]);
+    // Fewer handlers: the dropped handler's drop-in goes, and the runtime reloads.
+    let o1 = opts(&n, Runtime::Crio, &["isola"]);
+    let o1 = install::Opts {
+        restart: o.restart.clone(),
+        ..o1
+    };
+    install::install(&o1, &env(&f)).unwrap();
+    assert!(!dir.join("50-isola-clh.conf").exists());
+    assert!(dir.join("50-isola.conf").exists());
+    assert_eq!(f.restarts.borrow().len(), 2);
+    // A different runtime on top is refused until uninstalled.
+    let e = install::install(&opts(&n, Runtime::Containerd, &[]), &env(&f)).unwrap_err();
+    assert!(e.to_string().contains("uninstall"), "{e}");
+    uninstall::uninstall(&un(&o1), &env(&f)).unwrap();
+    assert!(!n.host.path().join("etc/crio").exists());
+    assert!(n.host.path().join("etc").exists());
+}
+
+#[test]
+fn a_foreign_prefix_or_drop_in_is_not_taken_over() {
+    let n = node();
+    let f = Fakes::default();
+    fs::create_dir_all(n.host.path().join("opt/isola")).unwrap();
+    fs::write(n.host.path().join("opt/isola/mine"), "x").unwrap();
+    let e = install::install(&opts(&n, Runtime::Containerd, &[]), &env(&f)).unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    fs::remove_file(n.host.path().join("opt/isola/mine")).unwrap();
+    let dir = n.host.path().join("etc/crio/crio.conf.d");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("50-isola.conf"), "[crio.runtime]\n").unwrap();
+    let e = install::install(&opts(&n, Runtime::Crio, &[]), &env(&f)).unwrap_err();
+    assert!(format!("{e:#}").contains("not written by isola"), "{e:#}");
+    assert_eq!(
+        fs::read_to_string(dir.join("50-isola.conf")).unwrap(),
+        "[crio.runtime]\n"
+    );
+}
+
+#[test]
+fn the_daemonset_sets_only_settings_the_cli_reads() {
+    use clap::Subcommand;
+    let cmd = Deploy::augment_subcommands(clap::Command::new("deploy"));
+    let known: Vec<String> = cmd
+        .get_subcommands()
+        .flat_map(|s| s.get_arguments())
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().to_string())
+        .collect();
+    // The entrypoint script's own settings.
+    let script = ["ISOLA_DEPLOY_MODE", "ISOLA_DEPLOY_UNINSTALL_ON_TERM"];
+    let yaml = include_str!("../../../deploy/isola-deploy.yaml");
+    let names: Vec<&str> = yaml
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("# ").strip_prefix("- name: "))
+        .filter(|n| n.starts_with("ISOLA_DEPLOY_"))
+        .collect();
+    assert!(names.len() >= 8, "{names:?}");
+    for n in names {
+        assert!(
+            known.iter().any(|k| k == n) || script.contains(&n),
+            "{n} is read by nothing"
+        );
+    }
+    for required in [
+        "ISOLA_DEPLOY_HOST_ROOT",
+        "ISOLA_DEPLOY_RESTART",
+        "ISOLA_DEPLOY_RUNTIME_CONFIG",
+    ] {
+        assert!(yaml.contains(required), "{required}");
+    }
+}
+
+#[test]
+fn uninstall_keeps_what_running_pods_need_until_they_end() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    let v1 = install::install(&o, &env(&f)).unwrap().version;
+    fs::write(n.payload.path().join("bin/isola"), "isola 2").unwrap();
+    f.procs.borrow_mut().push(Process {
+        pid: 7,
+        exe: Some("/usr/bin/qemu-system-x86_64".to_string()),
+        cmdline: vec![format!("/opt/isola/versions/{v1}/share/isola/vmlinux")],
+    });
+    let v2 = install::install(&o, &env(&f)).unwrap().version;
+    assert_eq!(gc::installed(&o.layout).unwrap().len(), 2);
+    // A pod of v1 runs: the configuration is restored, v1 and current (v2) stay.
+    uninstall::uninstall(&un(&o), &env(&f)).unwrap();
+    let cfg = n.host.path().join("etc/containerd/config.toml");
+    assert_eq!(fs::read_to_string(&cfg).unwrap(), ORIGINAL);
+    assert_eq!(gc::installed(&o.layout).unwrap(), {
+        let mut v = vec![v1, v2.clone()];
+        v.sort();
+        v
+    });
+    assert_eq!(version::current(&o.layout).as_deref(), Some(v2.as_str()));
+    // Again while it runs: nothing more happens, no restart.
+    let restarts = f.restarts.borrow().len();
+    uninstall::uninstall(&un(&o), &env(&f)).unwrap();
+    assert!(n.host.path().join("opt/isola/current").exists());
+    assert_eq!(f.restarts.borrow().len(), restarts);
+    // --force takes it all.
+    let forced = uninstall::Opts {
+        force: true,
+        ..un(&o)
+    };
+    uninstall::uninstall(&forced, &env(&f)).unwrap();
+    assert!(!n.host.path().join("opt/isola").exists());
+    assert_eq!(fs::read_to_string(&cfg).unwrap(), ORIGINAL);
+}
+
+#[test]
+fn a_configuration_that_did_not_exist_is_gone_again_with_its_directory() {
+    let n = node();
+    fs::remove_dir_all(n.host.path().join("etc/containerd")).unwrap();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    install::install(&o, &env(&f)).unwrap();
+    let cfg = n.host.path().join("etc/containerd/config.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    assert!(text.starts_with("version = 2"), "{text}");
+    assert!(
+        text.contains("io.containerd.runc.v2"),
+        "containerd keeps its runc: {text}"
+    );
+    uninstall::uninstall(&un(&o), &env(&f)).unwrap();
+    assert!(!n.host.path().join("etc/containerd").exists());
+    assert!(n.host.path().join("etc").exists());
+}

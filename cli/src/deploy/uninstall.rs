@@ -1,0 +1,149 @@
+//! `isola deploy uninstall`: the node hook first (the node stops being ready for isola pods
+//! before anything goes), then the runtime's configuration as it was before install (byte for
+//! byte, see `backup`), the directories install created, a runtime restart when a file
+//! changed, and last `<prefix>` entirely. Without an install under `<prefix>` it does nothing
+//! and says so.
+//!
+//! Pods still running keep running: their shims, VMMs and daemons are processes of their own;
+//! containerd reconnects to the shims after its restart, provided the shim binary it recorded
+//! for each (`<prefix>/current/bin/containerd-shim-isola-v2`, in the task's bundle) still exists,
+//! and runs that binary to clean up after a shim that dies. So while processes run from
+//! `<prefix>`, uninstall keeps `current` and the versions in use (everything else goes) and
+//! says to run it again once they have ended; `--force` removes it all regardless.
+
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use super::backup::{Manifest, Restore};
+use super::layout::{Handler, Layout};
+use super::register::{self, Runtime};
+use super::restart::Strategy;
+use super::{gc, version, Env};
+use crate::install::crio;
+
+/// What `uninstall` needs.
+pub struct Opts {
+    pub layout: Layout,
+    pub restart: Strategy,
+    /// The runtime's socket (host path); the installed runtime's usual one when `None`.
+    pub socket: Option<PathBuf>,
+    pub wait: Duration,
+    /// Remove `<prefix>` even while isola processes still run from it.
+    pub force: bool,
+}
+
+/// Returns whether isola was installed (and now is not).
+pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
+    let l = &o.layout;
+    let Some(mut m) = Manifest::load(l)? else {
+        println!(
+            "isola is not installed under {} (no {}): nothing to do",
+            l.prefix().display(),
+            l.backup().join("manifest.json").display()
+        );
+        return Ok(false);
+    };
+    let runtime = Runtime::from_name(&m.runtime)
+        .with_context(|| format!("the manifest names an unknown runtime {:?}", m.runtime))?;
+    env.hook.unready()?;
+
+    let names: Vec<String> = m
+        .handlers
+        .iter()
+        .filter_map(|s| Handler::parse(s).ok())
+        .map(|h| h.name)
+        .collect();
+    for e in m.files.clone() {
+        let what = m.restore(l, &e, |now| match runtime {
+            Runtime::Containerd => {
+                let text = String::from_utf8_lossy(now);
+                Ok(Some(
+                    register::containerd_unregister(&text, &names)?.into_bytes(),
+                ))
+            }
+            Runtime::Crio => {
+                Ok((!crio::is_ours(&String::from_utf8_lossy(now))).then(|| now.to_vec()))
+            }
+        })?;
+        let shown = e.path.display();
+        match what {
+            Restore::Unchanged => println!("{shown}: as it was before isola"),
+            Restore::Original => println!("{shown}: restored byte for byte"),
+            Restore::Remove => println!("{shown}: removed (isola created it)"),
+            Restore::ChangedSince => println!(
+                "{shown}: changed by someone else since isola wrote it; took isola's handlers \
+                 out and kept the rest"
+            ),
+        }
+        if what != Restore::Unchanged {
+            m.restart_pending = true;
+        }
+    }
+    for d in m.dirs.iter().rev() {
+        // Only when empty: anything someone else put there stays.
+        if fs::remove_dir(l.local(d)).is_ok() {
+            println!("{}: removed (isola created it)", d.display());
+        }
+    }
+    m.files.clear();
+    m.save(l)?;
+    if m.restart_pending {
+        if env.restarter.restart(&o.restart)? {
+            let socket = o
+                .socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(runtime.default_socket()));
+            let took = super::restart::wait_socket(&l.local(&socket), o.wait)?;
+            println!(
+                "{} ({}): answering after {took:.1?}",
+                runtime.name(),
+                o.restart
+            );
+        } else {
+            println!(
+                "--restart none: restart (or reload) {} yourself to drop the isola handlers",
+                runtime.name()
+            );
+        }
+        m.restart_pending = false;
+        m.save(l)?;
+    }
+
+    let users = gc::users(&env.procs.list(), l.prefix());
+    if !users.is_empty() && !o.force {
+        // containerd (1.6+) keeps the shim's path (`current/bin/...`) in each task's bundle and,
+        // when it restarts, drops a task whose shim binary is gone: keep `current`, its version
+        // and the versions in use, so it still manages those pods.
+        let current = version::current(l);
+        gc::collect(l, current.as_deref(), env.procs)?;
+        println!(
+            "{}: kept for the isola processes still running from it (pids {users:?}): the \
+             runtime no longer offers isola, but still manages those pods through it. Run \
+             `isola deploy uninstall` again once they have ended (drain the node's isola pods \
+             first), or pass --force to remove it now, leaving those pods to the runtime's \
+             next restart",
+            l.prefix().display()
+        );
+        return Ok(true);
+    }
+    if !users.is_empty() {
+        println!(
+            "--force: removing {} although processes still run from it (pids {users:?})",
+            l.prefix().display()
+        );
+    }
+    let prefix = l.local(l.prefix());
+    let aside = prefix.with_file_name(format!(
+        ".{}.removing-{}",
+        prefix.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    fs::rename(&prefix, &aside)
+        .with_context(|| format!("moving {} aside to remove it", prefix.display()))?;
+    fs::remove_dir_all(&aside).with_context(|| format!("removing {}", aside.display()))?;
+    println!("{}: removed", l.prefix().display());
+    Ok(true)
+}
