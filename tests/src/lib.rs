@@ -198,3 +198,24 @@ pub fn comm(pid: u32) -> String {
         .trim()
         .to_string()
 }
+
+/// The parent of process `pid` (0 once it is gone).
+pub fn parent_pid(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // pid (comm) state ppid ...: the comm may hold spaces, so count from its closing paren.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The shim serving sandbox `id` (containerd starts it with `-id <id>`); panics unless there is
+/// exactly one.
+pub fn shim_serving(id: &str) -> u32 {
+    let found: Vec<u32> = processes_mentioning(&format!("-id {id} "))
+        .into_iter()
+        .map(|(pid, _)| pid)
+        .filter(|pid| comm(*pid).starts_with("containerd-shim"))
+        .collect();
+    assert_eq!(found.len(), 1, "the shim of {id}: {found:?}");
+    found[0]
+}

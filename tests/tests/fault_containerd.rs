@@ -36,31 +36,12 @@ const SEEN_WITHIN: Duration = Duration::from_secs(20);
 const VICTIM: &str = "t-victim";
 const OTHER: &str = "t-other";
 
-/// The shim serving sandbox `id` (containerd starts it with `-id <id>`).
-fn shim_process(id: &str) -> u32 {
-    let found: Vec<u32> = processes_mentioning(&format!("-id {id} "))
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .filter(|pid| comm(*pid).starts_with("containerd-shim"))
-        .collect();
-    assert_eq!(found.len(), 1, "the shim of {id}: {found:?}");
-    found[0]
-}
-
-fn parent(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // pid (comm) state ppid ...: the comm may hold spaces, so count from its closing paren.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The shim of each pod and every process of its VM (VMM, virtiofsd, vsock daemon), by pid and
 /// name.
 fn pod_processes(c: &Containerd) -> Vec<(String, u32, String)> {
     let mut all = Vec::new();
     for id in [VICTIM, OTHER] {
-        let shim = shim_process(id);
+        let shim = isola_tests::shim_serving(id);
         all.push((id.to_string(), shim, comm(shim)));
         let vm_dir = c.state_dir().join("vm").join(id);
         let mut vm: Vec<(u32, String)> = processes_mentioning(&vm_dir.to_string_lossy())
@@ -185,7 +166,7 @@ fn vm_fault_containerd_killed_and_restarted_leaves_the_pods_running() {
     let old = c.pid().expect("containerd runs");
     for (id, pid, name) in &before {
         if name.starts_with("containerd-shim") {
-            let ppid = parent(*pid);
+            let ppid = isola_tests::parent_pid(*pid);
             eprintln!(
                 "the shim of {id}: pid {pid}, parent {ppid} ({})",
                 comm(ppid)

@@ -79,25 +79,6 @@ fn agent_answers(c: &Containerd, id: &str, exec_id: &str) -> bool {
         .success()
 }
 
-/// The shim serving sandbox `id` (containerd starts it with `-id <id>`).
-fn shim_process(id: &str) -> u32 {
-    let found: Vec<u32> = processes_mentioning(&format!("-id {id} "))
-        .into_iter()
-        .map(|(pid, _)| pid)
-        .filter(|pid| comm(*pid).starts_with("containerd-shim"))
-        .collect();
-    assert_eq!(found.len(), 1, "the shim of {id}: {found:?}");
-    found[0]
-}
-
-fn parent(pid: u32) -> u32 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // pid (comm) state ppid ...: the comm may hold spaces, so count from its closing paren.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The pid of the process named `comm_prefix` that belongs to sandbox `id`'s VM and was started
 /// by the shim (virtiofsd's sandbox forks a child of the same name: not that one).
 fn vm_process(c: &Containerd, id: &str, comm_prefix: &str) -> u32 {
@@ -106,7 +87,7 @@ fn vm_process(c: &Containerd, id: &str, comm_prefix: &str) -> u32 {
         .into_iter()
         .map(|(pid, _)| pid)
         .filter(|pid| comm(*pid).starts_with(comm_prefix))
-        .filter(|pid| !comm(parent(*pid)).starts_with(comm_prefix))
+        .filter(|pid| !comm(isola_tests::parent_pid(*pid)).starts_with(comm_prefix))
         .collect();
     assert_eq!(
         found.len(),
@@ -146,7 +127,7 @@ fn fault(name: &str, f: Fault) {
         Fault::Kill(p) => (signal(vm_process(&c, "t-victim", p), Signal::SIGKILL), p),
         Fault::Freeze(p) => (signal(vm_process(&c, "t-victim", p), Signal::SIGSTOP), p),
         Fault::KillShim => (
-            signal(shim_process("t-victim"), Signal::SIGKILL),
+            signal(isola_tests::shim_serving("t-victim"), Signal::SIGKILL),
             "the shim",
         ),
         Fault::GuestReboot => {
