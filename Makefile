@@ -8,6 +8,7 @@
 #                  config under $(PREFIX)
 #   make images    the local test image (build/images/busybox.tar; no registry needed)
 #   make deploy-payload  what `isola deploy install --payload` installs (build/deploy-payload)
+#   make deploy-image    the isola-deploy image (build/images/isola-deploy.tar; no registry)
 
 PREFIX      ?= /usr/local
 CARGO       ?= cargo
@@ -23,7 +24,7 @@ ifneq ($(CI),)
 export CARGO_INCREMENTAL := 0
 endif
 
-.PHONY: all setup build agent guest images k8s k8s-demo k8s-demo-stop demo test lint unit bench install uninstall deploy-payload clean
+.PHONY: all setup build agent guest images k8s k8s-demo k8s-demo-stop demo test lint unit bench install uninstall deploy-payload deploy-image clean
 
 all: build guest images
 
@@ -120,6 +121,14 @@ install: build guest
 # image and the default configuration, laid out as `make install` lays out a PREFIX.
 deploy-payload: build guest
 	scripts/build-deploy-payload.sh build/deploy-payload
+
+# The image deploy/isola-deploy.yaml runs: that payload at /payload, the entrypoint
+# deploy/isola-deploy-entrypoint.sh, busybox, nsenter and the libraries they and isola need, as
+# an OCI archive `ctr images import` takes (cached: rebuilt only when an input changes); then
+# checked by running isola, nsenter, sh and the entrypoint chrooted into its unpacked rootfs.
+deploy-image: deploy-payload
+	scripts/build-deploy-image.sh build/deploy-payload $(IMAGES_OUT)/isola-deploy.tar
+	scripts/check-deploy-image.sh $(IMAGES_OUT)/isola-deploy.tar
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/isola $(DESTDIR)$(PREFIX)/bin/$(SHIM)

@@ -11,7 +11,7 @@
 //!    nothing;
 //! 5. `isola check --no-boot` of the installed version, for each handler's configuration;
 //! 6. versions neither current nor used by a running process are removed;
-//! 7. the node hook (labelling the node ready: the DaemonSet's part, next to this).
+//! 7. the node hook: with a node name, the label isola.io/runtime=ready (`node`).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -6,12 +6,16 @@
 //! nothing about the node is guessed. What each step does and why: `install` and `uninstall`;
 //! the installed layout: `layout`; versions and their collection: `version`, `gc`; the
 //! runtime's configuration, saved and put back byte for byte: `backup`, `register`; how the
-//! runtime is restarted: `restart`.
+//! runtime is restarted: `restart`; the node's label for isola pods, through the API server:
+//! `node` (with `kube_api`); whether a terminated pod's DaemonSet is being deleted: `daemonset`.
 
 mod backup;
+mod daemonset;
 mod gc;
 mod install;
+mod kube_api;
 mod layout;
+mod node;
 mod register;
 mod restart;
 mod uninstall;
@@ -37,6 +41,10 @@ pub enum Deploy {
     /// Undo `isola deploy install`: the runtime's configuration back byte for byte, a restart,
     /// --prefix removed; does nothing (and says so) when nothing is installed
     Uninstall(UninstallArgs),
+    /// Exit 0 when this pod's DaemonSet is gone or being deleted (so its SIGTERM means
+    /// uninstall), 1 when it is still there (an update, drain or restart) or the API server
+    /// cannot say
+    ShouldUninstall(daemonset::ShouldUninstallArgs),
 }
 
 #[derive(Args)]
@@ -58,6 +66,8 @@ pub struct Common {
     /// How long to wait for that socket, in seconds
     #[arg(long, env = "ISOLA_DEPLOY_WAIT_SECONDS", default_value_t = 120)]
     wait_seconds: u64,
+    #[command(flatten)]
+    node: node::NodeArgs,
 }
 
 #[derive(Args)]
@@ -97,10 +107,10 @@ pub trait Checker {
     fn check(&self, layout: &Layout, handlers: &[Handler]) -> anyhow::Result<()>;
 }
 
-/// What happens once the node is ready for isola pods, and before it stops being so. The
-/// DaemonSet labels the node (`isola.io/runtime=ready`, which the RuntimeClass's
-/// `scheduling.nodeSelector` asks for) in `ready` and removes the label in `unready`; that is
-/// the next step's, with kube-rs. This command alone labels nothing.
+/// What happens once the node is ready for isola pods, and before it stops being so. With a
+/// node name (the DaemonSet) `node::KubeHook` labels the node `isola.io/runtime=ready` (which
+/// deploy/runtimeclass-deploy.yaml's `scheduling.nodeSelector` asks for) in `ready` and removes
+/// the label in `unready`; without one (by hand on a node) `NoHook` only says so.
 pub trait NodeHook {
     fn ready(&self, installed: &Installed) -> anyhow::Result<()>;
     fn unready(&self) -> anyhow::Result<()>;
@@ -162,10 +172,13 @@ struct NoHook;
 impl NodeHook for NoHook {
     fn ready(&self, i: &Installed) -> anyhow::Result<()> {
         println!(
-            "isola {} is installed and registered ({}: {}); label the node for isola pods",
+            "isola {} is installed and registered ({}: {}); no --node-name, so no label: \
+             `kubectl label node <node> {}={}` for deploy/runtimeclass-deploy.yaml",
             i.version,
             i.runtime.name(),
-            i.handlers.join(", ")
+            i.handlers.join(", "),
+            node::LABEL,
+            node::READY
         );
         Ok(())
     }
@@ -176,11 +189,25 @@ impl NodeHook for NoHook {
 }
 
 pub fn run(what: Deploy) -> anyhow::Result<bool> {
+    if let Deploy::ShouldUninstall(a) = what {
+        return daemonset::run(a);
+    }
     let common = match &what {
         Deploy::Install(a) => &a.common,
         Deploy::Uninstall(a) => &a.common,
+        Deploy::ShouldUninstall(_) => unreachable!("answered above"),
     };
     let layout = Layout::new(&common.host_root, &common.prefix)?;
+    // Credentials and node name before anything changes; for an install, a dry run of the
+    // label too (a wrong node name or a missing permission found while the node is untouched).
+    let kube_hook = kube_api::block_on(node::KubeHook::from_args(&common.node))?;
+    if let (Some(h), Deploy::Install(_)) = (&kube_hook, &what) {
+        kube_api::block_on(h.preflight())?;
+    }
+    let hook: &dyn NodeHook = match &kube_hook {
+        Some(h) => h,
+        None => &NoHook,
+    };
     let _lock = lock(&layout)?;
     let procs = gc::ProcFs {
         root: layout.local(std::path::Path::new("/proc")),
@@ -192,7 +219,7 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
         procs: &procs,
         restarter: &restarter,
         checker: &IsolaCheck,
-        hook: &NoHook,
+        hook,
     };
     let wait = Duration::from_secs(common.wait_seconds);
     match what {
@@ -213,6 +240,7 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
             };
             install::install(&opts, &env)?;
         }
+        Deploy::ShouldUninstall(_) => unreachable!("answered above"),
         Deploy::Uninstall(a) => {
             let opts = uninstall::Opts {
                 layout,
@@ -264,5 +292,9 @@ fn absolute(flag: &str, p: PathBuf) -> anyhow::Result<PathBuf> {
     Ok(p)
 }
 
+#[cfg(test)]
+mod manifest_tests;
+#[cfg(test)]
+mod node_tests;
 #[cfg(test)]
 mod tests;

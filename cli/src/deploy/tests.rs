@@ -173,9 +173,12 @@ fn install_restarts_once_upgrades_restart_nothing_uninstall_restores_bytes() {
     assert!(!n.host.path().join("opt/isola").exists());
     assert_eq!(f.restarts.borrow().len(), 2);
     assert_eq!(f.hook.borrow().last().unwrap(), "unready");
-    // Nothing installed: a no-op.
+    // Nothing installed: a no-op but for the hook (a stale label would still draw pods).
+    let hooked = f.hook.borrow().len();
     assert!(!uninstall::uninstall(&un(&o), &env(&f)).unwrap());
     assert_eq!(f.restarts.borrow().len(), 2);
+    assert_eq!(f.hook.borrow().len(), hooked + 1);
+    assert_eq!(f.hook.borrow().last().unwrap(), "unready");
 }
 
 #[test]
@@ -273,6 +276,13 @@ fn the_daemonset_sets_only_settings_the_cli_reads() {
         .collect();
     // The entrypoint script's own settings.
     let script = ["ISOLA_DEPLOY_MODE", "ISOLA_DEPLOY_UNINSTALL_ON_TERM"];
+    // Set by the DaemonSet for should-uninstall and the hook (a flag of each subcommand).
+    for n in ["ISOLA_DEPLOY_NODE_NAME", "ISOLA_DEPLOY_DAEMONSET"] {
+        assert!(known.iter().any(|k| k == n), "{n}");
+        let line = format!("- name: {n}");
+        let yaml = include_str!("../../../deploy/isola-deploy.yaml");
+        assert!(yaml.contains(&line), "the DaemonSet sets {n}");
+    }
     let yaml = include_str!("../../../deploy/isola-deploy.yaml");
     let names: Vec<&str> = yaml
         .lines()

@@ -1,8 +1,8 @@
 //! `isola deploy uninstall`: the node hook first (the node stops being ready for isola pods
 //! before anything goes), then the runtime's configuration as it was before install (byte for
 //! byte, see `backup`), the directories install created, a runtime restart when a file
-//! changed, and last `<prefix>` entirely. Without an install under `<prefix>` it does nothing
-//! and says so.
+//! changed, and last `<prefix>` entirely. Without an install under `<prefix>` it only runs the
+//! node hook (a stale label goes too) and says so.
 //!
 //! Pods still running keep running: their shims, VMMs and daemons are processes of their own;
 //! containerd reconnects to the shims after its restart, provided the shim binary it recorded
@@ -39,6 +39,8 @@ pub struct Opts {
 pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
     let l = &o.layout;
     let Some(mut m) = Manifest::load(l)? else {
+        // A label left from before (the prefix removed by hand, say) would still draw pods.
+        env.hook.unready()?;
         println!(
             "isola is not installed under {} (no {}): nothing to do",
             l.prefix().display(),
