@@ -15,7 +15,7 @@
 //! `build/images/busybox.tar` from `make images`, or `$ISOLA_TEST_IMAGE`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Command, Output};
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use nix::unistd::Pid;
 pub use crate::ctr_child::{pseudo_random_bytes, run_with_deadline, CtrChild};
 use crate::ctr_child::{wait_task_started, Hold};
 pub use crate::mounts::mounts_under;
+use crate::supervisor::Policy;
 use crate::{processes_mentioning, repo_root, TestEnv};
 
 mod restart;
@@ -145,26 +146,28 @@ pub struct Containerd {
     dir: PathBuf,
     env: TestEnv,
     isola_config: PathBuf,
-    child: Option<Child>,
-    /// Declared after `child`: the forking thread ends only once containerd is stopped.
-    _keeper: crate::keeper::Keeper,
+    /// containerd, forked and awaited by its supervisor's thread (None once killed).
+    daemon: Option<crate::supervisor::Supervisor>,
+    /// What the supervisor does when containerd exits on its own.
+    policy: crate::supervisor::Policy,
 }
 
 impl Containerd {
     /// Starts a private containerd with the default test configuration ([`TestEnv::new`]).
     pub fn start() -> Containerd {
-        Containerd::start_in(TestEnv::new(), true)
+        Containerd::start_in(TestEnv::new(), true, Policy::Never)
     }
 
     /// Starts a private containerd whose shims use `env`'s configuration (its state directory is
     /// replaced by one inside the private directory).
     pub fn start_with(env: TestEnv) -> Containerd {
-        Containerd::start_in(env, false)
+        Containerd::start_in(env, false, Policy::Never)
     }
 
     /// `move_env`: put `env`'s directory (the configuration file) inside the private directory
-    /// too, so that a killed test leaves nothing outside it.
-    fn start_in(mut env: TestEnv, move_env: bool) -> Containerd {
+    /// too, so that a killed test leaves nothing outside it. `policy`: what happens when
+    /// containerd exits on its own.
+    fn start_in(mut env: TestEnv, move_env: bool, policy: Policy) -> Containerd {
         reap_stale();
         let shim_dir = shim_dir();
         let dir = tempfile::Builder::new()
@@ -193,8 +196,8 @@ impl Containerd {
         std::fs::write(&config, containerd_config(&dir, &isola_config))
             .expect("writing the containerd configuration");
         crate::handlers::install_clh_containerd(&config, &isola_config, env.dir.path()).unwrap();
-        let (child, keeper) = match restart::spawn(&dir, &isola_config, &shim_dir) {
-            Ok(c) => c,
+        let daemon = match restart::spawn(&dir, &isola_config, &shim_dir, policy.clone()) {
+            Ok(d) => d,
             Err(e) => {
                 cleanup_dir(&dir);
                 panic!("cannot start containerd: {e} (run `make setup`)");
@@ -204,8 +207,8 @@ impl Containerd {
             dir,
             env,
             isola_config,
-            child: Some(child),
-            _keeper: keeper,
+            daemon: Some(daemon),
+            policy,
         };
         c.wait_ready();
         c
@@ -214,13 +217,8 @@ impl Containerd {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!(
-                        "containerd exited ({status}) before answering; its log:\n{}",
-                        self.log_tail(40)
-                    );
-                }
+            if let Some(why) = self.daemon.as_ref().and_then(|d| d.ended()) {
+                panic!("{why} before answering; its log:\n{}", self.log_tail(40));
             }
             if self.socket().exists() {
                 let out = run_with_deadline(
@@ -277,7 +275,7 @@ impl Containerd {
 
     /// containerd's pid.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.daemon.as_ref().and_then(|d| d.pid())
     }
 
     /// containerd's log so far (the shims log through it too).
@@ -602,8 +600,8 @@ impl Containerd {
     }
 
     fn stop_containerd(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            crate::stop_child(&mut child, Duration::from_secs(10));
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.stop(Duration::from_secs(10));
         }
     }
 }
@@ -618,7 +616,7 @@ impl Drop for Containerd {
                 self.log_tail(60)
             );
         }
-        if self.child.is_some() {
+        if self.daemon.is_some() {
             self.remove_all();
         }
         self.stop_containerd();

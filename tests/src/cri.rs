@@ -232,7 +232,7 @@ impl CriEnv {
 
     /// [`CriEnv::start`] with the shims using `env`'s configuration.
     pub async fn start_with(env: Option<TestEnv>) -> Result<CriEnv> {
-        // containerd is forked from a thread of its own (crate::keeper), so which thread
+        // containerd is forked from a thread of its own (crate::supervisor), so which thread
         // starts it does not matter; the start blocks, so keep it off the async workers.
         CriEnv::start_engine(move || {
             Ok(Engine::Containerd(match env {
@@ -250,7 +250,7 @@ impl CriEnv {
     }
 
     async fn start_engine(start: impl FnOnce() -> Result<Engine>) -> Result<CriEnv> {
-        // The runtime is forked from a thread of its own (crate::keeper), so which thread
+        // The runtime is forked from a thread of its own (crate::supervisor), so which thread
         // starts it does not matter; the start blocks, so keep it off the async workers.
         let start = move || {
             crate::cri_leaks::reap_stale_netns();
@@ -706,8 +706,8 @@ impl CriEnv {
     }
 }
 
-/// A CRI client on containerd's socket.
-pub(crate) async fn connect(socket: PathBuf) -> Result<Channel> {
+/// A CRI channel on a runtime's socket (containerd's or CRI-O's).
+pub async fn connect(socket: PathBuf) -> Result<Channel> {
     Endpoint::try_from("http://[::]:50051")?
         .timeout(RPC_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: Uri| {

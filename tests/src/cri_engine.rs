@@ -61,6 +61,14 @@ impl Engine {
         }
     }
 
+    /// The runtime daemon's supervisor (pid, restarts, why it ended).
+    pub fn daemon(&self) -> Option<&crate::supervisor::Supervisor> {
+        match self {
+            Engine::Containerd(c) => c.daemon(),
+            Engine::Crio(c) => c.daemon(),
+        }
+    }
+
     /// The last `n` lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
         match self {

@@ -12,7 +12,7 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -20,6 +20,7 @@ use nix::sys::signal::Signal;
 
 use crate::containerd::{cleanup_dir, describe, reap_stale, DIR_PREFIX, OWNER_FILE};
 use crate::ctr_child::run_with_deadline;
+use crate::supervisor::{Policy, Supervisor};
 use crate::{repo_root, TestEnv};
 
 /// The directory holding crio, pinns and the Kubernetes binaries.
@@ -42,13 +43,24 @@ pub fn k8s_bin_dir() -> Result<PathBuf> {
 pub struct Crio {
     dir: PathBuf,
     env: TestEnv,
-    child: Option<Child>,
-    _keeper: crate::keeper::Keeper,
+    /// CRI-O, forked and awaited by its supervisor's thread.
+    daemon: Option<Supervisor>,
 }
 
 impl Crio {
     /// Starts a private CRI-O and waits until it answers on its socket.
     pub fn start() -> Result<Crio> {
+        Crio::start_in(Policy::Never)
+    }
+
+    /// A node's CRI-O: [`Crio::start`], restarted by its supervisor whenever it exits without
+    /// the harness asking (same configuration, storage, run root and socket), with its pid in
+    /// `pidfile` (rewritten on every start).
+    pub fn start_supervised(pidfile: PathBuf) -> Result<Crio> {
+        Crio::start_in(Policy::Always { pidfile })
+    }
+
+    fn start_in(policy: Policy) -> Result<Crio> {
         let bin = k8s_bin_dir()?;
         reap_stale();
         let dir = tempfile::Builder::new()
@@ -68,23 +80,30 @@ impl Crio {
         std::fs::write(dir.join("policy.json"), POLICY)?;
         let config = dir.join("crio.conf");
         std::fs::write(&config, crio_config(&dir, &bin))?;
-        let log = std::fs::File::create(dir.join("crio.log"))?;
-        let mut cmd = Command::new(bin.join("crio"));
-        cmd.arg("--config")
-            .arg(&config)
-            .arg("--config-dir")
-            .arg(dir.join("crio.conf.d"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: only the async-signal-safe prctl(2) runs in the child before exec.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
-            });
-        }
-        let (child, keeper) = match crate::keeper::spawn_kept(cmd) {
-            Ok(c) => c,
+        let log = dir.join("crio.log");
+        std::fs::File::create(&log)?;
+        let (crio, log_path, conf_d) = (bin.join("crio"), log.clone(), dir.join("crio.conf.d"));
+        // One command line per (re)start, the log appended to.
+        let make = move || -> std::io::Result<Command> {
+            let log = std::fs::OpenOptions::new().append(true).open(&log_path)?;
+            let mut cmd = Command::new(&crio);
+            cmd.arg("--config")
+                .arg(&config)
+                .arg("--config-dir")
+                .arg(&conf_d)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log);
+            // SAFETY: only the async-signal-safe prctl(2) runs in the child before exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+                });
+            }
+            Ok(cmd)
+        };
+        let daemon = match Supervisor::start("crio", &log, policy, Box::new(make)) {
+            Ok(d) => d,
             Err(e) => {
                 cleanup_dir(&dir);
                 bail!("cannot start {}: {e}", bin.join("crio").display());
@@ -93,8 +112,7 @@ impl Crio {
         let mut crio = Crio {
             dir,
             env,
-            child: Some(child),
-            _keeper: keeper,
+            daemon: Some(daemon),
         };
         crio.wait_ready()?;
         Ok(crio)
@@ -103,11 +121,8 @@ impl Crio {
     fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.socket().exists() {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                bail!(
-                    "crio exited ({status}) before listening; its log:\n{}",
-                    self.log_tail(40)
-                );
+            if let Some(why) = self.daemon.as_ref().and_then(|d| d.ended()) {
+                bail!("{why} before listening; its log:\n{}", self.log_tail(40));
             }
             ensure!(
                 Instant::now() < deadline,
@@ -137,7 +152,12 @@ impl Crio {
 
     /// CRI-O's pid.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.daemon.as_ref().and_then(|d| d.pid())
+    }
+
+    /// The supervisor of CRI-O (its pid, restarts, why it ended).
+    pub fn daemon(&self) -> Option<&Supervisor> {
+        self.daemon.as_ref()
     }
 
     /// The last `n` lines of CRI-O's log.
@@ -174,8 +194,8 @@ impl Crio {
     }
 
     fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            crate::stop_child(&mut child, Duration::from_secs(15));
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.stop(Duration::from_secs(15));
         }
     }
 }

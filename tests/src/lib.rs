@@ -19,6 +19,7 @@ pub mod handlers;
 pub mod keeper;
 pub mod mounts;
 pub mod probe;
+pub mod supervisor;
 pub mod workload_scripts;
 
 use std::path::{Path, PathBuf};

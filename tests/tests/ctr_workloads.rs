@@ -337,7 +337,7 @@ fn vm_ctr_a_spec_without_path_runs_absolute_and_bare_names() {
         let info: Value = serde_json::from_slice(&info.stdout).expect("ctr containers info");
         let env = &info["Spec"]["process"]["env"];
         assert!(
-            env.as_array().map_or(true, |e| e.is_empty()),
+            env.as_array().is_none_or(|e| e.is_empty()),
             "{id}: containerd's spec has an environment: {env}"
         );
         let exec_abs = exec_ok(

@@ -185,7 +185,7 @@ fn fault(name: &str, f: Fault) {
     let deadline = Instant::now() + SEEN_WITHIN;
     loop {
         let victim = c.tasks().into_iter().find(|t| t.id == "t-victim");
-        if victim.as_ref().map_or(true, |t| t.status == "STOPPED") {
+        if victim.as_ref().is_none_or(|t| t.status == "STOPPED") {
             break;
         }
         assert!(

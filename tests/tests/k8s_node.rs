@@ -3,8 +3,9 @@
 //! deploy/runtimeclass.yaml. What a user tries first: a `runtimeClassName: isola` pod runs in
 //! its own VM (the guest kernel seen from inside), a pod without it runs under runc on the same
 //! node, the RuntimeClass overhead shows in the pod spec and the VM follows requests/limits
-//! plus overhead; then every kubectl feature of [`isola_tests::cluster::checks`] on an isola
-//! pod and a runc pod side by side; deleting the pods leaves nothing on the host.
+//! plus overhead; the `kubernetes` Service answers in-cluster clients from both pods and from
+//! the host; then every kubectl feature of [`isola_tests::cluster::checks`] on an isola pod and
+//! a runc pod side by side; deleting the pods leaves nothing on the host.
 //!
 //! The second handler `isola-clh` (Cloud Hypervisor, registered by `isola install --handler
 //! isola-clh --hypervisor cloud-hypervisor`) with deploy/runtimeclass-clh.yaml: its pod runs in a
@@ -170,6 +171,14 @@ async fn runtimeclass(cluster: &Cluster) -> Result<()> {
         "vCPUs of a pod limited to 1 CPU: {cpus:?}"
     );
 
+    for name in ["in-runc", "in-vm"] {
+        service_from_pod(cluster, name)
+            .with_context(|| format!("the kubernetes Service from pod {name}"))?;
+    }
+    service_from_host(cluster)
+        .await
+        .context("the kubernetes Service from the host")?;
+
     for name in ["in-vm", "in-runc"] {
         pods.delete(name, &DeleteParams::default()).await?;
     }
@@ -178,6 +187,68 @@ async fn runtimeclass(cluster: &Cluster) -> Result<()> {
         ensure!(Instant::now() < deadline, "pods not deleted after 120 s");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    Ok(())
+}
+
+/// What an in-cluster client does, with the test image's tools: the Service's address from the
+/// environment the kubelet gives, a TCP connection to it, then an HTTPS request with the pod's
+/// service-account token (busybox's `ssl_client` speaks TLS over the socket `nc -e` hands it;
+/// it checks no certificate, [`service_from_host`] does): a SelfSubjectReview, which any
+/// authenticated user may create, answers with the user the token names.
+const IN_CLUSTER_CLIENT: &str = r#"
+echo "service=$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT"
+nc -w 10 "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" -e true && echo tcp-connected
+TOKEN=$(cat /var/run/secrets/kubernetes.io/serviceaccount/token)
+BODY='{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}'
+printf 'POST /apis/authentication.k8s.io/v1/selfsubjectreviews HTTP/1.0\r\nHost: kubernetes.default.svc\r\nAuthorization: Bearer %s\r\nContent-Type: application/json\r\nContent-Length: %s\r\n\r\n%s' "$TOKEN" "${#BODY}" "$BODY" > /tmp/request
+nc -w 10 "$KUBERNETES_SERVICE_HOST" "$KUBERNETES_SERVICE_PORT" -e sh -c 'exec 3<&0 4>&1 </tmp/request >/tmp/response; exec ssl_client -s 4 -r 3 -n kubernetes.default.svc'
+echo "--- response"
+cat /tmp/response
+"#;
+
+/// Pod `name` reaches the apiserver through the `kubernetes` Service and is authenticated as its
+/// service account.
+fn service_from_pod(cluster: &Cluster, name: &str) -> Result<()> {
+    let (ip, port) = cluster.service_address();
+    let o = cluster.kubectl(&["exec", name, "--", "sh", "-c", IN_CLUSTER_CLIENT])?;
+    let text = out(&o);
+    ensure!(
+        text.contains(&format!("service={ip}:{port}\n")),
+        "the kubelet's KUBERNETES_SERVICE_HOST/PORT: {text:?}"
+    );
+    ensure!(
+        text.contains("tcp-connected\n"),
+        "no TCP connection to {ip}:{port}: {text:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let response = text.split("--- response\n").nth(1).unwrap_or_default();
+    let status = response.lines().next().unwrap_or_default();
+    ensure!(
+        status.starts_with("HTTP/1.") && status.contains(" 201 "),
+        "the SelfSubjectReview over HTTPS: {response:?} {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    ensure!(
+        response.contains("\"username\":\"system:serviceaccount:default:default\""),
+        "the token's user: {response:?}"
+    );
+    eprintln!("pod {name}: HTTPS to {ip}:{port} with its token: {status}");
+    Ok(())
+}
+
+/// The host (OUTPUT path) reaches the apiserver at the Service's address, and the apiserver's
+/// certificate is valid for that address (rustls checks the IP SAN).
+async fn service_from_host(cluster: &Cluster) -> Result<()> {
+    let (ip, port) = cluster.service_address();
+    let kc = kube::config::Kubeconfig::read_from(cluster.kubeconfig())?;
+    let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    config.cluster_url = format!("https://{ip}:{port}").parse()?;
+    let client = kube::Client::try_from(config)?;
+    let version = client
+        .apiserver_version()
+        .await
+        .with_context(|| format!("GET https://{ip}:{port}/version"))?;
+    ensure!(version.minor == "32", "{version:?}");
     Ok(())
 }
 

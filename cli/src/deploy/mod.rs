@@ -56,7 +56,8 @@ pub struct Common {
     #[arg(long, env = "ISOLA_DEPLOY_PREFIX", default_value = "/opt/isola")]
     prefix: PathBuf,
     /// How the runtime takes up its new configuration: systemd:<unit>, signal:<pidfile>:<SIG>
-    /// (CRI-O reloads its handlers on HUP), command:<argv...> or none
+    /// (e.g. TERM to a supervised runtime; HUP does not make CRI-O 1.32 take a new handler),
+    /// command:<argv...> or none
     #[arg(long, env = "ISOLA_DEPLOY_RESTART")]
     restart: Strategy,
     /// The runtime's socket on the host, waited for after a restart (default: containerd's

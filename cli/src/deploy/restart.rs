@@ -3,11 +3,12 @@
 //! - `systemd:<unit>`: `systemctl restart <unit>`. The usual choice for containerd, which has no
 //!   configuration reload: its shims are separate processes that containerd reconnects to on
 //!   start, so running pods (isola's included) survive.
-//! - `signal:<pidfile>:<SIG>`: the signal to the pid in a file of the host. CRI-O 1.32 reloads
-//!   its runtime handlers (`crio.runtime.runtimes`, drop-ins included) on SIGHUP
-//!   (`Config.ReloadRuntimes`), so `signal:/run/crio/crio.pid:HUP` registers isola without
-//!   restarting anything, where a pid file exists (CRI-O writes none itself: the service
-//!   manager or the node's scripts must). containerd ignores SIGHUP for its configuration.
+//! - `signal:<pidfile>:<SIG>`: the signal to the pid in a file of the host, e.g. `TERM` to a
+//!   runtime its service manager restarts (the test node's). Not `HUP` for a new handler on
+//!   CRI-O 1.32: it re-reads its handlers (`Config.ReloadRuntimes`, drop-ins included) but
+//!   RunPodSandbox keeps refusing pods of a handler it did not start with, until it restarts
+//!   (tests/tests/k8s_runtime_restart.rs checks this). containerd ignores SIGHUP for its
+//!   configuration.
 //! - `command:<argv…>`: any command (split on whitespace, no quoting), for nodes without
 //!   systemd, e.g. the test node's own restart script.
 //! - `none`: nothing; the operator restarts the runtime.
@@ -45,7 +46,7 @@ impl FromStr for Strategy {
             }
             ("signal", rest) => {
                 let (pidfile, sig) = rest.rsplit_once(':').ok_or(format!(
-                    "--restart {s}: {usage}, e.g. signal:/run/crio/crio.pid:HUP"
+                    "--restart {s}: {usage}, e.g. signal:/run/crio/crio.pid:TERM"
                 ))?;
                 let name = if sig.starts_with("SIG") {
                     sig.to_string()
@@ -53,7 +54,7 @@ impl FromStr for Strategy {
                     format!("SIG{sig}")
                 };
                 let signal = Signal::from_str(&name)
-                    .map_err(|_| format!("--restart {s}: unknown signal {sig:?} (e.g. HUP)"))?;
+                    .map_err(|_| format!("--restart {s}: unknown signal {sig:?} (e.g. TERM)"))?;
                 if !Path::new(pidfile).is_absolute() {
                     return Err(format!(
                         "--restart {s}: the pid file must be an absolute host path"

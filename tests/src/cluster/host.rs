@@ -4,7 +4,8 @@
 //! driver), the sysctls kubelet sets (`vm.overcommit_memory`, `kernel.panic`,
 //! `kernel.panic_on_oops`), the iptables chains it adds (KUBE-FIREWALL, KUBE-KUBELET-CANARY,
 //! KUBE-IPTABLES-HINT, in the filter, mangle and nat tables, v4 and v6), and the fixed paths it
-//! creates (`/var/lib/kubelet`, `/var/log/containers`, `/var/log/pods`).
+//! creates (`/var/lib/kubelet`, `/var/log/containers`, `/var/log/pods`); and the nat chain the
+//! harness adds itself for the `kubernetes` Service ([`super::service`]).
 //!
 //! The record is written to the cluster's directory before anything changes ([`STATE_FILE`]),
 //! so a run that was interrupted (killed, Ctrl-C: no drop runs) is put back by the next one,
@@ -45,6 +46,10 @@ pub struct HostState {
     /// The kubelet's QoS cgroup trees this cluster creates (none existed before).
     #[serde(default)]
     cgroup_trees: Vec<PathBuf>,
+    /// The harness's iptables nat chain for the `kubernetes` Service (recorded before it is
+    /// added; removed with the jumps to it).
+    #[serde(default)]
+    nat_chain: Option<String>,
 }
 
 /// Where kubelet (cgroupfs driver, cgroups v1) puts its pod cgroups: `kubepods` under each
@@ -60,7 +65,7 @@ const HUGETLB: &str = "/sys/fs/cgroup/hugetlb";
 const IPTABLES: [&str; 2] = ["iptables", "ip6tables"];
 const TABLES: [&str; 3] = ["filter", "mangle", "nat"];
 
-fn run(args: &[&str]) -> Result<String> {
+pub(super) fn run(args: &[&str]) -> Result<String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
@@ -124,6 +129,7 @@ impl HostState {
             had_chains,
             mounted_hugetlb,
             cgroup_trees,
+            nat_chain: Some(super::service::CHAIN.to_string()),
         };
         std::fs::write(dir.join(STATE_FILE), serde_json::to_vec(&state)?)
             .context("recording the host's state")?;
@@ -159,9 +165,12 @@ impl HostState {
                     .iter()
                     .any(|(t, tb)| t == tool && tb == table)
                 {
-                    remove_chains(tool, table);
+                    remove_chains(tool, table, &KUBELET_CHAINS);
                 }
             }
+        }
+        if let Some(chain) = &self.nat_chain {
+            remove_chains("iptables", "nat", &[chain.as_str()]);
         }
         for tree in &self.cgroup_trees {
             if let Err(e) = remove_cgroup_tree(tree) {
@@ -255,15 +264,16 @@ fn remove_cgroup_once(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Removes kubelet's chains from `table` (rules jumping to them first).
-fn remove_chains(tool: &str, table: &str) {
+/// Removes `chains` from `table` (rules jumping to them first).
+pub(super) fn remove_chains(tool: &str, table: &str, chains: &[&str]) {
     let Ok(rules) = run(&[tool, "-w", "-t", table, "-S"]) else {
         return;
     };
     for line in rules.lines() {
-        let jumps = KUBELET_CHAINS
-            .iter()
-            .any(|c| line.contains(&format!("-j {c}")));
+        let jumps = chains.iter().any(|c| {
+            let jump = format!("-j {c}");
+            line.ends_with(&jump) || line.contains(&format!("{jump} "))
+        });
         if let Some(rule) = line.strip_prefix("-A ").filter(|_| jumps) {
             let words = split_quoted(rule);
             let mut args = vec![tool, "-w", "-t", table, "-D"];
@@ -271,7 +281,7 @@ fn remove_chains(tool: &str, table: &str) {
             let _ = run(&args);
         }
     }
-    for chain in KUBELET_CHAINS {
+    for chain in chains {
         if rules.lines().any(|l| l == format!("-N {chain}")) {
             let _ = run(&[tool, "-w", "-t", table, "-F", chain]);
             let _ = run(&[tool, "-w", "-t", table, "-X", chain]);
@@ -315,6 +325,7 @@ mod tests {
             had_chains: vec![("iptables".into(), "nat".into())],
             mounted_hugetlb: true,
             cgroup_trees: vec!["/sys/fs/cgroup/memory/kubepods".into()],
+            nat_chain: Some("ISOLA-TEST-K8S-SERVICES".into()),
         };
         std::fs::write(
             dir.path().join(STATE_FILE),

@@ -8,11 +8,21 @@
 //! the host outside it (sysctls, iptables chains, fixed paths, the node link) is put back
 //! ([`host`]). Binaries: `build/k8s/bin` (`make k8s`, from ../shared/k8s) and Debian's etcd.
 //! A cluster starts in seconds: tests share one per runtime (one test function each).
+//!
+//! Two things make the test node behave like a real one for what runs on it:
+//! - the `kubernetes` Service (10.96.0.1:443) reaches the apiserver from pods and from the host
+//!   as kube-proxy would arrange it ([`service`]): in-cluster clients work;
+//! - the container runtime is supervised as systemd would run it (`Restart=always`,
+//!   [`crate::supervisor`]), its pid in `<cluster dir>/run/containerd.pid` or
+//!   `<cluster dir>/run/crio.pid` ([`Cluster::runtime_pidfile`]): a privileged hostPID pod
+//!   restarts it with `kill -TERM $(cat <pidfile>)`, and it comes back on the same
+//!   configuration, state and sockets.
 
 pub mod checks;
 mod host;
 pub mod pki;
 mod procs;
+mod service;
 pub mod workload;
 
 use std::net::Ipv4Addr;
@@ -45,6 +55,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(180);
 /// One node per host at a time: the node link, kubelet's fixed paths, chains and sysctls are
 /// the host's. Test binaries run in parallel; a second cluster waits for the first.
 const NODE_LOCK: &str = "/tmp/isola-test-k8s-node.lock";
+
+/// The directory, in the cluster's, of the runtime's pidfile.
+const RUN_DIR: &str = "run";
 
 /// A running single-node cluster.
 pub struct Cluster {
@@ -139,9 +152,12 @@ impl Cluster {
     fn bring_up(&mut self, runtime: Runtime, bin: &Path) -> Result<()> {
         let t0 = Instant::now();
         self.host = Some(host::HostState::prepare(&self.dir, NODE_LINK, NODE_IP)?);
+        let pidfile = self.runtime_pidfile();
         let engine = match runtime {
-            Runtime::Containerd => Engine::Containerd(crate::containerd::Containerd::start()),
-            Runtime::Crio => Engine::Crio(crate::crio::Crio::start()?),
+            Runtime::Containerd => {
+                Engine::Containerd(crate::containerd::Containerd::start_supervised(pidfile))
+            }
+            Runtime::Crio => Engine::Crio(crate::crio::Crio::start_supervised(pidfile)?),
         };
         for tar in [
             crate::containerd::test_image_tar(),
@@ -208,6 +224,8 @@ impl Cluster {
         self.wait("the apiserver to be ready", || {
             Ok(self.kubectl(&["get", "--raw", "/readyz"])?.status.success())
         })?;
+        service::route(SERVICE_IP, SERVICE_RANGE, NODE_LINK, (NODE_IP, api_port))
+            .context("routing the kubernetes Service to the apiserver")?;
         for (name, creds) in [
             ("kube-controller-manager", &pki.controller_manager),
             ("kube-scheduler", &pki.scheduler),
@@ -293,6 +311,9 @@ impl Cluster {
                 return Ok(());
             }
             self.procs.check_alive()?;
+            if let Some(why) = self.engine.as_ref().and_then(|e| e.daemon()?.ended()) {
+                bail!("the node's runtime is down: {why}");
+            }
             if Instant::now() > deadline {
                 bail!(
                     "waiting for {what}: not after {START_TIMEOUT:?}\n{}",
@@ -311,6 +332,22 @@ impl Cluster {
     /// The cluster's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The node's container runtime's pidfile: `<cluster dir>/run/containerd.pid` or
+    /// `<cluster dir>/run/crio.pid`, rewritten by its supervisor on every (re)start.
+    pub fn runtime_pidfile(&self) -> PathBuf {
+        let name = match self.runtime {
+            Runtime::Containerd => "containerd.pid",
+            Runtime::Crio => "crio.pid",
+        };
+        self.dir.join(RUN_DIR).join(name)
+    }
+
+    /// The `kubernetes` Service's address and port (what pods get as
+    /// `KUBERNETES_SERVICE_HOST`/`_PORT`).
+    pub fn service_address(&self) -> (Ipv4Addr, u16) {
+        (SERVICE_IP, service::SERVICE_PORT)
     }
 
     /// `kubectl <args>` as the admin, with a deadline.
