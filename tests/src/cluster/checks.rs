@@ -283,7 +283,7 @@ async fn logs(cluster: &Cluster, class: Class) -> Result<()> {
 fn exec_tty(cluster: &Cluster, class: Class) -> Result<()> {
     let kubectl = super::bin_dir()?.join("kubectl");
     let line = format!(
-        "{} exec -it {} -c web -- sh -c 'tty; stty size; grep Seccomp: /proc/self/status; echo in-a-tty'",
+        "{} exec -it {} -c web -- sh -c 'tty; stty size; sed -n \"s/^Seccomp:[[:space:]]*/seccomp=/p\" /proc/self/status; echo in-a-tty'",
         kubectl.display(),
         class.full_pod()
     );
@@ -299,9 +299,10 @@ fn exec_tty(cluster: &Cluster, class: Class) -> Result<()> {
         crate::containerd::describe(&out)
     );
     // Seccomp mode 2: a filter (0 would be none: an exec escaping the container's profile).
+    // Printed as one word: the terminal may turn the status file's tab into anything, and a
+    // line may start with a stray NUL from the pty.
     ensure!(
-        text.lines()
-            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]),
+        text.contains("seccomp=2") && !text.contains("seccomp=0"),
         "the exec'd process has no seccomp filter:\n{text}"
     );
     Ok(())
