@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use isola_tests::cluster::checks::{eventually, kubectl, pod_json, wait_ready};
 use isola_tests::cluster::workload::{sleeper_pod, Class};
 use isola_tests::cluster::{checks, Cluster, Runtime};
 use isola_tests::supervisor::read_pidfile;
@@ -89,58 +90,6 @@ spec:
         image = isola_tests::containerd::TEST_IMAGE,
         run = run.display(),
     )
-}
-
-async fn kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    checks::kubectl(cluster, args).await
-}
-
-async fn pod_json(cluster: &Cluster, name: &str) -> Result<Value> {
-    Ok(serde_json::from_str(
-        &kubectl(cluster, &["get", "pod", name, "-o", "json"]).await?,
-    )?)
-}
-
-/// Polls `probe` every 250 ms until it yields a value; fails after `timeout` with the last
-/// error.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last = String::new();
-    loop {
-        match probe().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = format!("{e:#}"),
-        }
-        if Instant::now() > deadline {
-            bail!("{what}: not after {timeout:?} (last error: {last})");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-async fn wait_ready(cluster: &Cluster, name: &str) -> Result<Value> {
-    eventually(
-        &format!("pod {name} Ready"),
-        Duration::from_secs(240),
-        || async {
-            let pod = pod_json(cluster, name).await?;
-            if pod["status"]["phase"] == "Failed" {
-                bail!("pod {name} failed: {}", pod["status"]);
-            }
-            let ready = pod["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True");
-            Ok(ready.then_some(pod))
-        },
-    )
-    .await
 }
 
 /// (container id, restart count) of a pod's one container.

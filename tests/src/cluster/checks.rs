@@ -43,7 +43,7 @@ async fn exec(cluster: &Cluster, pod: &str, container: &str, cmd: &[&str]) -> Re
 }
 
 /// `kubectl get pod <name> -o json`.
-async fn pod_json(cluster: &Cluster, name: &str) -> Result<Value> {
+pub async fn pod_json(cluster: &Cluster, name: &str) -> Result<Value> {
     let out = kubectl(cluster, &["get", "pod", name, "-o", "json"]).await?;
     Ok(serde_json::from_str(&out)?)
 }
@@ -59,8 +59,9 @@ fn restarts(pod: &Value, container: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// Polls `probe` every 500 ms until it yields a value or `timeout` passes.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
+/// Polls `probe` every 250 ms until it yields a value; fails after `timeout` with the last
+/// error.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
@@ -76,12 +77,12 @@ where
         if Instant::now() > deadline {
             bail!("{what}: not after {timeout:?} (last error: {last})");
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
 /// Waits until pod `name` is Ready; returns its JSON (or fails with what kubectl describes).
-async fn wait_ready(cluster: &Cluster, name: &str) -> Result<Value> {
+pub async fn wait_ready(cluster: &Cluster, name: &str) -> Result<Value> {
     let ready = poll_ready(cluster, name).await;
     if ready.is_err() {
         let describe = kubectl(cluster, &["describe", "pod", name]).await;
