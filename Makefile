@@ -80,12 +80,13 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # nextest builds every workspace binary, the shim the ctr tests run included
-# (target/debug/containerd-shim-isola-v2).
+# (target/debug/containerd-shim-isola-v2). The isola-deploy image (release binaries) is what
+# the cluster tests install from the cluster (tests/tests/k8s_deploy.rs).
 # Cloud Hypervisor guests run only where hardware KVM is (it has no software emulation): there
 # the backend's VM tests (vm_clh_*, #[ignore]d with that reason) and the ctr suite again with
 # Cloud Hypervisor as the backend; elsewhere a line says why not. Its API contract tests and the
 # ctr test of its refusal run everywhere.
-test: setup guest images k8s lint
+test: setup guest images k8s deploy-image lint
 	$(CARGO) nextest run --workspace --no-fail-fast
 	@if grep -qwE 'vmx|svm' /proc/cpuinfo && [ -w /dev/kvm ]; then \
 	  $(CARGO) nextest run -p isola-hypervisor --run-ignored only -E 'test(/^vm_clh_/)' && \

@@ -11,8 +11,14 @@
 #                                   pod's DaemonSet is gone or being deleted, not for an update,
 #                                   drain or restart; always; never
 # ISOLA_DEPLOY_ISOLA names the isola binary (default /payload/bin/isola; tests set it).
+# Once its install (or cleanup) is done it writes ISOLA_DEPLOY_READY_FILE (default
+# /tmp/isola-deploy.ready), which the DaemonSet's readinessProbe reads: a rolling update goes
+# on to the next node only then.
 set -u
 isola=${ISOLA_DEPLOY_ISOLA:-/payload/bin/isola}
+ready_file=${ISOLA_DEPLOY_READY_FILE:-/tmp/isola-deploy.ready}
+# Not ready until this run is done (a restarted container keeps its /tmp).
+rm -f "$ready_file"
 mode=${ISOLA_DEPLOY_MODE:-install}
 on_term_do=${ISOLA_DEPLOY_UNINSTALL_ON_TERM:-deleted}
 node=${ISOLA_DEPLOY_NODE_NAME:-this node}
@@ -59,5 +65,6 @@ case "$mode" in
     done ;;
   *) echo "ISOLA_DEPLOY_MODE=$mode: install or cleanup" >&2; exit 2 ;;
 esac
+echo "$mode done" > "$ready_file"
 echo "isola-deploy: $mode done on $node; waiting for SIGTERM"
 while :; do pause 3600; done

@@ -12,6 +12,8 @@
 //!   handler (e.g. `isola-clh` with `--hypervisor cloud-hypervisor`).
 //! - `isola deploy install|uninstall`: isola onto a node from a payload, versioned, registered
 //!   and restored byte for byte (the isola-deploy DaemonSet's entrypoint).
+//! - `isola operator run|crd`: a controller installing isola on a cluster's nodes from the
+//!   IsolaConfig resource, through that DaemonSet.
 
 mod bench;
 mod check;
@@ -23,6 +25,7 @@ mod kernel;
 mod logs;
 mod metrics;
 mod monitor;
+mod operator;
 mod procfs;
 mod ps;
 mod report;
@@ -99,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         what: deploy::Deploy,
     },
+    /// Install isola on a cluster's nodes from the IsolaConfig resource (a controller)
+    Operator {
+        #[command(subcommand)]
+        what: operator::Operator,
+    },
 }
 
 fn main() -> ExitCode {
@@ -129,6 +137,7 @@ fn main() -> ExitCode {
             Command::Install { what } => install::install(what),
             Command::Uninstall { what } => install::uninstall(what),
             Command::Deploy { what } => deploy::run(what),
+            Command::Operator { what } => operator::run(what).await,
         }
     });
     match result {

@@ -30,6 +30,9 @@ fn fake(dir: &Path) -> PathBuf {
 fn run(on_term: &str, answer: &str, install: &str) -> (i32, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
+    let ready = dir.path().join("ready");
+    // A stale file from a previous run of the pod's container must not count.
+    fs::write(&ready, "stale").unwrap();
     let mut child = Command::new("sh")
         .arg(script())
         .env("ISOLA_DEPLOY_ISOLA", fake(dir.path()))
@@ -37,6 +40,7 @@ fn run(on_term: &str, answer: &str, install: &str) -> (i32, Vec<String>) {
         .env("ISOLA_DEPLOY_MODE", "install")
         .env("ISOLA_DEPLOY_NODE_NAME", "node-1")
         .env("LOG", &log)
+        .env("ISOLA_DEPLOY_READY_FILE", &ready)
         .env("ANSWER", answer)
         .env("INSTALL", install)
         .stdout(Stdio::piped())
@@ -50,6 +54,8 @@ fn run(on_term: &str, answer: &str, install: &str) -> (i32, Vec<String>) {
             line,
             "isola-deploy: install done on node-1; waiting for SIGTERM\n"
         );
+        // Ready (the DaemonSet's readinessProbe) only once the install is done.
+        assert_eq!(fs::read_to_string(&ready).unwrap(), "install done\n");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
@@ -57,6 +63,9 @@ fn run(on_term: &str, answer: &str, install: &str) -> (i32, Vec<String>) {
         .unwrap();
     }
     let code = child.wait().unwrap().code().unwrap_or(-1);
+    if line.is_empty() {
+        assert!(!ready.exists(), "a failed install is never ready");
+    }
     // Its background sleep ended with it: reading stdout to its end would otherwise block.
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -106,6 +115,7 @@ fn cleanup_mode_uninstalls_and_waits() {
         .env("ISOLA_DEPLOY_MODE", "cleanup")
         .env("ISOLA_DEPLOY_HOST_ROOT", dir.path())
         .env("ISOLA_DEPLOY_PREFIX", "/gone")
+        .env("ISOLA_DEPLOY_READY_FILE", dir.path().join("ready"))
         .env("LOG", &log)
         .env("ANSWER", "0")
         .env("INSTALL", "0")
@@ -118,6 +128,10 @@ fn cleanup_mode_uninstalls_and_waits() {
     assert_eq!(
         line,
         "isola-deploy: cleanup done on this node; waiting for SIGTERM\n"
+    );
+    assert_eq!(
+        fs::read_to_string(dir.path().join("ready")).unwrap(),
+        "cleanup done\n"
     );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),

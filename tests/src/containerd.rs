@@ -44,6 +44,9 @@ pub const CTR_TIMEOUT: Duration = Duration::from_secs(180);
 /// Short: a CRI pod's VM sockets live at <dir>/s/vm/<64-character id>/ (107-byte limit).
 pub(crate) const DIR_PREFIX: &str = "ic.";
 pub(crate) const OWNER_FILE: &str = "owner.pid";
+/// The directory in a containerd's own (`<dir>/node-bin`) on its `PATH` after the shims under
+/// test: the node's /usr/local/bin, where `isola deploy` links its shims.
+pub const NODE_BIN: &str = "node-bin";
 
 /// The directory holding the shim binary: `$ISOLA_SHIM_DIR`, else the cargo profile directory of
 /// the running test executable (`target/debug/deps/<test>` -> `target/debug`). Panics with a

@@ -37,25 +37,6 @@ const TRIGGER: &str = "restart-now";
 /// How long the runtime may take to be back and the node Ready (TCG host, two cores).
 const BACK_WITHIN: Duration = Duration::from_secs(120);
 
-/// Whether this host's capability bounding set has every capability the kernel knows. CRI-O
-/// gives a privileged container all of them (containerd: those it has itself), so where the
-/// host lacks one (this CI's containers lack CAP_SYS_RESOURCE) runc refuses a privileged
-/// container under CRI-O: "unable to apply caps: operation not permitted".
-fn host_has_every_capability() -> bool {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let bounding = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapBnd:"))
-        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok());
-    let last: Option<u32> = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok());
-    match (bounding, last) {
-        (Some(b), Some(last)) if last < 63 => b == (1u64 << (last + 1)) - 1,
-        _ => false,
-    }
-}
-
 /// A hostPID runc pod (privileged if `privileged`, as an installer DaemonSet is) that, once
 /// [`TRIGGER`] appears in the host directory `run`, sends SIGTERM to the pid in
 /// `run/<pidfile>` and stays. Unprivileged, root in the host's PID namespace still has
@@ -149,7 +130,7 @@ async fn restart_runtime(cluster: &Cluster) -> Result<()> {
     );
     let run = pidfile.parent().context("the pidfile's directory")?;
     let pidfile_name = pidfile.file_name().unwrap_or_default().to_string_lossy();
-    let privileged = cluster.runtime == Runtime::Containerd || host_has_every_capability();
+    let privileged = isola_tests::cluster::deploy::privileged_pods_run(cluster);
     if !privileged {
         eprintln!(
             "the restarter pod is not privileged: this host's bounding set lacks a capability \

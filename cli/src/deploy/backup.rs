@@ -44,6 +44,9 @@ pub struct Manifest {
     /// run): the next run restarts it even when it changes nothing itself.
     #[serde(default)]
     pub restart_pending: bool,
+    /// containerd's per-handler shim links isola made (host paths; `shim_link`).
+    #[serde(default)]
+    pub links: Vec<PathBuf>,
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

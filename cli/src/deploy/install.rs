@@ -5,11 +5,13 @@
 //!    knows what to undo;
 //! 2. the payload becomes `<prefix>/versions/<id>` (complete or absent) and `current` points at
 //!    it (one rename);
-//! 3. the runtime's configuration registers every handler, its original saved first;
+//! 3. containerd: each handler's shim link (`shim_link`); the runtime's configuration
+//!    registers every handler, its original saved first;
 //! 4. only when that changed something: the runtime restarts (or reloads), then its socket must
 //!    answer; an upgrade changes nothing there (it all goes through `current`), so it restarts
 //!    nothing;
-//! 5. `isola check --no-boot` of the installed version, for each handler's configuration;
+//! 5. `isola check --no-boot` of the installed version, for each handler's configuration; a
+//!    new version that fails it gives `current` back to the one before;
 //! 6. versions neither current nor used by a running process are removed;
 //! 7. the node hook: with a node name, the label isola.io/runtime=ready (`node`).
 
@@ -23,7 +25,7 @@ use super::backup::{write_atomic, Manifest};
 use super::layout::{Handler, Layout};
 use super::register::{self, Runtime};
 use super::restart::Strategy;
-use super::{gc, version, Env};
+use super::{gc, shim_link, version, Env};
 use crate::install::crio;
 
 /// What `install` needs, all explicit.
@@ -33,6 +35,8 @@ pub struct Opts {
     /// containerd's config.toml or CRI-O's drop-in directory (host path).
     pub runtime_config: PathBuf,
     pub payload: PathBuf,
+    /// containerd only: where each handler's shim link goes (`shim_link`).
+    pub shim_dir: PathBuf,
     pub handlers: Vec<Handler>,
     pub restart: Strategy,
     /// The runtime's socket (host path).
@@ -211,10 +215,17 @@ pub fn install(o: &Opts, env: &Env) -> anyhow::Result<Installed> {
     } else {
         println!("{}: already installed", version_dir.display());
     }
+    let previous = version::current(&o.layout);
     if version::switch_current(&o.layout, &id)? {
         println!("{} -> versions/{id}", o.layout.current().display());
     }
 
+    // The links first: a restarted containerd may start a shim at once.
+    if o.runtime == Runtime::Containerd
+        && shim_link::ensure(&o.layout, &mut m, &o.shim_dir, &o.handlers)?
+    {
+        m.save(&o.layout)?;
+    }
     let changed = register(o, &mut m, &id)?;
     m.handlers = o.handlers.iter().map(Handler::spec).collect();
     m.save(&o.layout)?;
@@ -241,7 +252,20 @@ pub fn install(o: &Opts, env: &Env) -> anyhow::Result<Installed> {
     m.save(&o.layout)?;
 
     if o.check {
-        env.checker.check(&o.layout, &o.handlers)?;
+        if let Err(e) = env.checker.check(&o.layout, &o.handlers) {
+            // An upgrade that fails its check: new pods keep getting the version that passed
+            // (the node stays labelled for it), and this pod restarts and tries again.
+            let previous =
+                previous.filter(|p| *p != id && o.layout.local(&o.layout.version(p)).is_dir());
+            if let Some(p) = previous {
+                version::switch_current(&o.layout, &p)?;
+                println!(
+                    "{} -> versions/{p} again: versions/{id} failed its check",
+                    o.layout.current().display()
+                );
+            }
+            return Err(e);
+        }
     }
     let collected = gc::collect(&o.layout, Some(&id), env.procs)?;
     for v in &collected.removed {

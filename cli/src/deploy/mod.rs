@@ -13,11 +13,12 @@ mod backup;
 mod daemonset;
 mod gc;
 mod install;
-mod kube_api;
-mod layout;
-mod node;
+pub(crate) mod kube_api;
+pub(crate) mod layout;
+pub(crate) mod node;
 mod register;
-mod restart;
+pub(crate) mod restart;
+mod shim_link;
 mod uninstall;
 mod version;
 mod version_config;
@@ -52,6 +53,11 @@ pub struct Common {
     /// Where the node's / is mounted in this process's view ("/" on the node itself)
     #[arg(long, env = "ISOLA_DEPLOY_HOST_ROOT")]
     host_root: PathBuf,
+    /// The host process whose namespaces the runtime's restart and `isola check` enter from a
+    /// pod (nsenter -t): the node's init; another where PID 1 cannot be entered (a node that
+    /// is itself a sandbox)
+    #[arg(long, env = "ISOLA_DEPLOY_HOST_PID", default_value_t = 1)]
+    host_pid: u32,
     /// The install directory on the host; isola owns it entirely
     #[arg(long, env = "ISOLA_DEPLOY_PREFIX", default_value = "/opt/isola")]
     prefix: PathBuf,
@@ -88,6 +94,11 @@ pub struct InstallArgs {
     /// comma-separated in the environment; default: isola
     #[arg(long, env = "ISOLA_DEPLOY_HANDLERS", value_delimiter = ',')]
     handler: Vec<String>,
+    /// containerd only: a directory on containerd's PATH (a host path) for each handler's
+    /// shim link, containerd-shim-<handler>-v2 (`shim_link`: containerd 1.6 runs that, not
+    /// runtime_path)
+    #[arg(long, env = "ISOLA_DEPLOY_SHIM_DIR", default_value = "/usr/local/bin")]
+    shim_dir: PathBuf,
     /// Skip `isola check --no-boot` of the installed version (e.g. a scratch host root)
     #[arg(long, env = "ISOLA_DEPLOY_NO_CHECK")]
     no_check: bool,
@@ -127,7 +138,9 @@ pub struct Env<'a> {
 
 /// `isola check --no-boot` of the current version, once per distinct configuration, run in the
 /// host's namespaces (nsenter from a pod) exactly as the shim will run there.
-struct IsolaCheck;
+struct IsolaCheck {
+    host_pid: u32,
+}
 
 impl Checker for IsolaCheck {
     fn check(&self, layout: &Layout, handlers: &[Handler]) -> anyhow::Result<()> {
@@ -144,7 +157,7 @@ impl Checker for IsolaCheck {
                 "check".into(),
                 "--no-boot".into(),
             ];
-            let argv = restart::on_host(layout.host_root(), &argv);
+            let argv = restart::on_host(layout.host_root(), self.host_pid, &argv);
             println!(
                 "checking the node for the handler `{}`: {}",
                 h.name,
@@ -215,11 +228,15 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
     };
     let restarter = restart::Host {
         host_root: common.host_root.clone(),
+        host_pid: common.host_pid,
+    };
+    let checker = IsolaCheck {
+        host_pid: common.host_pid,
     };
     let env = Env {
         procs: &procs,
         restarter: &restarter,
-        checker: &IsolaCheck,
+        checker: &checker,
         hook,
     };
     let wait = Duration::from_secs(common.wait_seconds);
@@ -234,6 +251,7 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
                 runtime: a.runtime,
                 runtime_config: absolute("--runtime-config", a.runtime_config)?,
                 payload: a.payload,
+                shim_dir: absolute("--shim-dir", a.shim_dir)?,
                 handlers: layout::handlers(&a.handler)?,
                 restart: a.common.restart,
                 wait,

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::ValueEnum;
 
 use super::layout::{Handler, Layout};
+use super::shim_link;
 use crate::install::{containerd, crio};
 
 /// The node's container runtime.
@@ -42,7 +43,8 @@ impl Runtime {
     }
 }
 
-/// containerd's configuration `text` with every handler of `hs` (runtime `io.containerd.isola.v2`,
+/// containerd's configuration `text` with every handler of `hs` (runtime
+/// `io.containerd.<handler>.v2`, whose binary is a link to the current shim (`shim_link`),
 /// `runtime_path` = the current shim, `ConfigPath` = its current configuration) and without
 /// the handlers named in `dropped` (installed before, no longer wanted).
 pub fn containerd_config(
@@ -54,6 +56,9 @@ pub fn containerd_config(
     let mut text = containerd_unregister(text, dropped)?;
     for h in hs {
         text = containerd::install(&text, &h.name, &layout.handler_config(h))
+            .map_err(anyhow::Error::msg)?
+            .text;
+        text = containerd::set_runtime_type(&text, &h.name, &shim_link::runtime_type(&h.name))
             .map_err(anyhow::Error::msg)?
             .text;
         text = containerd::set_runtime_path(&text, &h.name, &layout.shim())
@@ -122,6 +127,11 @@ mod tests {
         assert_eq!(
             isola["runtime_type"].as_str(),
             Some("io.containerd.isola.v2")
+        );
+        assert_eq!(
+            rts["isola-clh"]["runtime_type"].as_str(),
+            Some("io.containerd.isola-clh.v2"),
+            "each handler its own binary name (shim_link)"
         );
         assert_eq!(
             isola["runtime_path"].as_str(),

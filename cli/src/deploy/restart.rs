@@ -87,11 +87,14 @@ impl std::fmt::Display for Strategy {
 }
 
 /// The argv that runs `argv` in the host's namespaces: as it is on the host itself, through
-/// nsenter from a pod.
-pub fn on_host(host_root: &Path, argv: &[String]) -> Vec<String> {
+/// nsenter from a pod into those of the host's process `host_pid` (the node's init, 1, unless
+/// --host-pid says otherwise).
+pub fn on_host(host_root: &Path, host_pid: u32, argv: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     if host_root != Path::new("/") {
-        out.extend(["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--"].map(str::to_string));
+        out.extend(["nsenter", "-t"].map(str::to_string));
+        out.push(host_pid.to_string());
+        out.extend(["-m", "-u", "-i", "-n", "-p", "--"].map(str::to_string));
     }
     out.extend(argv.iter().cloned());
     out
@@ -106,6 +109,8 @@ pub trait Restarter {
 /// The real one.
 pub struct Host {
     pub host_root: PathBuf,
+    /// Whose namespaces are the host's (see [`on_host`]).
+    pub host_pid: u32,
 }
 
 /// Runs `argv`, failing with its output when it fails.
@@ -132,11 +137,11 @@ impl Restarter for Host {
             Strategy::None => return Ok(false),
             Strategy::Systemd(unit) => {
                 let argv = ["systemctl", "restart", unit].map(str::to_string);
-                run(&on_host(&self.host_root, &argv)).with_context(|| {
+                run(&on_host(&self.host_root, self.host_pid, &argv)).with_context(|| {
                     format!("restarting {unit}; is the runtime a systemd unit of that name? Otherwise pass --restart command:... or signal:...")
                 })?;
             }
-            Strategy::Command(argv) => run(&on_host(&self.host_root, argv))
+            Strategy::Command(argv) => run(&on_host(&self.host_root, self.host_pid, argv))
                 .context("the --restart command failed; fix it, or restart the runtime yourself and pass --restart none")?,
             Strategy::Signal { pidfile, signal } => {
                 let local = self.host_root.join(pidfile.strip_prefix("/").unwrap_or(pidfile));
@@ -222,9 +227,11 @@ mod tests {
             "restart".into(),
             "containerd".into(),
         ];
-        assert_eq!(on_host(Path::new("/"), &argv), argv);
-        let from_pod = on_host(Path::new("/host"), &argv);
+        assert_eq!(on_host(Path::new("/"), 1, &argv), argv);
+        let from_pod = on_host(Path::new("/host"), 1, &argv);
         assert_eq!(&from_pod[..3], ["nsenter", "-t", "1"]);
+        let elsewhere = on_host(Path::new("/host"), 4242, &argv);
+        assert_eq!(&elsewhere[..3], ["nsenter", "-t", "4242"]);
         assert_eq!(&from_pod[from_pod.len() - 3..], argv);
     }
 
@@ -239,6 +246,7 @@ mod tests {
         std::fs::write(host.path().join("run/rt.pid"), format!("{}\n", child.id())).unwrap();
         let r = Host {
             host_root: host.path().to_path_buf(),
+            host_pid: 1,
         };
         let how: Strategy = "signal:/run/rt.pid:TERM".parse().unwrap();
         assert!(r.restart(&how).unwrap());
@@ -255,6 +263,7 @@ mod tests {
     fn a_failing_command_says_so_with_its_output() {
         let r = Host {
             host_root: "/".into(),
+            host_pid: 1,
         };
         let ok: Strategy = "command:true".parse().unwrap();
         assert!(r.restart(&ok).unwrap());

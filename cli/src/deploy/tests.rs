@@ -17,6 +17,7 @@ struct Fakes {
     checks: RefCell<Vec<Vec<String>>>,
     hook: RefCell<Vec<String>>,
     fail_restart: RefCell<bool>,
+    fail_check: RefCell<bool>,
 }
 
 impl Restarter for Fakes {
@@ -40,6 +41,9 @@ impl Checker for Fakes {
         self.checks
             .borrow_mut()
             .push(hs.iter().map(|h| h.name.clone()).collect());
+        if *self.fail_check.borrow() {
+            anyhow::bail!("check failed");
+        }
         Ok(())
     }
 }
@@ -92,6 +96,7 @@ fn opts(n: &Node, runtime: Runtime, handlers: &[&str]) -> install::Opts {
         runtime,
         runtime_config,
         payload: n.payload.path().to_path_buf(),
+        shim_dir: PathBuf::from("/usr/local/bin"),
         handlers: layout::handlers(&handlers.iter().map(|s| s.to_string()).collect::<Vec<_>>())
             .unwrap(),
         restart: "systemd:containerd".parse().unwrap(),
@@ -123,6 +128,12 @@ fn install_restarts_once_upgrades_restart_nothing_uninstall_restores_bytes() {
     let cfg = n.host.path().join("etc/containerd/config.toml");
     let edited = fs::read_to_string(&cfg).unwrap();
     assert!(edited.contains("runtime_path = \"/opt/isola/current/bin/containerd-shim-isola-v2\""));
+    // containerd 1.6 runs the runtime type's binary from its PATH: the handler's link.
+    let link = n.host.path().join("usr/local/bin/containerd-shim-isola-v2");
+    assert_eq!(
+        fs::read_link(&link).unwrap(),
+        Path::new("/opt/isola/current/bin/containerd-shim-isola-v2")
+    );
 
     // Again: the same version, no edit, no restart; still checked and hooked.
     let again = install::install(&o, &env(&f)).unwrap();
@@ -171,6 +182,7 @@ fn install_restarts_once_upgrades_restart_nothing_uninstall_restores_bytes() {
     assert!(uninstall::uninstall(&un(&o), &env(&f)).unwrap());
     assert_eq!(fs::read(&cfg).unwrap(), ORIGINAL.as_bytes());
     assert!(!n.host.path().join("opt/isola").exists());
+    assert!(fs::symlink_metadata(&link).is_err(), "the link goes too");
     assert_eq!(f.restarts.borrow().len(), 2);
     assert_eq!(f.hook.borrow().last().unwrap(), "unready");
     // Nothing installed: a no-op but for the hook (a stale label would still draw pods).
@@ -334,6 +346,9 @@ fn uninstall_keeps_what_running_pods_need_until_they_end() {
     uninstall::uninstall(&un(&o), &env(&f)).unwrap();
     assert!(n.host.path().join("opt/isola/current").exists());
     assert_eq!(f.restarts.borrow().len(), restarts);
+    // containerd cleans up after those pods with the link's binary: it stays with them.
+    let link = n.host.path().join("usr/local/bin/containerd-shim-isola-v2");
+    assert!(fs::read_link(&link).is_ok());
     // --force takes it all.
     let forced = uninstall::Opts {
         force: true,
@@ -341,6 +356,7 @@ fn uninstall_keeps_what_running_pods_need_until_they_end() {
     };
     uninstall::uninstall(&forced, &env(&f)).unwrap();
     assert!(!n.host.path().join("opt/isola").exists());
+    assert!(fs::symlink_metadata(&link).is_err());
     assert_eq!(fs::read_to_string(&cfg).unwrap(), ORIGINAL);
 }
 
@@ -361,4 +377,27 @@ fn a_configuration_that_did_not_exist_is_gone_again_with_its_directory() {
     uninstall::uninstall(&un(&o), &env(&f)).unwrap();
     assert!(!n.host.path().join("etc/containerd").exists());
     assert!(n.host.path().join("etc").exists());
+}
+
+#[test]
+fn a_version_that_fails_its_check_does_not_stay_current() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    let v1 = install::install(&o, &env(&f)).unwrap().version;
+    fs::write(n.payload.path().join("bin/isola"), "isola 2").unwrap();
+    *f.fail_check.borrow_mut() = true;
+    let e = install::install(&o, &env(&f)).unwrap_err();
+    assert!(e.to_string().contains("check failed"), "{e}");
+    assert_eq!(
+        version::current(&o.layout).as_deref(),
+        Some(v1.as_str()),
+        "new pods keep getting the version that passed"
+    );
+    assert_eq!(f.hook.borrow().len(), 1, "not labelled again");
+    // Fixed: the next run installs it.
+    *f.fail_check.borrow_mut() = false;
+    let v2 = install::install(&o, &env(&f)).unwrap().version;
+    assert_ne!(v2, v1);
+    assert_eq!(version::current(&o.layout).as_deref(), Some(v2.as_str()));
 }

@@ -137,6 +137,10 @@ pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
             l.prefix().display()
         );
     }
+    // containerd runs a pod's shim binary (the link) to clean up after it too: the links go
+    // with the prefix, not before.
+    super::shim_link::remove_all(l, &mut m)?;
+    m.save(l)?;
     let prefix = l.local(l.prefix());
     let aside = prefix.with_file_name(format!(
         ".{}.removing-{}",

@@ -353,12 +353,23 @@ pub fn uninstall(text: &str, handler: &str) -> Result<Edit, Error> {
 /// `containerd-shim-isola-v2` on its `PATH`; containerd 1.6 and later) of the runtime `handler`,
 /// which [`install`] added to `text` before.
 pub fn set_runtime_path(text: &str, handler: &str, shim: &Path) -> Result<Edit, Error> {
+    set_runtime_key(text, handler, "runtime_path", &shim.to_string_lossy())
+}
+
+/// Sets `runtime_type` of the runtime `handler` (added by [`install`] with
+/// `io.containerd.isola.v2`), e.g. to `io.containerd.<handler>.v2`: containerd looks for the
+/// binary `containerd-shim-<handler>-v2` on its `PATH` then.
+pub fn set_runtime_type(text: &str, handler: &str, runtime_type: &str) -> Result<Edit, Error> {
+    set_runtime_key(text, handler, "runtime_type", runtime_type)
+}
+
+fn set_runtime_key(text: &str, handler: &str, key: &str, value: &str) -> Result<Edit, Error> {
     let mut doc = parse(text)?;
     let path = runtimes_path(version(&doc)?.unwrap_or(2))?;
     let mut keys = path.to_vec();
     keys.push(handler);
     let runtime = table_at(doc.as_table_mut(), &keys)?;
-    set_string(runtime, "runtime_path", &shim.to_string_lossy());
+    set_string(runtime, key, value);
     let new = doc.to_string();
     Ok(Edit {
         changed: new != text,

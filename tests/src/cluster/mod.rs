@@ -19,6 +19,7 @@
 //!   configuration, state and sockets.
 
 pub mod checks;
+pub mod deploy;
 mod host;
 pub mod pki;
 mod procs;

@@ -25,7 +25,8 @@ use super::Containerd;
 use crate::supervisor::{Policy, Supervisor};
 
 /// Starts containerd on `<dir>/config.toml` under `policy`, with the shims of `shim_dir` first
-/// on its `PATH`, `ISOLA_CONFIG=isola_config`, and its output appended to
+/// on its `PATH`, then `<dir>/node-bin` ([`super::NODE_BIN`]: the node's /usr/local/bin, where
+/// an installer links shims), `ISOLA_CONFIG=isola_config`, and its output appended to
 /// `<dir>/containerd.log`. The supervisor's thread forks it with a parent-death signal
 /// (SIGTERM), so that it dies with the test process even when no destructor runs.
 pub(super) fn spawn(
@@ -37,12 +38,13 @@ pub(super) fn spawn(
     let log = dir.join("containerd.log");
     let path = match std::env::var_os("PATH") {
         Some(p) => {
-            let mut dirs = vec![shim_dir.to_path_buf()];
+            let mut dirs = vec![shim_dir.to_path_buf(), dir.join(super::NODE_BIN)];
             dirs.extend(std::env::split_paths(&p));
             std::env::join_paths(dirs).map_err(std::io::Error::other)?
         }
         None => shim_dir.as_os_str().to_owned(),
     };
+    std::fs::create_dir_all(dir.join(super::NODE_BIN))?;
     let (config, isola_config, log_path) = (
         dir.join("config.toml"),
         isola_config.to_path_buf(),
