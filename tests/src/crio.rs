@@ -76,6 +76,7 @@ impl Crio {
         crate::cri::write_cni_config(&dir)?;
         let isola_config = env.write_config();
         std::fs::create_dir_all(dir.join("crio.conf.d"))?;
+        std::fs::create_dir_all(dir.join(API_DIR))?;
         crate::handlers::install_crio(&dir.join("crio.conf.d"), &isola_config, env.dir.path())?;
         std::fs::write(dir.join("policy.json"), POLICY)?;
         let config = dir.join("crio.conf");
@@ -140,9 +141,9 @@ impl Crio {
         &self.dir
     }
 
-    /// CRI-O's CRI socket.
+    /// CRI-O's CRI socket, in a directory of its own ([`API_DIR`]).
     pub fn socket(&self) -> PathBuf {
-        self.dir.join("crio.sock")
+        self.dir.join(API_DIR).join("crio.sock")
     }
 
     /// isola's state directory for this CRI-O's pods.
@@ -235,6 +236,10 @@ fn archive_ref_name(tar: &Path) -> Result<String> {
 }
 
 /// Accept every image: the tests' images are built locally and never signed.
+/// The socket's directory in CRI-O's: a host directory an installer pod can mount without it
+/// containing CRI-O's storage (CRI-O forces HostToContainer propagation on a hostPath that
+/// holds its storage root, which needs a shared or slave mount this host's / is not).
+pub const API_DIR: &str = "api";
 const POLICY: &str = r#"{"default": [{"type": "insecureAcceptAnything"}]}"#;
 
 /// The configuration of a private CRI-O in `dir`, with its binaries in `bin` (the isola
@@ -253,7 +258,7 @@ version_file_persist = "{d}/version-persist"
 clean_shutdown_file = "{d}/clean.shutdown"
 
 [crio.api]
-listen = "{d}/crio.sock"
+listen = "{d}/api/crio.sock"
 stream_address = "127.0.0.1"
 stream_port = "0"
 

@@ -84,12 +84,13 @@ fn daemonset(cluster: &Cluster, node: &NodeSettings, handlers: &str) -> Result<V
     if cluster.runtime == Runtime::Crio {
         // CRI-O refuses to mount this host's / (a private mount) into a container: only the
         // directories the installer touches, at the same places under /host.
-        c["volumeMounts"] = json!(deploy::HOST_PATHS
+        let paths = deploy::host_paths(cluster)?;
+        c["volumeMounts"] = json!(paths
             .iter()
             .enumerate()
             .map(|(i, p)| json!({"name": format!("host-{i}"), "mountPath": format!("/host{p}")}))
             .collect::<Vec<_>>());
-        ds["spec"]["template"]["spec"]["volumes"] = json!(deploy::HOST_PATHS
+        ds["spec"]["template"]["spec"]["volumes"] = json!(paths
             .iter()
             .enumerate()
             .map(|(i, p)| json!({"name": format!("host-{i}"), "hostPath": {"path": p, "type": "Directory"}}))
@@ -167,7 +168,22 @@ async fn installer_state(cluster: &Cluster) -> String {
     )
     .await
     .unwrap_or_else(|e| e.to_string());
-    format!("installer pods:\n{pods}\ntheir logs:\n{logs}\ntheir previous runs' logs:\n{previous}")
+    let waiting = kubectl(
+        cluster,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=isola-deploy",
+            "-o",
+            "jsonpath={..state.waiting.message}",
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| e.to_string());
+    format!("installer pods (waiting: {waiting}):\n{pods}\ntheir logs:\n{logs}\ntheir previous runs' logs:\n{previous}")
 }
 
 /// Waits until the node carries the label (or fails with the installer's state).
@@ -224,11 +240,24 @@ async fn isola_pod_runs(
     Ok(pod)
 }
 
-/// Deletes pods and waits until they are gone.
-async fn delete_pods(cluster: &Cluster, names: &[&str]) -> Result<()> {
+/// Deletes isola pods and waits until they are gone and no process runs from `prefix` any
+/// more (a deleted pod's sandbox, its VM and shim, can outlive the pod object: CRI-O removes it
+/// at the kubelet's next garbage collection), as a user drains isola pods before uninstalling.
+async fn delete_pods(cluster: &Cluster, names: &[&str], prefix: &std::path::Path) -> Result<()> {
     let mut args = vec!["delete", "pod", "--wait=true", "--timeout=120s"];
     args.extend_from_slice(names);
     kubectl(cluster, &args).await?;
+    let t0 = std::time::Instant::now();
+    eventually(
+        "the deleted pods' VMs gone",
+        Duration::from_secs(180),
+        || async { Ok(processes_under(prefix).is_empty().then_some(())) },
+    )
+    .await?;
+    eprintln!(
+        "the deleted pods' VMs were gone {:.1} s after their pods",
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -326,7 +355,7 @@ async fn plain_daemonset(cluster: &Cluster) -> Result<()> {
     .await?;
 
     isola_pod_runs(cluster, "ds-pod", "isola-ds", &node).await?;
-    delete_pods(cluster, &["ds-pod"]).await?;
+    delete_pods(cluster, &["ds-pod"], &node.prefix).await?;
 
     let t0 = std::time::Instant::now();
     let ds_text = ds.to_string();
@@ -392,7 +421,7 @@ fn isola_config(cluster: &Cluster, node: &NodeSettings, image: &str, classes: &[
         spec["installer"] = json!({"capabilities": deploy::INSTALLER_CAPABILITIES});
     }
     if cluster.runtime == Runtime::Crio {
-        spec["installer"]["hostPaths"] = json!(deploy::HOST_PATHS);
+        spec["installer"]["hostPaths"] = json!(deploy::host_paths(cluster).unwrap_or_default());
     }
     json!({
         "apiVersion": "isola.io/v1alpha1",
@@ -629,7 +658,7 @@ async fn operator(cluster: &Cluster) -> Result<()> {
     );
 
     // Deleting the IsolaConfig uninstalls everything (its finalizer).
-    delete_pods(cluster, &["op-pod", "op-pod2"]).await?;
+    delete_pods(cluster, &["op-pod", "op-pod2"], &node.prefix).await?;
     let t0 = std::time::Instant::now();
     let deleted = kubectl(
         cluster,

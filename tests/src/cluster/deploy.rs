@@ -45,10 +45,23 @@ pub const INSTALLER_CAPABILITIES: &[&str] = &[
     "FSETID",
 ];
 
-/// The host directories an installer on the test node touches (the cluster's and the runtime's
-/// directories are in /tmp; /proc for the processes), mounted one by one where the node's /
-/// cannot be (CRI-O refuses this host's private /).
-pub const HOST_PATHS: &[&str] = &["/tmp", "/proc"];
+/// The host directories an installer on the test node touches, mounted one by one where the
+/// node's / cannot be: CRI-O forces HostToContainer propagation on a hostPath that holds its
+/// storage root (/ does), which needs a shared or slave mount, and this host's / is private.
+/// They are the cluster's directory (prefix, pidfile), CRI-O's drop-ins and socket directory,
+/// and /proc.
+pub fn host_paths(cluster: &Cluster) -> Result<Vec<String>> {
+    let engine = cluster.engine.as_ref().context("no runtime")?;
+    Ok([
+        cluster.dir().to_path_buf(),
+        engine.dir().join("crio.conf.d"),
+        engine.dir().join(crate::crio::API_DIR),
+        PathBuf::from("/proc"),
+    ]
+    .iter()
+    .map(|p| p.to_string_lossy().into_owned())
+    .collect())
+}
 
 /// Whether this host's capability bounding set has every capability the kernel knows. CRI-O
 /// gives a privileged container all of them (containerd: those it has itself), so where the
