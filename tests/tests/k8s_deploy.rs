@@ -28,6 +28,8 @@ use serde_json::{json, Value};
 /// How long an install or uninstall may take (a runtime restart, `isola check`; TCG host).
 const INSTALL_WITHIN: Duration = Duration::from_secs(240);
 const NAMESPACE: &str = "kube-system";
+/// The installer pods' label selector (deploy/isola-deploy.yaml).
+const INSTALLER_PODS: &str = "app.kubernetes.io/name=isola-deploy";
 
 fn repo_file(rel: &str) -> Result<String> {
     let p = isola_tests::repo_root().join(rel);
@@ -122,67 +124,30 @@ async fn apply(cluster: &Cluster, objects: &[Value]) -> Result<()> {
     Ok(())
 }
 
+/// `kubectl -n kube-system <verb> -l <the installer pods> <rest>`'s output, or its error.
+async fn on_installer_pods(cluster: &Cluster, verb: &str, rest: &[&str]) -> String {
+    let mut args = vec!["-n", NAMESPACE, verb, "-l", INSTALLER_PODS];
+    if verb == "get" {
+        args.insert(3, "pods");
+    }
+    args.extend_from_slice(rest);
+    kubectl(cluster, &args)
+        .await
+        .unwrap_or_else(|e| e.to_string())
+}
+
 /// The installer pods' logs and states, for failures.
 async fn installer_state(cluster: &Cluster) -> String {
-    let pods = kubectl(
+    let pods = on_installer_pods(cluster, "get", &["-o", "wide"]).await;
+    let logs = on_installer_pods(cluster, "logs", &["--tail=30", "--prefix"]).await;
+    let previous =
+        on_installer_pods(cluster, "logs", &["--tail=30", "--prefix", "--previous"]).await;
+    let waiting = on_installer_pods(
         cluster,
-        &[
-            "-n",
-            NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=isola-deploy",
-            "-o",
-            "wide",
-        ],
+        "get",
+        &["-o", "jsonpath={..state.waiting.message}"],
     )
-    .await
-    .unwrap_or_else(|e| e.to_string());
-    let logs = kubectl(
-        cluster,
-        &[
-            "-n",
-            NAMESPACE,
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=isola-deploy",
-            "--tail=30",
-            "--prefix",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| e.to_string());
-    let previous = kubectl(
-        cluster,
-        &[
-            "-n",
-            NAMESPACE,
-            "logs",
-            "-l",
-            "app.kubernetes.io/name=isola-deploy",
-            "--tail=30",
-            "--prefix",
-            "--previous",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| e.to_string());
-    let waiting = kubectl(
-        cluster,
-        &[
-            "-n",
-            NAMESPACE,
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/name=isola-deploy",
-            "-o",
-            "jsonpath={..state.waiting.message}",
-        ],
-    )
-    .await
-    .unwrap_or_else(|e| e.to_string());
+    .await;
     format!("installer pods (waiting: {waiting}):\n{pods}\ntheir logs:\n{logs}\ntheir previous runs' logs:\n{previous}")
 }
 
@@ -380,7 +345,7 @@ async fn plain_daemonset(cluster: &Cluster) -> Result<()> {
                 "get",
                 "pods",
                 "-l",
-                "app.kubernetes.io/name=isola-deploy",
+                INSTALLER_PODS,
                 "-o",
                 "name",
             ],
@@ -706,11 +671,11 @@ async fn deploy_on(runtime: Runtime) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_deploy_on_containerd() -> Result<()> {
+async fn vm_k8s_deploy_on_containerd() -> Result<()> {
     deploy_on(Runtime::Containerd).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn k8s_deploy_on_crio() -> Result<()> {
+async fn vm_k8s_deploy_on_crio() -> Result<()> {
     deploy_on(Runtime::Crio).await
 }

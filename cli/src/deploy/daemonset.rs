@@ -76,7 +76,7 @@ pub async fn ask(
 /// The command: prints the answer, and returns it as the exit status (true: uninstall).
 pub fn run(a: ShouldUninstallArgs) -> anyhow::Result<bool> {
     let answer = kube_api::block_on(async {
-        let client = kube_api::connect(a.kubeconfig.as_deref()).await?;
+        let client = kube_api::connect(a.kubeconfig.as_deref(), "pass --kubeconfig").await?;
         ask(
             client,
             a.namespace.as_deref(),

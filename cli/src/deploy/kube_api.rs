@@ -25,8 +25,8 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 
 /// A client for the API server: `kubeconfig`'s current context, or the pod's service account
 /// (`KUBERNETES_SERVICE_HOST`/`_PORT` and /var/run/secrets/kubernetes.io/serviceaccount/).
-/// Nothing is sent yet.
-pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
+/// Nothing is sent yet. `outside` says what to do outside a pod (the command's own flags).
+pub async fn connect(kubeconfig: Option<&Path>, outside: &str) -> anyhow::Result<Client> {
     let config = match kubeconfig {
         Some(p) => {
             let kc = Kubeconfig::read_from(p)
@@ -38,8 +38,7 @@ pub async fn connect(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
         None => Config::incluster().map_err(|e| {
             anyhow::anyhow!(
                 "no in-cluster configuration ({e}): in a pod, its service account's token must \
-                 be mounted (automountServiceAccountToken); on a node by hand, pass \
-                 --kubeconfig, or leave out --node-name to label nothing"
+                 be mounted (automountServiceAccountToken); outside a pod, {outside}"
             )
         })?,
     };

@@ -84,7 +84,11 @@ impl KubeHook {
                  spec.nodeName; leave it unset to label nothing"
             );
         }
-        let client = kube_api::connect(args.kubeconfig.as_deref()).await?;
+        let client = kube_api::connect(
+            args.kubeconfig.as_deref(),
+            "pass --kubeconfig, or leave out --node-name to label nothing",
+        )
+        .await?;
         Ok(Some(Self::new(client, node)))
     }
 

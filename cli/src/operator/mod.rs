@@ -50,7 +50,9 @@ pub async fn run(what: Operator) -> anyhow::Result<bool> {
             namespace,
             kubeconfig,
         } => {
-            let client = crate::deploy::kube_api::connect(kubeconfig.as_deref()).await?;
+            let client =
+                crate::deploy::kube_api::connect(kubeconfig.as_deref(), "pass --kubeconfig")
+                    .await?;
             controller::run(client, namespace).await?;
             Ok(true)
         }

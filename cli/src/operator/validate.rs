@@ -30,6 +30,7 @@ pub fn problems(spec: &IsolaConfigSpec) -> Vec<String> {
         }
     }
     node(spec, &mut out);
+    node_selector(spec, &mut out);
     runtime_classes(spec, &mut out);
     if let Some(caps) = spec
         .installer
@@ -98,6 +99,43 @@ fn node(spec: &IsolaConfigSpec, out: &mut Vec<String>) {
     }
 }
 
+/// A label name or value as Kubernetes takes it: at most 63 characters of [A-Za-z0-9-_.],
+/// beginning and ending with a letter or digit (a value may be empty).
+fn label_part(s: &str) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && edge(s.chars().next())
+        && edge(s.chars().last())
+}
+
+/// The DaemonSet's pods get `nodeSelector` as it is: a bad key or value would fail the apply,
+/// where only the operator's log would show it.
+fn node_selector(spec: &IsolaConfigSpec, out: &mut Vec<String>) {
+    for (k, v) in &spec.node_selector {
+        let (prefix, name) = match k.rsplit_once('/') {
+            Some((p, n)) => (Some(p), n),
+            None => (None, k.as_str()),
+        };
+        let prefix_ok = prefix.is_none_or(|p| {
+            !p.is_empty() && p.len() <= 253 && p.split('.').all(|l| !l.is_empty() && label_part(l))
+        });
+        if !prefix_ok || !label_part(name) {
+            out.push(format!(
+                "spec.nodeSelector key {k:?}: not a label key ([prefix/]name, name at most 63 \
+                 characters of letters, digits, '-', '_', '.')"
+            ));
+        }
+        if !v.is_empty() && !label_part(v) {
+            out.push(format!(
+                "spec.nodeSelector {k}={v:?}: not a label value (at most 63 characters of \
+                 letters, digits, '-', '_', '.', beginning and ending with a letter or digit)"
+            ));
+        }
+    }
+}
+
 fn runtime_classes(spec: &IsolaConfigSpec, out: &mut Vec<String>) {
     if spec.runtime_classes.is_empty() {
         out.push(
@@ -161,6 +199,16 @@ mod tests {
     }
 
     #[test]
+    fn usual_node_selectors_are_accepted() {
+        let s = spec(serde_json::json!({"nodeSelector": {
+            "isola.io/install": "true",
+            "kubernetes.io/hostname": "node-1.example",
+            "pool": ""
+        }}));
+        assert_eq!(problems(&s), Vec::<String>::new());
+    }
+
+    #[test]
     fn each_bad_value_is_named() {
         let cases = [
             (serde_json::json!({"runtimeClasses": []}), "empty"),
@@ -199,6 +247,18 @@ mod tests {
             (
                 serde_json::json!({"imagePullPolicy": "Sometimes"}),
                 "imagePullPolicy",
+            ),
+            (
+                serde_json::json!({"nodeSelector": {"isola.io/install": "yes please"}}),
+                "not a label value",
+            ),
+            (
+                serde_json::json!({"nodeSelector": {"-bad": "true"}}),
+                "not a label key",
+            ),
+            (
+                serde_json::json!({"installer": {"hostPaths": ["tmp"]}}),
+                "hostPaths",
             ),
             (
                 serde_json::json!({"installer": {"capabilities": ["sys admin"]}}),
