@@ -69,6 +69,15 @@ pub struct HypervisorConfig {
     /// `kind = "cloud-hypervisor"` only `auto` and `kvm` are accepted (both mean
     /// KVM: Cloud Hypervisor has no software emulation).
     pub accelerator: Accelerator,
+    /// `tcg_tb_size_mib`: the size of QEMU's TCG translation cache in MiB
+    /// (`-accel tcg,tb-size=N`), used only when the accelerator is TCG; 0 (the
+    /// default) leaves QEMU's own choice, which is 64 MiB for a 512 MiB guest.
+    /// Most of the cache an idle pod fills stays in host memory: measured under TCG
+    /// on the development host, idle QEMU PSS 176 MiB (cache 54 MiB) by default,
+    /// 148 MiB with 32 (cache 31 MiB), 128 MiB with 16 (cache 15 MiB), with no
+    /// start-time difference outside the noise of 3 runs. A smaller cache is
+    /// translated again more often under a busy guest. At most 4096.
+    pub tcg_tb_size_mib: u32,
     /// `vcpus`: number of guest vCPUs, 1..=255. Default 1.
     pub vcpus: u32,
     /// `memory_mib`: guest memory in MiB, 128..=1048576. Default 512.
@@ -153,6 +162,10 @@ pub const DEFAULT_DEBUG_BUSYBOX_PATH: &str = "/bin/busybox";
 pub const DEFAULT_DIAL_TIMEOUT_MS: u64 = 30_000;
 /// Default of `hypervisor.vcpus`.
 pub const DEFAULT_VCPUS: u32 = 1;
+/// Largest accepted `hypervisor.tcg_tb_size_mib` (QEMU's own limit is 2 GiB per region; a
+/// cache larger than guest memory would only hold translations nobody needs).
+pub const MAX_TCG_TB_SIZE_MIB: u32 = 4096;
+
 /// Default of `hypervisor.memory_mib`.
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// Smallest accepted `hypervisor.vcpus`.
@@ -185,6 +198,7 @@ impl Default for HypervisorConfig {
             machine_type: MachineType::default(),
             firmware: PathBuf::from(DEFAULT_FIRMWARE),
             accelerator: Accelerator::default(),
+            tcg_tb_size_mib: 0,
             vcpus: DEFAULT_VCPUS,
             memory_mib: DEFAULT_MEMORY_MIB,
             shared_fs: SharedFs::default(),

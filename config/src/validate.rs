@@ -73,6 +73,17 @@ pub(crate) fn check(config: &Config) -> Option<Problem> {
             fix: format!("set it to a number from {MIN_VCPUS} to {MAX_VCPUS}"),
         });
     }
+    if h.tcg_tb_size_mib > crate::model::MAX_TCG_TB_SIZE_MIB {
+        return Some(Problem {
+            key: "hypervisor.tcg_tb_size_mib",
+            value: h.tcg_tb_size_mib.to_string(),
+            problem: format!(
+                "is too large: at most {} MiB",
+                crate::model::MAX_TCG_TB_SIZE_MIB
+            ),
+            fix: "set it to 0 (QEMU's default) or a size in MiB such as 32".to_string(),
+        });
+    }
     if h.memory_mib < MIN_MEMORY_MIB {
         return Some(Problem {
             key: "hypervisor.memory_mib",
@@ -217,6 +228,17 @@ fn toml_string(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tcg_cache_size_is_bounded() {
+        let mut c = Config::default();
+        c.hypervisor.tcg_tb_size_mib = crate::model::MAX_TCG_TB_SIZE_MIB;
+        assert_eq!(check(&c), None);
+        c.hypervisor.tcg_tb_size_mib = crate::model::MAX_TCG_TB_SIZE_MIB + 1;
+        let p = check(&c).unwrap();
+        assert_eq!(p.key, "hypervisor.tcg_tb_size_mib");
+        assert!(p.fix.contains("32"), "{p:?}");
+    }
 
     #[test]
     fn defaults_pass() {

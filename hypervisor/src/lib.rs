@@ -232,6 +232,9 @@ pub struct VmConfig {
     pub firmware: Option<PathBuf>,
     /// Which accelerator to use.
     pub accelerator: AcceleratorChoice,
+    /// TCG's translation cache in MiB when the accelerator is TCG (QEMU's `tb-size`); None:
+    /// QEMU's default. Cloud Hypervisor has no TCG and ignores it.
+    pub tcg_tb_size_mib: Option<u32>,
     /// Number of vCPUs at boot.
     pub vcpus: u32,
     /// Guest memory at boot, in MiB.
@@ -273,6 +276,7 @@ impl Default for VmConfig {
             machine_type: "q35".to_owned(),
             firmware: None,
             accelerator: AcceleratorChoice::Auto,
+            tcg_tb_size_mib: None,
             vcpus: 1,
             memory_mib: 512,
             max_vcpus: default_max_vcpus(1, host_cpus()),

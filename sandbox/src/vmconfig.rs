@@ -78,6 +78,7 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
             Accelerator::Kvm => AcceleratorChoice::Kvm,
             Accelerator::Tcg => AcceleratorChoice::Tcg,
         },
+        tcg_tb_size_mib: (h.tcg_tb_size_mib > 0).then_some(h.tcg_tb_size_mib),
         vcpus: h.vcpus,
         memory_mib,
         // The configuration has no hotplug keys (yet): the hypervisor's defaults, sized to
@@ -148,6 +149,7 @@ mod tests {
             Some(Path::new("/usr/share/qemu/qboot.rom"))
         );
         assert_eq!(vm.accelerator, AcceleratorChoice::Auto);
+        assert_eq!(vm.tcg_tb_size_mib, None, "0: QEMU's default");
         assert_eq!(vm.vsock, VsockChoice::Auto);
         assert_eq!((vm.vcpus, vm.memory_mib), (1, 512));
         assert!(vm.max_vcpus >= 1 && vm.max_memory_mib >= 512);
@@ -165,6 +167,7 @@ mod tests {
             kernel_params = " tsc=reliable "
             firmware = ""
             accelerator = "tcg"
+            tcg_tb_size_mib = 32
             vsock = "vhost-user"
             shared_fs = "none"
             vcpus = 2
@@ -179,6 +182,7 @@ mod tests {
         assert_eq!(vm.kernel_params, "agent.log=debug tsc=reliable");
         assert_eq!(vm.firmware, None);
         assert_eq!(vm.accelerator, AcceleratorChoice::Tcg);
+        assert_eq!(vm.tcg_tb_size_mib, Some(32));
         assert_eq!(vm.vsock, VsockChoice::VhostUser);
         assert!(vm.shared_fs.is_none());
         assert_eq!((vm.vcpus, vm.memory_mib), (2, 1024));

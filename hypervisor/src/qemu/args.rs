@@ -122,6 +122,8 @@ pub struct QemuPlan {
     pub firmware: Option<PathBuf>,
     /// The accelerator.
     pub accelerator: Accelerator,
+    /// TCG's translation cache size in MiB (`tb-size`); None: QEMU's default.
+    pub tcg_tb_size_mib: Option<u32>,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest RAM in MiB.
@@ -176,7 +178,10 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
     }
     match plan.accelerator {
         Accelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accelerator::Tcg => push(&["-accel", "tcg"]),
+        Accelerator::Tcg => match plan.tcg_tb_size_mib {
+            Some(mib) => push(&["-accel", &format!("tcg,tb-size={mib}")]),
+            None => push(&["-accel", "tcg"]),
+        },
     }
     let mem = format!("{}M", plan.memory_mib);
     let m = match plan.hotplug.memory {
@@ -299,6 +304,7 @@ mod tests {
             machine_type: "q35".into(),
             firmware: Some("/usr/share/qemu/qboot.rom".into()),
             accelerator: Accelerator::Tcg,
+            tcg_tb_size_mib: None,
             vcpus: 1,
             memory_mib: 512,
             hotplug: HotplugLimits::resolve("q35", 1, 512, 2, 2048, 8),
@@ -356,6 +362,20 @@ mod tests {
     fn default_params_constant_is_used() {
         assert!(CMDLINE.starts_with(DEFAULT_KERNEL_PARAMS));
         assert_eq!(kernel_cmdline("  "), DEFAULT_KERNEL_PARAMS);
+    }
+
+    #[test]
+    fn the_tcg_cache_size_goes_to_tcg_only() {
+        let mut p = plan();
+        p.tcg_tb_size_mib = Some(32);
+        let a = build(&p);
+        let i = a.iter().position(|x| x == "-accel").unwrap();
+        assert_eq!(a[i + 1], "tcg,tb-size=32");
+        p.accelerator = Accelerator::Kvm;
+        let a = build(&p);
+        let i = a.iter().position(|x| x == "-accel").unwrap();
+        assert_eq!(a[i + 1], "kvm", "KVM has no translation cache");
+        assert!(!a.iter().any(|x| x.contains("tb-size")));
     }
 
     #[test]

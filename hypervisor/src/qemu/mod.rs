@@ -260,6 +260,7 @@ impl QemuHypervisor {
             machine_type: c.machine_type.clone(),
             firmware: c.firmware.clone(),
             accelerator,
+            tcg_tb_size_mib: c.tcg_tb_size_mib,
             vcpus: c.vcpus,
             memory_mib: c.memory_mib,
             hotplug: self.limits,
