@@ -17,7 +17,9 @@
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use isola_tests::cluster::checks::{eventually, kubectl, kubectl_input, pod_json, wait_ready};
+use isola_tests::cluster::checks::{
+    eventually, first_container, kubectl, kubectl_input, pod_json, wait_ready,
+};
 use isola_tests::cluster::deploy::{
     self, config_snapshot, installed_versions, node_labelled, node_metadata, processes_under,
     NodeSettings, HANDLERS_ANNOTATION, LABEL, VERSION_ANNOTATION,
@@ -457,15 +459,6 @@ fn is_ready(config: &Value) -> bool {
         && config["status"]["observedGeneration"] == config["metadata"]["generation"]
 }
 
-/// (container id, restart count) of a pod's one container.
-fn container(pod: &Value) -> (String, u64) {
-    let c = &pod["status"]["containerStatuses"][0];
-    (
-        c["containerID"].as_str().unwrap_or_default().to_string(),
-        c["restartCount"].as_u64().unwrap_or(u64::MAX),
-    )
-}
-
 /// The operator: a failing install reported and not labelled, then an install, a second
 /// RuntimeClass, an upgrade under a running pod, and the IsolaConfig's deletion uninstalling.
 async fn operator(cluster: &Cluster) -> Result<()> {
@@ -559,7 +552,7 @@ async fn operator(cluster: &Cluster) -> Result<()> {
         "Ready but the node is not labelled"
     );
     wait_ready(cluster, "op-pod").await?;
-    let first = container(&isola_pod_runs(cluster, "op-pod", "isola-op", &node).await?);
+    let first = first_container(&isola_pod_runs(cluster, "op-pod", "isola-op", &node).await?);
 
     // A second RuntimeClass.
     let both = ["isola-op", "isola-op2"];
@@ -579,7 +572,7 @@ async fn operator(cluster: &Cluster) -> Result<()> {
     );
     isola_pod_runs(cluster, "op-pod2", "isola-op2", &node).await?;
     ensure!(
-        container(&pod_json(cluster, "op-pod").await?) == first,
+        first_container(&pod_json(cluster, "op-pod").await?) == first,
         "the first pod's container changed with the second RuntimeClass"
     );
 
@@ -613,7 +606,7 @@ async fn operator(cluster: &Cluster) -> Result<()> {
         "the version annotation: {v1} -> {v2}"
     );
     ensure!(
-        container(&pod_json(cluster, "op-pod").await?) == first,
+        first_container(&pod_json(cluster, "op-pod").await?) == first,
         "the pod started before the upgrade was restarted"
     );
     kubectl(cluster, &["exec", "op-pod", "--", "true"]).await?;

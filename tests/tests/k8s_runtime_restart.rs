@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use isola_tests::cluster::checks::{eventually, kubectl, pod_json, wait_ready};
+use isola_tests::cluster::checks::{eventually, first_container, kubectl, pod_json, wait_ready};
 use isola_tests::cluster::workload::{sleeper_pod, Class};
 use isola_tests::cluster::{checks, Cluster, Runtime};
 use isola_tests::supervisor::read_pidfile;
@@ -70,15 +70,6 @@ spec:
 "#,
         image = isola_tests::containerd::TEST_IMAGE,
         run = run.display(),
-    )
-}
-
-/// (container id, restart count) of a pod's one container.
-fn container(pod: &Value) -> (String, u64) {
-    let c = &pod["status"]["containerStatuses"][0];
-    (
-        c["containerID"].as_str().unwrap_or_default().to_string(),
-        c["restartCount"].as_u64().unwrap_or(u64::MAX),
     )
 }
 
@@ -146,7 +137,7 @@ async fn restart_runtime(cluster: &Cluster) -> Result<()> {
     checks::kubectl_input(cluster, &["apply", "-f", "-"], Some(&yaml)).await?;
     let mut before = Vec::new();
     for name in [ISOLA_POD, RUNC_POD, RESTARTER] {
-        before.push(container(&wait_ready(cluster, name).await?));
+        before.push(first_container(&wait_ready(cluster, name).await?));
     }
     let sandboxes = checks::sandbox_ids(cluster, ISOLA_POD).await?;
     ensure!(
@@ -203,9 +194,9 @@ async fn restart_runtime(cluster: &Cluster) -> Result<()> {
             pod["status"]
         );
         ensure!(
-            &container(&pod) == was,
+            &first_container(&pod) == was,
             "{name}: container (id, restarts) {was:?} became {:?}",
-            container(&pod)
+            first_container(&pod)
         );
     }
     let qemu_after = qemu_pid(engine.state_dir(), &sandboxes[0])?;

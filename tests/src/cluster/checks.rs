@@ -48,6 +48,16 @@ pub async fn pod_json(cluster: &Cluster, name: &str) -> Result<Value> {
     Ok(serde_json::from_str(&out)?)
 }
 
+/// (container id, restart count) of a pod's first container: the same two after an event
+/// mean the container was neither replaced nor restarted.
+pub fn first_container(pod: &Value) -> (String, u64) {
+    let c = &pod["status"]["containerStatuses"][0];
+    (
+        c["containerID"].as_str().unwrap_or_default().to_string(),
+        c["restartCount"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
 /// The restart count of `container` in a pod's status.
 fn restarts(pod: &Value, container: &str) -> u64 {
     pod["status"]["containerStatuses"]

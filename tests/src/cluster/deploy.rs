@@ -218,24 +218,7 @@ pub fn installed_versions(prefix: &Path) -> Vec<String> {
 
 /// A pod of RuntimeClass `class` that sleeps (the test image, nothing pulled).
 pub fn pod(name: &str, class: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  runtimeClassName: {class}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: {image}
-    imagePullPolicy: Never
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"]
-    resources:
-      limits: {{memory: 256Mi}}
-"#,
-        image = crate::containerd::TEST_IMAGE
-    )
+    super::workload::sleeper_pod_of(name, Some(class), "memory: 256Mi")
 }
 
 /// The processes whose command line or executable mentions `path` (a shim re-executes

@@ -174,6 +174,15 @@ spec:
 
 /// A pod of `class` whose one container sleeps until SIGTERM (the bench's and the demo's).
 pub fn sleeper_pod(name: &str, class: Class, limits: &str) -> String {
+    let runtime_class = match class {
+        Class::Isola => Some("isola"),
+        Class::Runc => None,
+    };
+    sleeper_pod_of(name, runtime_class, limits)
+}
+
+/// [`sleeper_pod`] with any RuntimeClass (`None`: the node's default runtime).
+pub fn sleeper_pod_of(name: &str, runtime_class: Option<&str>, limits: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -188,7 +197,9 @@ spec:
     command: ["sh", "-c", "trap 'exit 0' TERM; while :; do date; sleep 5; done"]
     resources: {{limits: {{{limits}}}}}
 "#,
-        runtime_class = class.spec_line(),
+        runtime_class = runtime_class
+            .map(|c| format!("  runtimeClassName: {c}\n"))
+            .unwrap_or_default(),
         image = crate::containerd::TEST_IMAGE,
     )
 }
