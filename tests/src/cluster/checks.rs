@@ -236,6 +236,7 @@ async fn volumes(cluster: &Cluster, class: Class) -> Result<()> {
     let pod = pod.as_str();
     let read = |path: &'static str| async move { exec(cluster, pod, "web", &["cat", path]).await };
     ensure!(read("/shared/init.txt").await? == "from-init\n", "init");
+    // The side container replaces the file by a rename, so a read sees all of it or none.
     let side = eventually("side.txt", Duration::from_secs(20), || async {
         Ok(Some(read("/shared/side.txt").await?))
     })

@@ -125,7 +125,7 @@ spec:
   - name: side
     image: {image}
     imagePullPolicy: Never
-    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do cat /shared/init.txt > /shared/side.txt; sleep 1; done"]
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do cat /shared/init.txt > /shared/side.tmp && mv /shared/side.tmp /shared/side.txt; sleep 1; done"]
     volumeMounts: [{{name: shared, mountPath: /shared}}]
   - name: echoer
     image: {image}
