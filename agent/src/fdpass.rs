@@ -12,6 +12,16 @@ pub const MAX_FDS: usize = 8;
 
 /// Sends `bytes` with `fds` attached, as one message.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {
+    send_flags(sock, bytes, fds, MsgFlags::empty())
+}
+
+/// [`send`] with `flags` added (e.g. `MSG_DONTWAIT`).
+pub fn send_flags(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: MsgFlags,
+) -> Result<(), Errno> {
     let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
     let iov = [IoSlice::new(bytes)];
     let cmsgs: Vec<ControlMessage> = if raw.is_empty() {
@@ -20,7 +30,13 @@ pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Resul
         vec![ControlMessage::ScmRights(&raw)]
     };
     // MSG_NOSIGNAL: a closed peer is an EPIPE error, never a SIGPIPE.
-    let sent = sendmsg::<()>(sock.as_raw_fd(), &iov, &cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    let sent = sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &cmsgs,
+        flags | MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
     if sent != bytes.len() {
         return Err(Errno::EMSGSIZE);
     }

@@ -47,6 +47,9 @@ fn main() {
     if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(libct::HELPER_ARG)) {
         libct::helper::main();
     }
+    if std::env::args_os().nth(1).as_deref() == Some(std::ffi::OsStr::new(libct::FACTORY_ARG)) {
+        libct::factory::main();
+    }
     let started = Instant::now();
     let is_init = std::process::id() == 1;
     let early_problems = if is_init { init::setup() } else { Vec::new() };
@@ -97,6 +100,7 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
     let reaper = reaper::Reaper::start().context("installing the SIGCHLD reaper")?;
     let runtime = libct::Runtime::new(reaper.clone(), libct::LIBCONTAINER_ROOT, &opts.log_level);
     let console_reaper = reaper.clone();
+    let factory = runtime.clone();
     let containers = Arc::new(container::Containers::new(
         runtime,
         reaper,
@@ -120,6 +124,8 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
     if let Some(port) = opts.ready_port {
         ready::announce(port);
     }
+    // After the host knows we are ready: the factory's start takes the CPU the boot needs.
+    factory.start_factory();
     // Serve until asked to stop (SIGTERM is ignored for PID 1 by the kernel unless handled).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

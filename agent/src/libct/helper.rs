@@ -8,7 +8,7 @@
 use std::error::Error as _;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -21,7 +21,7 @@ use nix::sys::socket::MsgFlags;
 
 use super::executor::ProcessExecutor;
 use super::seccomp::ExecSeccomp;
-use super::{FailureKind, Op, Request, Response, LOG_ENV, MAX_MESSAGE};
+use super::{FailureKind, Op, Reply, Request, Response, LOG_ENV, MAX_MESSAGE};
 
 /// The largest seccomp plan the helper reads (a profile lists a few hundred syscalls).
 const MAX_SECCOMP_FILE: u64 = 4 << 20;
@@ -29,14 +29,7 @@ use crate::fdpass;
 
 /// The helper's `main`: never returns.
 pub fn main() -> ! {
-    // Rust starts every program with SIGPIPE ignored, and an ignored signal stays ignored
-    // across execve: without this, every container process would ignore SIGPIPE.
-    // SAFETY: setting a signal to its default disposition installs no handler; nothing else
-    // runs yet (single-threaded, before any other work).
-    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
-        eprintln!("libcontainer helper: cannot reset SIGPIPE: {e}");
-    }
-    init_logging();
+    prepare("libcontainer helper");
     let code = match serve() {
         Ok(()) => 0,
         Err(e) => {
@@ -45,6 +38,18 @@ pub fn main() -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// What a fresh exec of the agent binary does before serving as the helper or the factory.
+pub(super) fn prepare(what: &str) {
+    // Rust starts every program with SIGPIPE ignored, and an ignored signal stays ignored
+    // across execve: without this, every container process would ignore SIGPIPE.
+    // SAFETY: setting a signal to its default disposition installs no handler; nothing else
+    // runs yet (single-threaded, before any other work).
+    if let Err(e) = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) } {
+        eprintln!("{what}: cannot reset SIGPIPE: {e}");
+    }
+    init_logging();
 }
 
 fn init_logging() {
@@ -68,18 +73,34 @@ fn serve() -> Result<(), String> {
     let mut buf = vec![0u8; MAX_MESSAGE];
     let (n, fds) = fdpass::recv(std::io::stdin().as_fd(), &mut buf, MsgFlags::empty())
         .map_err(|e| format!("receiving the request: {e}"))?;
-    // Move the socket off fd 0 (close-on-exec) and put /dev/null there, so that no container
-    // process inherits the channel to the agent as its stdin.
+    let sock = detach_stdin()?;
+    answer(sock.as_fd(), &buf[..n], fds)
+}
+
+/// Moves the socket on fd 0 to a close-on-exec descriptor and puts /dev/null on fd 0, so that
+/// no container process inherits the channel to the agent (or the factory) as its stdin.
+pub(super) fn detach_stdin() -> Result<OwnedFd, String> {
     let sock = std::io::stdin()
         .as_fd()
         .try_clone_to_owned()
         .map_err(|e| format!("duplicating the request socket: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("opening /dev/null: {e}"))?;
     nix::unistd::dup2_stdin(&null).map_err(|e| format!("replacing stdin: {e}"))?;
-    drop(null);
+    Ok(sock)
+}
 
-    let response = match serde_json::from_slice::<Request>(&buf[..n]) {
+/// Decodes one request, runs it and sends the answer on `sock` (a process of its own: the
+/// helper, or a child of the container factory).
+pub(super) fn answer(
+    sock: BorrowedFd<'_>,
+    request: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<(), String> {
+    let response = match serde_json::from_slice::<Request>(request) {
         Ok(request) => {
+            if let Some(id) = request.sandbox_id.as_deref().filter(|id| !id.is_empty()) {
+                crate::logging::set_sandbox_id(id);
+            }
             let span = tracing::info_span!("helper", container_id = %request.op.container_id());
             let _entered = span.enter();
             tracing::debug!(?request, "libcontainer helper request");
@@ -90,8 +111,9 @@ fn serve() -> Result<(), String> {
             message: format!("the helper could not decode its request: {e}"),
         },
     };
-    let bytes = serde_json::to_vec(&response).map_err(|e| format!("encoding the answer: {e}"))?;
-    fdpass::send(sock.as_fd(), &bytes, &[]).map_err(|e| format!("sending the answer: {e}"))
+    let bytes = serde_json::to_vec(&Reply::Done(response))
+        .map_err(|e| format!("encoding the answer: {e}"))?;
+    fdpass::send(sock, &bytes, &[]).map_err(|e| format!("sending the answer: {e}"))
 }
 
 fn execute(request: Request, fds: Vec<OwnedFd>) -> Response {

@@ -1,8 +1,11 @@
 //! youki's libcontainer, run in a helper process.
 //!
 //! Every libcontainer operation that may fork or wait (create, exec, start with its hooks,
-//! delete with its hooks) runs in a short-lived helper: the agent binary re-executed as
-//! `/proc/self/exe --isola-libcontainer-helper`. Why not in the agent:
+//! delete with its hooks) runs in a short-lived helper process. The helper is a child forked
+//! by the container factory ([`factory`]: one warm, single-threaded exec of the agent binary,
+//! started once the agent is ready), or, before the factory runs and if it ever exits, the
+//! agent binary re-executed as `/proc/self/exe --isola-libcontainer-helper`. Both run the same
+//! code ([`helper::answer`]) and are the agent's children. Why not in the agent:
 //!
 //! * libcontainer forks with a raw `clone3` and then runs Rust code (allocation, logging) in the
 //!   child. In the agent's multi-threaded tokio runtime a lock held by another thread at that
@@ -20,13 +23,16 @@
 //! programs found as runc finds them, a window size for a pty that has none, and the
 //! container's seccomp filter on exec'd processes (see [`executor`], [`seccomp`]).
 //!
-//! The agent and the helper talk over a `SOCK_SEQPACKET` socket pair on the helper's stdin: one
-//! JSON [`Request`] (with the container's stdio fds attached by SCM_RIGHTS), one JSON
-//! [`Response`], then the helper exits. The agent registers the helper with the reaper when it
-//! forks it, waits for its exit, and only then reads the answer without blocking: the container
-//! process inherits the socket until it execs, so end-of-file cannot mark the end of the answer.
+//! The agent and the helper talk over a `SOCK_SEQPACKET` socket pair (the exec'd helper's
+//! stdin, or the reply socket handed to the factory): one JSON [`Request`] (with the
+//! container's stdio fds attached by SCM_RIGHTS), one JSON [`Reply::Done`], then the helper
+//! exits. The agent waits for the helper's exit through the reaper, and only then reads the
+//! answer without blocking: the container process inherits the socket until it execs, so
+//! end-of-file cannot mark the end of the answer.
 
 mod executor;
+pub mod factory;
+mod factory_client;
 pub mod helper;
 mod lookup;
 pub mod seccomp;
@@ -48,6 +54,10 @@ use crate::reaper::Reaper;
 
 /// The first argument that turns the agent binary into the helper.
 pub const HELPER_ARG: &str = "--isola-libcontainer-helper";
+/// The first argument that turns the agent binary into the container factory.
+pub const FACTORY_ARG: &str = "--isola-container-factory";
+/// How the factory names itself in logs.
+pub const FACTORY_NAME: &str = "container factory";
 /// The environment variable carrying the agent's log level to the helper.
 pub const LOG_ENV: &str = "ISOLA_AGENT_LOG";
 /// libcontainer's state directory (one subdirectory per container).
@@ -103,6 +113,10 @@ pub struct Request {
     /// libcontainer's root (state) directory.
     pub root: PathBuf,
     pub op: Op,
+    /// The sandbox's id for the helper's log lines (a factory child cannot take it from its
+    /// environment: the factory starts before the host names the sandbox).
+    #[serde(default)]
+    pub sandbox_id: Option<String>,
 }
 
 /// How an operation failed, so the agent can answer with the right status code.
@@ -114,6 +128,18 @@ pub enum FailureKind {
     WrongState,
     InvalidSpec,
     Other,
+}
+
+/// A message on an operation's reply socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// From the factory: the child running the operation (the agent's child) is `pid`.
+    Started { pid: i32 },
+    /// From the factory: no child could be started.
+    Refused { message: String },
+    /// From the helper or the factory's child: the operation's outcome.
+    Done(Response),
 }
 
 /// What the helper answers.
@@ -146,12 +172,13 @@ impl Response {
     }
 }
 
-/// Runs libcontainer operations through helper processes.
+/// Runs libcontainer operations through the container factory, or helper processes.
 #[derive(Clone)]
 pub struct Runtime {
     reaper: Reaper,
     root: PathBuf,
     log_level: String,
+    factory: factory_client::Factory,
 }
 
 impl Runtime {
@@ -160,6 +187,7 @@ impl Runtime {
             reaper,
             root: root.into(),
             log_level: log_level.to_string(),
+            factory: factory_client::Factory::default(),
         }
     }
 
@@ -168,7 +196,14 @@ impl Runtime {
         &self.root
     }
 
-    /// Runs `op` in a helper with `fds` passed along; returns the new process's pid, if any.
+    /// Starts the container factory; until it runs (and if it ever exits), every operation
+    /// execs a helper of its own.
+    pub fn start_factory(&self) {
+        self.factory.start(&self.reaper, &self.log_level);
+    }
+
+    /// Runs `op` in the factory (or a helper) with `fds` passed along; returns the new
+    /// process's pid, if any.
     pub async fn run(&self, op: Op, fds: &[BorrowedFd<'_>]) -> Result<Option<Pid>> {
         let what = format!("{op:?}");
         std::fs::create_dir_all(&self.root)
@@ -176,8 +211,22 @@ impl Runtime {
         let request = serde_json::to_vec(&Request {
             root: self.root.clone(),
             op,
+            sandbox_id: crate::logging::sandbox_id().map(str::to_string),
         })
         .map_err(|e| AgentError::Runtime(format!("encoding the helper request: {e}")))?;
+        if let Some(result) = self.factory.run(&self.reaper, &what, &request, fds).await {
+            return result;
+        }
+        self.run_in_helper(&what, &request, fds).await
+    }
+
+    /// Runs one operation in a fresh exec of the agent binary.
+    async fn run_in_helper(
+        &self,
+        what: &str,
+        request: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Option<Pid>> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -186,59 +235,83 @@ impl Runtime {
         )
         .map_err(|e| AgentError::sys("creating the helper's socket pair", e))?;
         // The socket buffers the request until the helper reads it.
-        fdpass::send(ours.as_fd(), &request, fds)
+        fdpass::send(ours.as_fd(), request, fds)
             .map_err(|e| AgentError::sys("sending the helper its request", e))?;
-        let mut helper = Command::new("/proc/self/exe");
+        let mut helper = agent_binary(HELPER_ARG, &self.log_level);
         helper
-            .arg(HELPER_ARG)
-            .env(LOG_ENV, &self.log_level)
             .env(
                 crate::logging::SANDBOX_ENV,
                 crate::logging::sandbox_id().unwrap_or_default(),
             )
-            .stdin(Stdio::from(theirs))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        // SAFETY: the closure does nothing, so it is trivially async-signal-safe. It is there
-        // to make std fork+exec instead of posix_spawn: glibc's posix_spawn child sets glibc's
-        // internal signals (32, 33) to SIG_IGN, which survives exec, and the helper would pass
-        // them on ignored to every container process.
-        unsafe {
-            helper.pre_exec(|| Ok(()));
-        }
+            .stdin(Stdio::from(theirs));
         let (pid, exited) = self
             .reaper
             .spawn_watched(|| helper.spawn().map(|child| Pid::from_raw(child.id() as i32)))
             .map_err(|e| AgentError::io("starting the libcontainer helper", e))?;
         tracing::debug!(pid = pid.as_raw(), op = %what, "libcontainer helper started");
-        let exit = match tokio::time::timeout(HELPER_TIMEOUT, exited).await {
-            Ok(Ok(exit)) => exit,
-            Ok(Err(_)) => {
-                return Err(AgentError::Runtime(
-                    "the reaper dropped the libcontainer helper's exit".into(),
-                ))
-            }
-            Err(_) => {
-                let _ = kill(pid, Signal::SIGKILL);
-                return Err(AgentError::DeadlineExceeded(format!(
-                    "the libcontainer helper ({what}) did not finish within {HELPER_TIMEOUT:?}; killed it"
-                )));
-            }
-        };
-        let mut buf = vec![0u8; MAX_MESSAGE];
-        match fdpass::recv(ours.as_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-            Ok((n, _)) if n > 0 => {
-                let response: Response = serde_json::from_slice(&buf[..n]).map_err(|e| {
-                    AgentError::Runtime(format!("the libcontainer helper's answer is garbled: {e}"))
-                })?;
+        let exit = wait_exit(pid, exited, what).await?;
+        read_done(ours.as_fd(), what, &exit)
+    }
+}
+
+/// The agent binary re-executed as `arg` (the helper or the factory), with the agent's log
+/// level, stdout on /dev/null and stderr on the console.
+fn agent_binary(arg: &str, log_level: &str) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg(arg)
+        .env(LOG_ENV, log_level)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    // SAFETY: the closure does nothing, so it is trivially async-signal-safe. It is there
+    // to make std fork+exec instead of posix_spawn: glibc's posix_spawn child sets glibc's
+    // internal signals (32, 33) to SIG_IGN, which survives exec, and the helper would pass
+    // them on ignored to every container process.
+    unsafe {
+        cmd.pre_exec(|| Ok(()));
+    }
+    cmd
+}
+
+/// Waits (at most [`HELPER_TIMEOUT`]) for the helper `pid` to exit; kills it when it does not.
+async fn wait_exit(
+    pid: Pid,
+    exited: tokio::sync::oneshot::Receiver<crate::reaper::Exit>,
+    what: &str,
+) -> Result<crate::reaper::Exit> {
+    match tokio::time::timeout(HELPER_TIMEOUT, exited).await {
+        Ok(Ok(exit)) => Ok(exit),
+        Ok(Err(_)) => Err(AgentError::Runtime(
+            "the reaper dropped the libcontainer helper's exit".into(),
+        )),
+        Err(_) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            Err(AgentError::DeadlineExceeded(format!(
+                "the libcontainer helper ({what}) did not finish within {HELPER_TIMEOUT:?}; killed it"
+            )))
+        }
+    }
+}
+
+/// Reads, without blocking, the answer an exited helper left on `sock`.
+fn read_done(sock: BorrowedFd<'_>, what: &str, exit: &crate::reaper::Exit) -> Result<Option<Pid>> {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    match fdpass::recv(sock, &mut buf, MsgFlags::MSG_DONTWAIT) {
+        Ok((n, _)) if n > 0 => match serde_json::from_slice::<Reply>(&buf[..n]) {
+            Ok(Reply::Done(response)) => {
                 tracing::debug!(op = %what, ?response, "libcontainer helper answered");
                 response.into_result()
             }
-            _ => Err(AgentError::Runtime(format!(
-                "the libcontainer helper ({what}) exited with status {} without answering; see the guest console log",
-                exit.code()
+            Ok(other) => Err(AgentError::Runtime(format!(
+                "the libcontainer helper ({what}) answered out of turn: {other:?}"
             ))),
-        }
+            Err(e) => Err(AgentError::Runtime(format!(
+                "the libcontainer helper's answer is garbled: {e}"
+            ))),
+        },
+        _ => Err(AgentError::Runtime(format!(
+            "the libcontainer helper ({what}) exited with status {} without answering; see the guest console log",
+            exit.code()
+        ))),
     }
 }
 
@@ -249,6 +322,7 @@ mod tests {
     #[test]
     fn requests_and_responses_round_trip_as_json() {
         let req = Request {
+            sandbox_id: Some("pod".into()),
             root: "/run/isola/libcontainer".into(),
             op: Op::Create {
                 id: "c1".into(),
