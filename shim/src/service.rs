@@ -93,6 +93,7 @@ impl Service {
     /// Creates container `req.id`, booting the sandbox VM first if this is its first
     /// container. Returns the pid given to containerd.
     pub async fn create(self: &Arc<Self>, req: CreateTaskRequest) -> Result<u32> {
+        let t0 = std::time::Instant::now();
         options::validate_id("container id", &req.id)?;
         if !req.checkpoint.is_empty() {
             return Err(ShimError::Unimplemented(format!(
@@ -147,7 +148,12 @@ impl Service {
                         ..Default::default()
                     }),
                 );
-                tracing::info!("container created");
+                // With the VM's boot when this is the pod's first container ("VM ready" says
+                // how long that took).
+                tracing::info!(
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "container created"
+                );
                 Ok(pid)
             }
             Err(e) => {
@@ -334,6 +340,7 @@ impl Service {
 
     /// Starts a created process; returns the pid given to containerd.
     pub async fn start(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<u32> {
+        let t0 = std::time::Instant::now();
         self.containers.lock().unwrap().begin_start(id, exec_id)?;
         let result = self.start_begun(id, exec_id).await;
         let mut containers = self.containers.lock().unwrap();
@@ -375,7 +382,7 @@ impl Service {
                 }),
             );
         }
-        tracing::info!("started");
+        tracing::info!(elapsed_ms = t0.elapsed().as_millis() as u64, "started");
         if !p.watching {
             p.watching = true;
             self.watch_exit(sandbox, id.to_string(), exec_id.to_string());
