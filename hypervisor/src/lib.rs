@@ -34,6 +34,7 @@ mod lifecycle;
 pub mod net;
 pub mod process;
 pub mod qemu;
+pub mod tsc;
 pub mod vmm;
 
 pub use error::HypervisorError;

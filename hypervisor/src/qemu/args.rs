@@ -124,6 +124,9 @@ pub struct QemuPlan {
     pub accelerator: Accelerator,
     /// TCG's translation cache size in MiB (`tb-size`); None: QEMU's default.
     pub tcg_tb_size_mib: Option<u32>,
+    /// The host's TSC rate in kHz, told to a TCG guest (`tsc_early_khz=`, see
+    /// [`crate::tsc`]); None: the guest measures it itself.
+    pub tsc_khz: Option<u32>,
     /// vCPUs.
     pub vcpus: u32,
     /// Guest RAM in MiB.
@@ -162,6 +165,14 @@ pub fn kernel_cmdline(extra: &str) -> String {
         DEFAULT_KERNEL_PARAMS.to_owned()
     } else {
         format!("{DEFAULT_KERNEL_PARAMS} {extra}")
+    }
+}
+
+/// The plan's own kernel parameters, then the configured extra ones (which may override).
+fn guest_params(plan: &QemuPlan) -> String {
+    match (plan.accelerator, plan.tsc_khz) {
+        (Accelerator::Tcg, Some(khz)) => format!("tsc_early_khz={khz} {}", plan.kernel_params),
+        _ => plan.kernel_params.clone(),
     }
 }
 
@@ -207,7 +218,7 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
         "-initrd",
         &plan.initrd.display().to_string(),
         "-append",
-        &kernel_cmdline(&plan.kernel_params),
+        &kernel_cmdline(&guest_params(plan)),
     ]);
     push(&[
         "-display",
@@ -305,6 +316,7 @@ mod tests {
             firmware: Some("/usr/share/qemu/qboot.rom".into()),
             accelerator: Accelerator::Tcg,
             tcg_tb_size_mib: None,
+            tsc_khz: None,
             vcpus: 1,
             memory_mib: 512,
             hotplug: HotplugLimits::resolve("q35", 1, 512, 2, 2048, 8),
@@ -362,6 +374,22 @@ mod tests {
     fn default_params_constant_is_used() {
         assert!(CMDLINE.starts_with(DEFAULT_KERNEL_PARAMS));
         assert_eq!(kernel_cmdline("  "), DEFAULT_KERNEL_PARAMS);
+    }
+
+    #[test]
+    fn a_tcg_guest_is_told_the_tsc_rate_before_the_configured_params() {
+        let mut p = plan();
+        p.tsc_khz = Some(2_200_000);
+        let a = build(&p);
+        let i = a.iter().position(|x| x == "-append").unwrap();
+        assert_eq!(
+            a[i + 1],
+            CMDLINE.replace("agent.log=debug", "tsc_early_khz=2200000 agent.log=debug")
+        );
+        // KVM guests use kvmclock: never the hint.
+        p.accelerator = Accelerator::Kvm;
+        let a = build(&p);
+        assert!(!a.iter().any(|x| x.contains("tsc_early_khz")), "{a:?}");
     }
 
     #[test]

@@ -253,7 +253,13 @@ impl QemuHypervisor {
         first_err.map_or(Ok(()), |e| Err(e.into()))
     }
 
-    fn plan(&self, accelerator: Accelerator, cid: u32, net: &netdev::NetFds) -> QemuPlan {
+    fn plan(
+        &self,
+        accelerator: Accelerator,
+        tsc_khz: Option<u32>,
+        cid: u32,
+        net: &netdev::NetFds,
+    ) -> QemuPlan {
         let c = &self.cfg;
         QemuPlan {
             name: format!("isola-{}", c.id),
@@ -261,6 +267,7 @@ impl QemuHypervisor {
             firmware: c.firmware.clone(),
             accelerator,
             tcg_tb_size_mib: c.tcg_tb_size_mib,
+            tsc_khz,
             vcpus: c.vcpus,
             memory_mib: c.memory_mib,
             hotplug: self.limits,
@@ -288,6 +295,7 @@ impl QemuHypervisor {
         &self,
         run: &mut Running,
         accelerator: Accelerator,
+        tsc_khz: Option<u32>,
     ) -> Result<QmpClient, HypervisorError> {
         let attempts = if self.vsock == VsockMode::Kernel {
             CID_ATTEMPTS
@@ -300,7 +308,7 @@ impl QemuHypervisor {
         let net = netdev::NetFds::open(devices, self.id()).await;
         for attempt in 0..attempts {
             let cid = cid_candidate(self.id(), attempt);
-            let args = args::build(&self.plan(accelerator, cid, &net));
+            let args = args::build(&self.plan(accelerator, tsc_khz, cid, &net));
             tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
             daemons::remove_if_exists(&self.paths.qmp_socket).await;
             let vmm = VmmProcess::spawn(
@@ -346,9 +354,16 @@ impl Launcher for QemuHypervisor {
             .await?;
         tracing::info!(sandbox = %self.id(), ?accelerator, %reason, "accelerator chosen");
         core.set_accelerator((accelerator, reason));
+        // Measured (once, 10 ms) while the daemons start.
+        let tsc = matches!(accelerator, Accelerator::Tcg)
+            .then(|| tokio::task::spawn_blocking(crate::tsc::host_tsc_khz));
         crate::vmm::create_state_dir(&self.cfg.state_dir).await?;
         self.start_daemons(run).await?;
-        let client = self.start_vmm(run, accelerator).await?;
+        let tsc_khz = match tsc {
+            Some(measuring) => measuring.await.ok().flatten(),
+            None => None,
+        };
+        let client = self.start_vmm(run, accelerator, tsc_khz).await?;
         *self.qmp.lock().await = Some(client);
         Ok(())
     }
