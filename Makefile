@@ -103,8 +103,9 @@ test: setup guest images k8s deploy-image lint
 bench: setup build guest images k8s
 	scripts/dev-config.sh $(CURDIR) > build/isola-dev.toml
 	ISOLA_CONFIG=$(CURDIR)/build/isola-dev.toml scripts/bench-ctr.sh $(BENCH_RUNS)
-	$(CARGO) build --release -p isola-tests --bin bench-pod --bin bench-k8s
+	$(CARGO) build --release -p isola-tests --bin bench-pod --bin bench-k8s --bin bench-density
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-pod $(BENCH_RUNS)
+	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-density
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-k8s $(BENCH_RUNS)
 
 install: build guest
