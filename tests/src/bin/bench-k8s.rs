@@ -55,14 +55,9 @@ fn delete(cluster: &Cluster, name: &str) -> Result<()> {
     .map(|_| ())
 }
 
-/// PSS (KiB) of a process, from /proc/<pid>/smaps_rollup.
+/// PSS (KiB) of a process (0 when it is gone).
 fn pss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    isola_tests::bench::pss_kib(pid).unwrap_or(0)
 }
 
 /// The memory of an idle isola pod: what the kubelet's summary API reports, the host PSS of
