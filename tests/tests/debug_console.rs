@@ -182,3 +182,62 @@ fn vm_debug_console_is_refused_unless_configured() {
     remove_pod(&c, id);
     c.assert_nothing_left("a pod without the debug console");
 }
+
+/// The guest's container factory (see agent/src/libct/factory.rs) runs in a real pod, and when
+/// it dies the pod goes on: execs fall back to a helper exec'd per operation.
+#[test]
+fn vm_exec_goes_on_when_the_container_factory_is_killed() {
+    let mut env = TestEnv::new();
+    env.config.agent.debug_console = true;
+    let c = Containerd::start_with(env);
+    c.import_test_image();
+    let id = "t-factory";
+    let out = c.run_with(&["-d"], id, &["sleep", "1000"], None);
+    assert!(out.status.success(), "ctr run -d: {}", describe(&out));
+    c.wait_task_status(id, "RUNNING", BOOT);
+    let exec = |exec_id: &str| {
+        let out = c.ctr(&[
+            "tasks",
+            "exec",
+            "--exec-id",
+            exec_id,
+            id,
+            "sh",
+            "-c",
+            "echo $((6*7))",
+        ]);
+        assert!(out.status.success(), "exec {exec_id}: {}", describe(&out));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "42",
+            "exec {exec_id}"
+        );
+    };
+    exec("before");
+
+    let out = debug_console(
+        c.isola_config(),
+        id,
+        "for p in /proc/[0-9]*; do if grep -q isola-container-factory $p/cmdline 2>/dev/null; \
+         then echo killed-${p#/proc/}; kill -9 ${p#/proc/}; fi; done; exit\n",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "isola debug console: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim().starts_with("killed-"))
+            .count(),
+        1,
+        "one container factory in the guest: {text}"
+    );
+
+    exec("after");
+    exec("again");
+    assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
+    remove_pod(&c, id);
+    c.assert_nothing_left("a pod whose container factory was killed");
+}
