@@ -178,11 +178,71 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         r.line(status, "firmware", text);
     }
 
+    let tcg = qemu
+        && matches!(
+            line_accelerator(&facts, choice),
+            Some(isola_hypervisor::Accelerator::Tcg)
+        );
+    if tcg {
+        let khz = tokio::task::spawn_blocking(isola_hypervisor::tsc::host_tsc_khz)
+            .await
+            .ok()
+            .flatten();
+        let (status, text) = tsc_line(khz);
+        r.line(status, "guest clock", text);
+    }
+    let ksm = |f: &str| std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{f}")).ok();
+    let (status, text) = ksm_line(ksm("run").as_deref(), ksm("pages_sharing").as_deref());
+    r.line(status, "ksm", text);
+
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     match host::cgroup_mode(&mounts) {
         CgroupMode::Unified => r.line(Status::Ok, "host cgroups", "v2 (unified)"),
         CgroupMode::Hybrid => r.line(Status::Warn, "host cgroups", "v1 + v2 hybrid (cgroup2 at /sys/fs/cgroup/unified); containers use cgroup v2 inside the guest, so this only matters for host-side accounting"),
         CgroupMode::Legacy => r.line(Status::Warn, "host cgroups", "v1 only; containers use cgroup v2 inside the guest"),
+    }
+}
+
+/// The accelerator QEMU pods get on this host, if one can be chosen.
+fn line_accelerator(
+    facts: &accel::HostFacts,
+    choice: AcceleratorChoice,
+) -> Option<isola_hypervisor::Accelerator> {
+    accel::choose(choice, &facts.cpuinfo, facts.kvm_openable)
+        .ok()
+        .map(|(a, _)| a)
+}
+
+/// How TCG guests get their clock's rate (see isola_hypervisor::tsc).
+fn tsc_line(khz: Option<u32>) -> (Status, String) {
+    match khz {
+        Some(khz) => (
+            Status::Ok,
+            format!("TCG guests are told the host's TSC rate ({khz} kHz, tsc_early_khz=)"),
+        ),
+        None => (
+            Status::Warn,
+            "the host's TSC is not constant and non-stop (or not x86_64): TCG guests calibrate \
+             their clock themselves, and on a busy host one may run fast and time RPCs out early"
+                .into(),
+        ),
+    }
+}
+
+/// Kernel samepage merging: its state, and why it does not reach isola's guest RAM.
+fn ksm_line(run: Option<&str>, pages_sharing: Option<&str>) -> (Status, String) {
+    let why = "isola's guest RAM is a shared memfd (virtio-fs and vhost-user vsock map it), \
+               which KSM never merges; pod density does not depend on it";
+    match run.map(str::trim) {
+        None => (Status::Ok, format!("not built into this kernel; {why}")),
+        Some("1") => (
+            Status::Ok,
+            format!(
+                "running, {} pages shared; {why}",
+                pages_sharing.map(str::trim).unwrap_or("?")
+            ),
+        ),
+        Some(_) => (Status::Ok, format!("off; {why}")),
     }
 }
 
@@ -370,6 +430,18 @@ mod tests {
         assert!(text.contains("hypervisor.cloud_hypervisor_path"), "{text}");
         let (status, _) = for_kind(missing(), false, HypervisorKind::CloudHypervisor);
         assert_eq!(status, Status::Warn, "not needed under qemu");
+    }
+
+    #[test]
+    fn the_guest_clock_and_ksm_lines() {
+        let (status, text) = tsc_line(Some(2_445_404));
+        assert_eq!(status, Status::Ok);
+        assert!(text.contains("2445404 kHz"), "{text}");
+        assert_eq!(tsc_line(None).0, Status::Warn);
+        let (_, text) = ksm_line(Some("1\n"), Some("812\n"));
+        assert!(text.starts_with("running, 812 pages shared;"), "{text}");
+        assert!(ksm_line(Some("0\n"), None).1.starts_with("off;"));
+        assert!(ksm_line(None, None).1.starts_with("not built"));
     }
 
     #[test]
