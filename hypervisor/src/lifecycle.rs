@@ -93,7 +93,12 @@ pub(crate) struct Core {
     kill: StdMutex<Option<KillHandle>>,
 }
 
-/// Watches the helper daemons of a running VM: the first one to exit ends the VM.
+/// How long a daemon's exit waits for the VMM's to show, before it counts as the daemon's own
+/// failure: a VM powering off closes the daemons' sockets, and they may be seen to exit first.
+const VMM_EXIT_GRACE: Duration = Duration::from_millis(500);
+
+/// Watches the helper daemons of a running VM: the first one to exit ends the VM, unless the
+/// VMM itself is gone (then the daemon only followed it).
 async fn supervise(
     id: String,
     daemons: Vec<(
@@ -101,6 +106,7 @@ async fn supervise(
         u32,
         tokio::sync::watch::Receiver<Option<VmExit>>,
     )>,
+    mut vmm_exit: tokio::sync::watch::Receiver<Option<VmExit>>,
     kill: KillHandle,
 ) {
     if daemons.is_empty() {
@@ -114,6 +120,14 @@ async fn supervise(
     });
     let ((name, pid, exit), _, _) = futures::future::select_all(waits).await;
     let exit = exit.map_or_else(|| "unknown exit".to_owned(), |e| e.to_string());
+    // A dropped sender also means the VMM is gone (its process is being torn down).
+    let vmm_gone = tokio::time::timeout(VMM_EXIT_GRACE, vmm_exit.wait_for(Option::is_some))
+        .await
+        .is_ok();
+    if vmm_gone {
+        tracing::debug!(sandbox = %id, daemon = name, pid, %exit, "a helper daemon exited after the VMM");
+        return;
+    }
     tracing::error!(sandbox = %id, daemon = name, pid, %exit, "a helper daemon of the VM exited: the VM cannot work without it and is ended");
     kill.kill();
 }
@@ -207,7 +221,12 @@ impl Core {
                         .iter()
                         .map(|d| (d.name(), d.pid(), d.exit_receiver()))
                         .collect();
-                    let supervisor = supervise(self.id.clone(), watched, vmm.kill_handle());
+                    let supervisor = supervise(
+                        self.id.clone(),
+                        watched,
+                        vmm.exit_receiver(),
+                        vmm.kill_handle(),
+                    );
                     run.tasks.push(tokio::spawn(supervisor));
                     *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(vmm.kill_handle());
                 }
@@ -366,4 +385,59 @@ pub(crate) async fn assert_unstarted_contract(
     // stop() before start() is a no-op, and idempotent.
     vm.stop().await.unwrap();
     vm.stop().await.unwrap();
+}
+
+#[cfg(test)]
+mod supervise_tests {
+    use super::*;
+    use tokio::sync::watch;
+
+    fn exited() -> Option<VmExit> {
+        Some(VmExit {
+            code: Some(0),
+            signal: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_daemon_dying_under_a_running_vmm_ends_the_vm() {
+        let (daemon_tx, daemon_rx) = watch::channel(None);
+        let (_vmm_tx, vmm_rx) = watch::channel(None);
+        let (kill, killed) = KillHandle::for_test();
+        let task = tokio::spawn(supervise(
+            "sb".into(),
+            vec![("virtiofsd", 7, daemon_rx)],
+            vmm_rx,
+            kill,
+        ));
+        daemon_tx.send(exited()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), killed.notified())
+            .await
+            .expect("the VM is killed");
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_daemon_following_the_vmm_out_is_no_failure() {
+        let (daemon_tx, daemon_rx) = watch::channel(None);
+        let (vmm_tx, vmm_rx) = watch::channel(None);
+        let (kill, killed) = KillHandle::for_test();
+        let task = tokio::spawn(supervise(
+            "sb".into(),
+            vec![("virtiofsd", 7, daemon_rx)],
+            vmm_rx,
+            kill,
+        ));
+        daemon_tx.send(exited()).unwrap();
+        // The VMM's exit shows a little after the daemon's, within the grace.
+        tokio::time::sleep(VMM_EXIT_GRACE / 5).await;
+        vmm_tx.send(exited()).unwrap();
+        task.await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), killed.notified())
+                .await
+                .is_err(),
+            "no kill for a daemon that followed the VMM"
+        );
+    }
 }

@@ -213,6 +213,13 @@ impl Drop for VmmProcess {
 pub struct KillHandle(Arc<Notify>);
 
 impl KillHandle {
+    /// A handle and what it notifies, for tests of its users.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> (KillHandle, Arc<Notify>) {
+        let notify = Arc::new(Notify::new());
+        (KillHandle(notify.clone()), notify)
+    }
+
     /// Requests the kill; returns at once.
     pub fn kill(&self) {
         // A stored permit: the reaper sees it even if it is not waiting yet.
