@@ -7,6 +7,7 @@
 //! | `agent.listen=unix:PATH` | serve on a Unix socket instead of vsock (tests, debugging); stdio streams are then accepted on `PATH.stdio` instead of vsock port 1025 | — |
 //! | `agent.ready_port=N` | once serving, connect to host vsock port N to announce readiness | — |
 //! | `agent.debug_console=N` | serve the debug console (a root shell in the guest) on vsock port N; with `agent.listen=unix:PATH` on `PATH.debug` | off |
+//! | `agent.factory=on\|off` | run container operations through the warm container factory (see `libct::factory`) | on |
 //!
 //! Unknown `agent.*` keys and bad values are reported (logged) and ignored, so an old agent
 //! still boots under a newer shim.
@@ -31,6 +32,8 @@ pub struct AgentOptions {
     pub ready_port: Option<u32>,
     /// vsock port of the debug console (see `debug_console.rs`); None: not served.
     pub debug_console: Option<u32>,
+    /// Whether container operations go through the container factory (`libct::factory`).
+    pub container_factory: bool,
     /// Problems found while parsing, logged once logging is up.
     pub warnings: Vec<String>,
 }
@@ -42,6 +45,7 @@ impl Default for AgentOptions {
             listen: Listen::Vsock(AGENT_PORT),
             ready_port: None,
             debug_console: None,
+            container_factory: true,
             warnings: Vec::new(),
         }
     }
@@ -75,6 +79,13 @@ pub fn parse(cmdline: &str) -> AgentOptions {
                 Ok(port) if port > 0 => opts.debug_console = Some(port),
                 _ => opts.warnings.push(format!(
                     "agent.debug_console={value:?} is not a port number; no debug console"
+                )),
+            },
+            "factory" => match value {
+                "on" => opts.container_factory = true,
+                "off" => opts.container_factory = false,
+                _ => opts.warnings.push(format!(
+                    "agent.factory={value:?} is neither on nor off; keeping the factory on"
                 )),
             },
             "listen" => match value.strip_prefix("unix:") {
@@ -113,6 +124,12 @@ mod tests {
             parse("agent.debug_console=1027").debug_console,
             Some(isola_agent_proto::DEBUG_CONSOLE_PORT)
         );
+        assert!(parse("").container_factory);
+        assert!(!parse("agent.factory=off").container_factory);
+        assert!(parse("agent.factory=off agent.factory=on").container_factory);
+        let odd = parse("agent.factory=no");
+        assert!(odd.container_factory);
+        assert_eq!(odd.warnings.len(), 1, "{:?}", odd.warnings);
         let bad = parse("agent.debug_console=yes");
         assert_eq!(bad.debug_console, None);
         assert!(

@@ -125,7 +125,11 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
         ready::announce(port);
     }
     // After the host knows we are ready: the factory's start takes the CPU the boot needs.
-    factory.start_factory();
+    if opts.container_factory {
+        factory.start_factory();
+    } else {
+        tracing::info!("agent.factory=off: every container operation execs a helper");
+    }
     // Serve until asked to stop (SIGTERM is ignored for PID 1 by the kernel unless handled).
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

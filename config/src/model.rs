@@ -129,6 +129,11 @@ pub struct AgentConfig {
     /// into each pod's shared directory when `debug_console` is on; the guest has no libc, so
     /// it must be statically linked). Default `/bin/busybox` (Debian's `busybox-static`).
     pub debug_busybox_path: PathBuf,
+    /// `container_factory`: run every container operation in the guest through the agent's
+    /// warm container factory (one process forked per operation) rather than a freshly
+    /// exec'd helper each time; under TCG an exec round trip is about twice as fast with it.
+    /// `false` puts `agent.factory=off` on the guest's kernel command line. Default `true`.
+    pub container_factory: bool,
 }
 
 /// The `[runtime]` section: behaviour of the shim itself.
@@ -230,6 +235,7 @@ impl Default for AgentConfig {
             log_level: LogLevel::default(),
             watchdog_timeout_ms: DEFAULT_WATCHDOG_TIMEOUT_MS,
             debug_console: false,
+            container_factory: true,
             debug_busybox_path: PathBuf::from(DEFAULT_DEBUG_BUSYBOX_PATH),
         }
     }
@@ -254,7 +260,11 @@ impl AgentConfig {
 
     /// The guest kernel parameter carrying the log level, e.g. `agent.log=info`.
     pub fn kernel_param(&self) -> String {
-        format!("agent.log={}", self.log_level)
+        if self.container_factory {
+            format!("agent.log={}", self.log_level)
+        } else {
+            format!("agent.log={} agent.factory=off", self.log_level)
+        }
     }
 }
 

@@ -519,6 +519,15 @@ fn debug_console_keys_parse() {
 }
 
 #[test]
+fn the_container_factory_is_on_unless_turned_off() {
+    let on = parse("").unwrap();
+    assert!(on.agent.container_factory);
+    assert!(!on.agent.kernel_param().contains("agent.factory"));
+    let off = parse("[agent]\ncontainer_factory = false\n").unwrap();
+    assert_eq!(off.agent.kernel_param(), "agent.log=info agent.factory=off");
+}
+
+#[test]
 fn no_pod_annotation_can_enable_the_debug_console() {
     assert!(!isola_config::OVERRIDABLE
         .iter()

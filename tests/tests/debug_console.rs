@@ -183,15 +183,34 @@ fn vm_debug_console_is_refused_unless_configured() {
     c.assert_nothing_left("a pod without the debug console");
 }
 
-/// The guest's container factory (see agent/src/libct/factory.rs) runs in a real pod, and when
-/// it dies the pod goes on: execs fall back to a helper exec'd per operation.
-#[test]
-fn vm_exec_goes_on_when_the_container_factory_is_killed() {
+/// Counts (and kills) the container factories in pod `id`'s guest through the debug console.
+fn kill_factories(c: &Containerd, id: &str) -> usize {
+    let out = debug_console(
+        c.isola_config(),
+        id,
+        "for p in /proc/[0-9]*; do if grep -q isola-container-factory $p/cmdline 2>/dev/null; \
+         then echo killed-${p#/proc/}; kill -9 ${p#/proc/}; fi; done; exit\n",
+    );
+    assert!(
+        out.status.success(),
+        "isola debug console: {}",
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim().starts_with("killed-"))
+        .count()
+}
+
+/// A pod with `[agent] container_factory = factory`: execs work before and after its guest's
+/// container factories (as many as `expected`) are killed.
+fn execs_with_the_factory(factory: bool, expected: usize) {
     let mut env = TestEnv::new();
     env.config.agent.debug_console = true;
+    env.config.agent.container_factory = factory;
     let c = Containerd::start_with(env);
     c.import_test_image();
-    let id = "t-factory";
+    let id = if factory { "t-factory" } else { "t-no-factory" };
     let out = c.run_with(&["-d"], id, &["sleep", "1000"], None);
     assert!(out.status.success(), "ctr run -d: {}", describe(&out));
     c.wait_task_status(id, "RUNNING", BOOT);
@@ -214,30 +233,27 @@ fn vm_exec_goes_on_when_the_container_factory_is_killed() {
         );
     };
     exec("before");
-
-    let out = debug_console(
-        c.isola_config(),
-        id,
-        "for p in /proc/[0-9]*; do if grep -q isola-container-factory $p/cmdline 2>/dev/null; \
-         then echo killed-${p#/proc/}; kill -9 ${p#/proc/}; fi; done; exit\n",
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "isola debug console: {}",
-        describe(&out)
-    );
     assert_eq!(
-        text.lines()
-            .filter(|l| l.trim().starts_with("killed-"))
-            .count(),
-        1,
-        "one container factory in the guest: {text}"
+        kill_factories(&c, id),
+        expected,
+        "container factories in the guest"
     );
-
     exec("after");
     exec("again");
     assert_eq!(c.task_status(id).as_deref(), Some("RUNNING"));
     remove_pod(&c, id);
     c.assert_nothing_left("a pod whose container factory was killed");
+}
+
+/// The guest's container factory (see agent/src/libct/factory.rs) runs in a real pod, and when
+/// it dies the pod goes on: execs fall back to a helper exec'd per operation.
+#[test]
+fn vm_exec_goes_on_when_the_container_factory_is_killed() {
+    execs_with_the_factory(true, 1);
+}
+
+/// `[agent] container_factory = false`: no factory in the guest, every operation execs a helper.
+#[test]
+fn vm_container_factory_off_runs_every_operation_in_a_helper() {
+    execs_with_the_factory(false, 0);
 }
