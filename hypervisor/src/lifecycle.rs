@@ -93,12 +93,14 @@ pub(crate) struct Core {
     kill: StdMutex<Option<KillHandle>>,
 }
 
-/// How long a daemon's exit waits for the VMM's to show, before it counts as the daemon's own
-/// failure: a VM powering off closes the daemons' sockets, and they may be seen to exit first.
+/// How long, after a daemon's exit, the supervisor waits to learn how the VMM ended (for the
+/// log line only: the VM is ended at once).
 const VMM_EXIT_GRACE: Duration = Duration::from_millis(500);
 
-/// Watches the helper daemons of a running VM: the first one to exit ends the VM, unless the
-/// VMM itself is gone (then the daemon only followed it).
+/// Watches the helper daemons of a running VM: the first one to exit ends the VM at once. A VM
+/// powering off closes the daemons' sockets and they may be seen to exit before the VMM: when
+/// the VMM then turns out to have exited by itself (not by our kill), the daemon only followed
+/// it and that is no error.
 async fn supervise(
     id: String,
     daemons: Vec<(
@@ -108,9 +110,9 @@ async fn supervise(
     )>,
     mut vmm_exit: tokio::sync::watch::Receiver<Option<VmExit>>,
     kill: KillHandle,
-) {
+) -> bool {
     if daemons.is_empty() {
-        return;
+        return false;
     }
     let waits = daemons.into_iter().map(|(name, pid, mut rx)| {
         Box::pin(async move {
@@ -120,16 +122,22 @@ async fn supervise(
     });
     let ((name, pid, exit), _, _) = futures::future::select_all(waits).await;
     let exit = exit.map_or_else(|| "unknown exit".to_owned(), |e| e.to_string());
-    // A dropped sender also means the VMM is gone (its process is being torn down).
-    let vmm_gone = tokio::time::timeout(VMM_EXIT_GRACE, vmm_exit.wait_for(Option::is_some))
+    kill.kill();
+    let vmm = tokio::time::timeout(VMM_EXIT_GRACE, vmm_exit.wait_for(Option::is_some))
         .await
-        .is_ok();
-    if vmm_gone {
+        .ok()
+        .and_then(|r| r.ok().and_then(|e| *e));
+    if followed_the_vmm(vmm) {
         tracing::debug!(sandbox = %id, daemon = name, pid, %exit, "a helper daemon exited after the VMM");
-        return;
+        return false;
     }
     tracing::error!(sandbox = %id, daemon = name, pid, %exit, "a helper daemon of the VM exited: the VM cannot work without it and is ended");
-    kill.kill();
+    true
+}
+
+/// Whether the VMM's exit (if it showed) was its own, not a signal's (our kill is SIGKILL).
+fn followed_the_vmm(vmm: Option<VmExit>) -> bool {
+    vmm.is_some_and(|e| e.signal.is_none())
 }
 
 /// Keeps the bookkeeping straight when a `start()` future is dropped midway: its local
@@ -227,7 +235,9 @@ impl Core {
                         vmm.exit_receiver(),
                         vmm.kill_handle(),
                     );
-                    run.tasks.push(tokio::spawn(supervisor));
+                    run.tasks.push(tokio::spawn(async move {
+                        supervisor.await;
+                    }));
                     *self.kill.lock().unwrap_or_else(|e| e.into_inner()) = Some(vmm.kill_handle());
                 }
                 *phase = Phase::Running(run);
@@ -392,33 +402,13 @@ mod supervise_tests {
     use super::*;
     use tokio::sync::watch;
 
-    fn exited() -> Option<VmExit> {
-        Some(VmExit {
-            code: Some(0),
-            signal: None,
-        })
+    fn exit(code: Option<i32>, signal: Option<i32>) -> Option<VmExit> {
+        Some(VmExit { code, signal })
     }
 
-    #[tokio::test]
-    async fn a_daemon_dying_under_a_running_vmm_ends_the_vm() {
-        let (daemon_tx, daemon_rx) = watch::channel(None);
-        let (_vmm_tx, vmm_rx) = watch::channel(None);
-        let (kill, killed) = KillHandle::for_test();
-        let task = tokio::spawn(supervise(
-            "sb".into(),
-            vec![("virtiofsd", 7, daemon_rx)],
-            vmm_rx,
-            kill,
-        ));
-        daemon_tx.send(exited()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), killed.notified())
-            .await
-            .expect("the VM is killed");
-        task.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_daemon_following_the_vmm_out_is_no_failure() {
+    /// Runs the supervisor over one daemon that exits, then the VMM exiting with `vmm` after
+    /// `after`; returns whether it reported a failure, once it has seen the kill go out.
+    async fn run(vmm: Option<VmExit>, after: Duration) -> bool {
         let (daemon_tx, daemon_rx) = watch::channel(None);
         let (vmm_tx, vmm_rx) = watch::channel(None);
         let (kill, killed) = KillHandle::for_test();
@@ -428,16 +418,27 @@ mod supervise_tests {
             vmm_rx,
             kill,
         ));
-        daemon_tx.send(exited()).unwrap();
-        // The VMM's exit shows a little after the daemon's, within the grace.
-        tokio::time::sleep(VMM_EXIT_GRACE / 5).await;
-        vmm_tx.send(exited()).unwrap();
-        task.await.unwrap();
-        assert!(
-            tokio::time::timeout(Duration::from_millis(100), killed.notified())
-                .await
-                .is_err(),
-            "no kill for a daemon that followed the VMM"
-        );
+        daemon_tx.send(exit(Some(1), None)).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), killed.notified())
+            .await
+            .expect("the VM is killed at once, whatever happened");
+        tokio::time::sleep(after).await;
+        if vmm.is_some() {
+            vmm_tx.send(vmm).unwrap();
+        }
+        task.await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_daemon_dying_under_a_running_vmm_is_a_failure() {
+        // The VMM ends by our kill (SIGKILL), or its end never shows.
+        assert!(run(exit(None, Some(9)), Duration::ZERO).await);
+        assert!(run(None, Duration::ZERO).await);
+    }
+
+    #[tokio::test]
+    async fn a_daemon_following_the_vmm_out_is_no_failure() {
+        // The guest powered off: QEMU exits 0, seen a little after the daemon's exit.
+        assert!(!run(exit(Some(0), None), VMM_EXIT_GRACE / 5).await);
     }
 }
