@@ -5,10 +5,23 @@ use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
-use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
 
 /// At most this many fds travel with one message.
 pub const MAX_FDS: usize = 8;
+
+/// A close-on-exec `SOCK_SEQPACKET` socket pair, with `flags` added (e.g. `SOCK_NONBLOCK`).
+pub fn seqpacket_pair(flags: SockFlag) -> Result<(OwnedFd, OwnedFd), Errno> {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC | flags,
+    )
+}
 
 /// Sends `bytes` with `fds` attached, as one message.
 pub fn send(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), Errno> {

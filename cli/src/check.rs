@@ -58,7 +58,9 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         isola_config::Accelerator::Tcg => AcceleratorChoice::Tcg,
     };
     let facts = accel::probe_host().await;
-    let line = match accel::choose(choice, &facts.cpuinfo, facts.kvm_openable) {
+    let chosen = accel::choose(choice, &facts.cpuinfo, facts.kvm_openable);
+    let tcg = qemu && matches!(chosen, Ok((isola_hypervisor::Accelerator::Tcg, _)));
+    let line = match chosen {
         Ok((a, reason)) => {
             let status = if a == isola_hypervisor::Accelerator::Kvm {
                 Status::Ok
@@ -178,11 +180,6 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         r.line(status, "firmware", text);
     }
 
-    let tcg = qemu
-        && matches!(
-            line_accelerator(&facts, choice),
-            Some(isola_hypervisor::Accelerator::Tcg)
-        );
     if tcg {
         let khz = tokio::task::spawn_blocking(isola_hypervisor::tsc::host_tsc_khz)
             .await
@@ -201,16 +198,6 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
         CgroupMode::Hybrid => r.line(Status::Warn, "host cgroups", "v1 + v2 hybrid (cgroup2 at /sys/fs/cgroup/unified); containers use cgroup v2 inside the guest, so this only matters for host-side accounting"),
         CgroupMode::Legacy => r.line(Status::Warn, "host cgroups", "v1 only; containers use cgroup v2 inside the guest"),
     }
-}
-
-/// The accelerator QEMU pods get on this host, if one can be chosen.
-fn line_accelerator(
-    facts: &accel::HostFacts,
-    choice: AcceleratorChoice,
-) -> Option<isola_hypervisor::Accelerator> {
-    accel::choose(choice, &facts.cpuinfo, facts.kvm_openable)
-        .ok()
-        .map(|(a, _)| a)
 }
 
 /// How TCG guests get their clock's rate (see isola_hypervisor::tsc).

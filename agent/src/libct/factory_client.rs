@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{MsgFlags, SockFlag};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 
@@ -35,12 +35,10 @@ enum Phase {
     Gone { reason: String },
 }
 
-/// The agent's end of the factory's control socket.
+/// The agent's end of the factory's control socket (a `SOCK_SEQPACKET` send is one whole
+/// message or `EAGAIN`, so concurrent senders never interleave).
 struct Control {
     fd: AsyncFd<OwnedFd>,
-    /// One request at a time on the socket (each is one message, but a partial wait for
-    /// room must not interleave with another sender's).
-    sending: tokio::sync::Mutex<()>,
 }
 
 /// A handle on the factory, shared by every clone of the runtime.
@@ -64,10 +62,12 @@ impl Factory {
 
     /// Starts the factory process (once); a failure leaves operations on exec'd helpers.
     pub fn start(&self, reaper: &Reaper, log_level: &str) {
-        if !matches!(*self.lock(), Phase::Off) {
+        // Held across the spawn: the exit watcher's `Gone` can only come after `Ready`.
+        let mut phase = self.lock();
+        if !matches!(*phase, Phase::Off) {
             return;
         }
-        let phase = match self.spawn(reaper, log_level) {
+        *phase = match self.spawn(reaper, log_level) {
             Ok(ready) => ready,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start the {FACTORY_NAME}; every container operation execs a helper");
@@ -76,17 +76,11 @@ impl Factory {
                 }
             }
         };
-        *self.lock() = phase;
     }
 
     fn spawn(&self, reaper: &Reaper, log_level: &str) -> Result<Phase> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        )
-        .map_err(|e| AgentError::sys("creating the factory's control socket", e))?;
+        let (ours, theirs) = fdpass::seqpacket_pair(SockFlag::SOCK_NONBLOCK)
+            .map_err(|e| AgentError::sys("creating the factory's control socket", e))?;
         // Our end stays non-blocking (for the AsyncFd); the factory's end blocks.
         fcntl(&theirs, FcntlArg::F_SETFL(OFlag::empty()))
             .map_err(|e| AgentError::sys("making the factory's end of its socket blocking", e))?;
@@ -107,10 +101,7 @@ impl Factory {
             *watcher.lock() = Phase::Gone { reason };
         });
         tracing::debug!(pid = pid.as_raw(), "{FACTORY_NAME} started");
-        let control = Arc::new(Control {
-            fd,
-            sending: tokio::sync::Mutex::new(()),
-        });
+        let control = Arc::new(Control { fd });
         Ok(Phase::Ready { control })
     }
 
@@ -132,12 +123,7 @@ impl Factory {
             }
         };
         let since = Instant::now();
-        let (ours, theirs) = match socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        ) {
+        let (ours, theirs) = match fdpass::seqpacket_pair(SockFlag::SOCK_NONBLOCK) {
             Ok(pair) => pair,
             Err(e) => return Some(Err(AgentError::sys("creating a reply socket pair", e))),
         };
@@ -160,7 +146,6 @@ impl Factory {
 
 impl Control {
     async fn send(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let _turn = self.sending.lock().await;
         loop {
             let mut ready = self.fd.writable().await?;
             match ready.try_io(|fd| {

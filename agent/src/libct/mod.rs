@@ -44,7 +44,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::socket::{socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{MsgFlags, SockFlag};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
@@ -227,13 +227,8 @@ impl Runtime {
         request: &[u8],
         fds: &[BorrowedFd<'_>],
     ) -> Result<Option<Pid>> {
-        let (ours, theirs) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .map_err(|e| AgentError::sys("creating the helper's socket pair", e))?;
+        let (ours, theirs) = fdpass::seqpacket_pair(SockFlag::empty())
+            .map_err(|e| AgentError::sys("creating the helper's socket pair", e))?;
         // The socket buffers the request until the helper reads it.
         fdpass::send(ours.as_fd(), request, fds)
             .map_err(|e| AgentError::sys("sending the helper its request", e))?;
