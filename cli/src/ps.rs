@@ -277,9 +277,12 @@ mod tests {
             ["POD", "BACKEND", "VMM", "PID", "VCPUS", "MEMORY", "STATE", "UPTIME"]
         );
         let pid = live.pid.to_string();
+        // The uptime as the table writes it, from the one read above (it started 125 s ago,
+        // but the table may be a second later than the moment that counted).
+        let uptime = format!("{}m{}s", up / 60, up % 60);
         assert_eq!(
             cols(lines[1]),
-            ["pod-a", "qemu", &pid, "2", "512", "MiB", "running", "2m5s"]
+            ["pod-a", "qemu", &pid, "2", "512", "MiB", "running", &uptime]
         );
         assert_eq!(cols(lines[2])[6], "dead");
         assert_eq!(cols(lines[2])[3..6], ["4", "2048", "MiB"]);
