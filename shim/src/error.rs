@@ -34,6 +34,11 @@ pub enum ShimError {
         code: Code,
         message: String,
     },
+    /// The guest agent could not be reached for `rpc`: its connection closed or the call
+    /// timed out before any answer. The guest side of the request is in an unknown state; a
+    /// caller cleaning up (Delete) goes on with the host side, others fail.
+    #[error("guest agent {rpc}: {message} (the guest agent or the VM may have died: see the guest console log)")]
+    AgentUnreachable { rpc: &'static str, message: String },
     /// A host file operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -122,12 +127,9 @@ impl ShimError {
                 code: status.code(),
                 message: status.message,
             },
-            other => ShimError::Agent {
+            other => ShimError::AgentUnreachable {
                 rpc,
-                code: Code::INTERNAL,
-                message: format!(
-                    "{other} (the guest agent or the VM may have died: see the guest console log)"
-                ),
+                message: other.to_string(),
             },
         }
     }
@@ -154,6 +156,7 @@ impl ShimError {
             ShimError::Annotation(_) => Code::INVALID_ARGUMENT,
             ShimError::Unimplemented(_) => Code::UNIMPLEMENTED,
             ShimError::Agent { code, .. } => *code,
+            ShimError::AgentUnreachable { .. } => Code::INTERNAL,
             ShimError::Sandbox(e) => match e.as_ref() {
                 isola_sandbox::SandboxError::Start(h) => hypervisor_code(h),
                 _ => Code::INTERNAL,
@@ -415,7 +418,21 @@ mod tests {
             "{msg}"
         );
         let transport = ShimError::agent("WaitProcess", ttrpc::Error::RemoteClosed);
+        assert!(
+            matches!(
+                transport,
+                ShimError::AgentUnreachable {
+                    rpc: "WaitProcess",
+                    ..
+                }
+            ),
+            "{transport:?}"
+        );
         assert_eq!(transport.code(), Code::INTERNAL);
+        assert!(
+            transport.to_string().contains("guest console log"),
+            "{transport}"
+        );
     }
 
     #[test]

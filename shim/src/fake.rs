@@ -90,9 +90,8 @@ impl FakeAgent {
             .unwrap()
             .push(format!("{rpc} {what}").trim().to_string());
         if self.is_dead() {
-            return Err(ShimError::Agent {
+            return Err(ShimError::AgentUnreachable {
                 rpc,
-                code: Code::INTERNAL,
                 message: "ttrpc err: remote stream closed".into(),
             });
         }
@@ -308,7 +307,7 @@ impl AgentApi for FakeAgent {
                 Ok(status) => Ok(ProcessExit { status: status.expect("waited for Some") }),
                 Err(_) => Err(ShimError::Agent { rpc: "WaitProcess", code: Code::INTERNAL, message: "gone".into() }),
             },
-            _ = dead.wait_for(|d| *d) => Err(ShimError::Agent { rpc: "WaitProcess", code: Code::INTERNAL, message: "ttrpc err: remote stream closed".into() }),
+            _ = dead.wait_for(|d| *d) => Err(ShimError::AgentUnreachable { rpc: "WaitProcess", message: "ttrpc err: remote stream closed".into() }),
         }
     }
 
@@ -444,9 +443,8 @@ impl AgentApi for FakeAgent {
         // Not recorded in `calls` (the metrics snapshot asks it on a timer, as the watchdog
         // asks Check), but it fails as asked.
         if self.is_dead() {
-            return Err(ShimError::Agent {
+            return Err(ShimError::AgentUnreachable {
                 rpc: "GetGuestDetails",
-                code: Code::INTERNAL,
                 message: "ttrpc err: remote stream closed".into(),
             });
         }
@@ -469,9 +467,8 @@ impl AgentApi for FakeAgent {
             }
             tokio::select! {
                 _ = self.oom_ready.notified() => {}
-                _ = dead.wait_for(|d| *d) => return Err(ShimError::Agent {
+                _ = dead.wait_for(|d| *d) => return Err(ShimError::AgentUnreachable {
                     rpc: "GetOOMEvent",
-                    code: Code::INTERNAL,
                     message: "ttrpc err: remote stream closed".into(),
                 }),
             }

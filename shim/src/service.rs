@@ -604,6 +604,12 @@ impl Service {
                     code: Code::NOT_FOUND,
                     ..
                 }) => {}
+                // The container has exited; with its agent gone the guest side goes with the
+                // VM (the watchdog or the last Delete stops it). Refusing would leave a task
+                // containerd can never delete.
+                Err(e @ ShimError::AgentUnreachable { .. }) => {
+                    tracing::warn!(error = %e, "the guest agent is unreachable: deleting the container on the host side only");
+                }
                 Err(e) => {
                     if let Some(c) = self.containers.lock().unwrap().get_any_mut(id) {
                         c.busy = false;

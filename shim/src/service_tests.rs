@@ -475,3 +475,34 @@ async fn a_refused_annotation_fails_the_pod_before_any_vm_boots() {
     );
     assert_eq!(env.factory.boots.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn delete_goes_on_when_the_agent_is_unreachable() {
+    let env = Env::new();
+    let s = &env.service;
+    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
+    s.create(env.request("pod", pod)).await.unwrap();
+    s.create(env.request("app", pod)).await.unwrap();
+    s.start("pod", "").await.unwrap();
+    s.start("app", "").await.unwrap();
+    env.agent().exit("app", "", 3);
+    assert_eq!(s.wait("app", "").await.unwrap().status, 3);
+    // A guest agent answering with an error keeps the container (Delete can be retried).
+    env.agent()
+        .fail("RemoveContainer", Code::INTERNAL, "umount busy");
+    assert_eq!(code(s.delete("app", "").await), Code::INTERNAL);
+    assert!(s.state("app", "").is_ok());
+    // The agent's connection gone while the VMM still runs: the exited container is deleted
+    // on the host side, nothing of it is left, and the VM stays for the pod's sandbox.
+    env.agent().vm_died();
+    let (_, exit) = s.delete("app", "").await.unwrap();
+    assert_eq!(exit.status, 3);
+    assert_eq!(code(s.state("app", "")), Code::NOT_FOUND);
+    assert!(env
+        .vm()
+        .unshared
+        .lock()
+        .unwrap()
+        .contains(&"app".to_string()));
+    assert!(env.events.topics().contains(&TASK_DELETE_EVENT_TOPIC));
+}
