@@ -289,6 +289,9 @@ async fn oom_kills_are_published() {
     let env = Env::new();
     let s = &env.service;
     running(&env).await;
+    let pod = r#"{"io.kubernetes.cri.sandbox-id":"c1"}"#;
+    s.create(env.request("c2", pod)).await.unwrap();
+    s.start("c2", "").await.unwrap();
     env.agent().oom("c1");
     assert_eq!(s.wait("c1", "").await.unwrap().status, 137);
     eventually("the OOM event", || {
@@ -306,9 +309,6 @@ async fn oom_kills_are_published() {
     assert_eq!(ooms, ["c1"]);
     // An OOM in a container the shim does not know is not published; the watcher goes on.
     env.agent().oom("ghost");
-    let pod = r#"{"io.kubernetes.cri.sandbox-id":"c1"}"#;
-    s.create(env.request("c2", pod)).await.unwrap();
-    s.start("c2", "").await.unwrap();
     env.agent().oom("c2");
     eventually("the second OOM event", || {
         env.events

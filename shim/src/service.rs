@@ -165,6 +165,8 @@ impl Service {
                 };
                 if empty {
                     self.stop_sandbox().await;
+                } else {
+                    self.stop_if_pod_ended();
                 }
                 Err(e)
             }
@@ -196,6 +198,11 @@ impl Service {
             )));
         }
         let options = RuntimeOptions::from_any(req.options.as_ref())?;
+        if sandbox_id != cid && self.sandbox_exited(sandbox_id) {
+            return Err(ShimError::FailedPrecondition(format!(
+                "the sandbox container {sandbox_id} of this pod has exited, so the pod is stopped: create the pod again"
+            )));
+        }
         let sandbox = self.ensure_sandbox(sandbox_id, spec, &options).await?;
         let oci_spec_json = serde_json::to_vec(&translated.spec)
             .map_err(|e| ShimError::Internal(format!("serializing the guest spec: {e}")))?;
@@ -236,6 +243,13 @@ impl Service {
             tracing::warn!(error = %e, "recording the sandbox in the bundle");
         }
         Ok((sandbox.vm.pid(), io))
+    }
+
+    fn sandbox_exited(&self, sandbox_id: &str) -> bool {
+        let containers = self.containers.lock().unwrap();
+        containers
+            .get(sandbox_id)
+            .is_ok_and(|s| s.init.status == Status::Stopped)
     }
 
     /// The sandbox, booting it (VM + CreateSandbox) for the first container.
@@ -328,6 +342,25 @@ impl Service {
     /// exit, with mounts or processes still being removed.
     pub async fn stop_sandbox(&self) {
         self.pod.stop().await;
+    }
+
+    /// Stops the VM in the background once the pod has ended ([`Containers::pod_ended`]).
+    /// Its containers stay for State, Wait and Delete. With CRI they can stay undeleted long
+    /// after the pod stopped (a finished Job's pod until the kubelet collects it), and the VM
+    /// would hold its memory all that time.
+    pub(crate) fn stop_if_pod_ended(self: &Arc<Self>) {
+        if self.pod.ready().is_none() {
+            return;
+        }
+        let sandbox_id = self.sandbox_name();
+        if !self.containers.lock().unwrap().pod_ended(&sandbox_id) {
+            return;
+        }
+        tracing::info!(
+            "the pod's sandbox container and every process in it have exited: stopping the VM"
+        );
+        let this = self.clone();
+        tokio::spawn(async move { this.stop_sandbox().await });
     }
 
     async fn unshare(&self, sandbox: &PodVm, cid: &str) {
@@ -468,6 +501,8 @@ impl Service {
                     }
                 }
             }
+            drop(containers);
+            this.stop_if_pod_ended();
         };
         tokio::spawn(tracing::Instrument::instrument(task, span));
     }
@@ -571,7 +606,7 @@ impl Service {
 
     /// Deletes a stopped (or never started) process; the container with its init process.
     /// Returns the pid and the exit.
-    pub async fn delete(&self, id: &str, exec_id: &str) -> Result<(u32, ExitInfo)> {
+    pub async fn delete(self: &Arc<Self>, id: &str, exec_id: &str) -> Result<(u32, ExitInfo)> {
         if !exec_id.is_empty() {
             let mut containers = self.containers.lock().unwrap();
             let c = containers.get_mut(id)?;
@@ -610,6 +645,11 @@ impl Service {
                 Err(e @ ShimError::AgentUnreachable { .. }) => {
                     tracing::warn!(error = %e, "the guest agent is unreachable: deleting the container on the host side only");
                 }
+                // The VM is being stopped under this call (the pod ended): it takes the
+                // container's guest side with it.
+                Err(e) if !self.pod.is_current(sandbox) => {
+                    tracing::debug!(error = %e, "the sandbox VM stopped during the delete");
+                }
                 Err(e) => {
                     if let Some(c) = self.containers.lock().unwrap().get_any_mut(id) {
                         c.busy = false;
@@ -646,6 +686,9 @@ impl Service {
         tracing::info!("container deleted");
         if empty {
             self.stop_sandbox().await;
+        } else {
+            // The last container that kept the pod from having ended may be this one.
+            self.stop_if_pod_ended();
         }
         Ok((container.pid, info))
     }

@@ -77,6 +77,8 @@ async fn create_start_wait_delete() {
         (Ok(TaskStatus::STOPPED), 3)
     );
 
+    // Its only container has exited, so the pod has ended: the VM stops before any Delete.
+    eventually("the VM stopped", || env.vm().stopped()).await;
     let (pid, exit) = s.delete("c1", "").await.unwrap();
     assert_eq!((pid, exit.status), (4242, 3));
     assert_eq!(
@@ -93,18 +95,19 @@ async fn create_start_wait_delete() {
         "CreateSandbox c1",
         "CreateContainer c1",
         "StartContainer c1",
-        "RemoveContainer c1",
     ] {
         assert!(
             calls.iter().any(|c| c == expected),
             "{expected} in {calls:?}"
         );
     }
-    // The last container gone: VM stopped, records removed, shared files removed.
-    assert!(env.vm().stopped());
+    // The VM took the container's guest side with it; the records are gone with the container.
+    assert!(
+        !calls.iter().any(|c| c.starts_with("RemoveContainer")),
+        "{calls:?}"
+    );
     assert!(!record.exists());
     assert!(!bundle.join(crate::persist::BUNDLE_RECORD).exists());
-    assert_eq!(env.vm().unshared.lock().unwrap().as_slice(), ["c1"]);
     assert_eq!(code(s.state("c1", "")), Code::NOT_FOUND);
 }
 
@@ -505,4 +508,91 @@ async fn delete_goes_on_when_the_agent_is_unreachable() {
         .unwrap()
         .contains(&"app".to_string()));
     assert!(env.events.topics().contains(&TASK_DELETE_EVENT_TOPIC));
+}
+
+#[tokio::test]
+async fn the_vm_stops_once_the_pod_has_ended() {
+    let env = Env::new();
+    let s = &env.service;
+    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
+    s.create(env.request("pod", pod)).await.unwrap();
+    s.create(env.request("app", pod)).await.unwrap();
+    s.create(env.request("job", pod)).await.unwrap();
+    s.start("pod", "").await.unwrap();
+    s.start("app", "").await.unwrap();
+    s.start("job", "").await.unwrap();
+    // An app container ending leaves the pod running; deleting it removes it in the guest.
+    env.agent().exit("job", "", 0);
+    assert_eq!(s.wait("job", "").await.unwrap().status, 0);
+    s.delete("job", "").await.unwrap();
+    assert!(env
+        .agent()
+        .calls()
+        .contains(&"RemoveContainer job".to_string()));
+    assert!(env
+        .vm()
+        .unshared
+        .lock()
+        .unwrap()
+        .contains(&"job".to_string()));
+    s.create(env.request("job", pod)).await.unwrap();
+    s.start("job", "").await.unwrap();
+    env.agent().exit("job", "", 0);
+    assert_eq!(s.wait("job", "").await.unwrap().status, 0);
+    // The sandbox container ending first (pause crashed) leaves the VM to the running app.
+    env.agent().exit("pod", "", 2);
+    assert_eq!(s.wait("pod", "").await.unwrap().status, 2);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!env.vm().stopped(), "app still runs in the VM");
+    assert_eq!(
+        s.state("app", "").unwrap().status.enum_value(),
+        Ok(TaskStatus::RUNNING)
+    );
+    // A pod whose sandbox container has exited is stopped: nothing more is created in it.
+    let err = s.create(env.request("late", pod)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FAILED_PRECONDITION);
+    assert!(err.to_string().contains("create the pod again"), "{err}");
+    // The last process ends: the VM goes at once, though no container was deleted.
+    s.kill("app", "", 15, false).await.unwrap();
+    assert_eq!(s.wait("app", "").await.unwrap().status, 128 + 15);
+    eventually("the VM stopped", || env.vm().stopped()).await;
+    for id in ["app", "job", "pod"] {
+        assert_eq!(
+            s.state(id, "").unwrap().status.enum_value(),
+            Ok(TaskStatus::STOPPED),
+            "{id}"
+        );
+    }
+    let exits = env.events.exits();
+    let ids: Vec<&str> = exits.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["job", "job", "pod", "app"],
+        "one exit per process: {exits:?}"
+    );
+    s.delete("job", "").await.unwrap();
+    s.delete("app", "").await.unwrap();
+    s.delete("pod", "").await.unwrap();
+    s.shutdown(false).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), env.exit.wait())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_pod_with_a_created_container_keeps_its_vm() {
+    let env = Env::new();
+    let s = &env.service;
+    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
+    s.create(env.request("pod", pod)).await.unwrap();
+    s.start("pod", "").await.unwrap();
+    s.create(env.request("app", pod)).await.unwrap();
+    env.agent().exit("pod", "", 0);
+    assert_eq!(s.wait("pod", "").await.unwrap().status, 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!env.vm().stopped(), "app is created, not ended");
+    // Deleting the container that kept the pod alive ends it.
+    s.delete("app", "").await.unwrap();
+    eventually("the VM stopped", || env.vm().stopped()).await;
+    assert!(s.state("pod", "").is_ok());
 }

@@ -207,6 +207,21 @@ impl Containers {
         self.map.values_mut()
     }
 
+    /// Whether the pod has ended: its sandbox container `sandbox_id` is here and has exited,
+    /// and so has every container's init; no container is being created or deleted and no
+    /// process is starting or running. Nothing can run in the VM any more.
+    pub fn pod_ended(&self, sandbox_id: &str) -> bool {
+        let Some(sandbox) = self.map.get(sandbox_id) else {
+            return false;
+        };
+        let over = |p: &Process| p.status != Status::Running && !p.starting;
+        sandbox.init.status == Status::Stopped
+            && self
+                .map
+                .values()
+                .all(|c| !c.busy && c.init.status == Status::Stopped && c.execs.values().all(over))
+    }
+
     /// Marks `Start` in flight for a process, checking it may start.
     pub fn begin_start(&mut self, id: &str, exec_id: &str) -> Result<()> {
         let container = self.get_mut(id)?;

@@ -223,10 +223,16 @@ fn fault(name: &str, f: Fault) {
     let late = exec
         .wait_timeout(CALL_BOUND + SEEN_WITHIN)
         .unwrap_or_else(|e| panic!("{name}: an exec during the fault hung: {e}"));
-    assert!(
-        !late.status.success(),
-        "{name}: an exec into a dead pod succeeded"
-    );
+    // The guest goes down a little after the shell's last word (reboot -f syncs first, then
+    // the kernel shuts its devices down): an exec can still finish in that window. It has come
+    // back either way, which is the point; every other fault kills the pod at once.
+    if !matches!(f, Fault::GuestReboot) {
+        assert!(
+            !late.status.success(),
+            "{name}: an exec into a dead pod succeeded: {}",
+            describe(&late)
+        );
+    }
 
     let t1 = Instant::now();
     let rm = c.ctr(&["tasks", "rm", "t-victim"]);

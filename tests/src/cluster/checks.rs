@@ -204,10 +204,35 @@ pub async fn workloads(cluster: &Cluster) -> Result<()> {
     }
     termination(cluster).await.context("graceful termination")?;
 
-    // Nothing of the isola pod is left on the host. containerd ends the VM at StopPodSandbox;
-    // CRI-O only at RemovePodSandbox, which the kubelet sends from its garbage collection (once
-    // a minute), so the VM of a deleted pod can outlive it by up to about a minute there.
+    // The pod's VM and its daemons end with the pod: the shim stops the VM once the sandbox
+    // container and every process have exited (StopPodSandbox), with either engine.
     let engine = cluster.engine.as_ref().context("no runtime")?;
+    const VM_PARTS: [&str; 4] = [
+        "qemu-system-x86",
+        "cloud-hyperviso",
+        "virtiofsd",
+        "vhost-device-vs",
+    ];
+    for id in &sandboxes {
+        eventually("the isola pod's VM gone", Duration::from_secs(30), || {
+            let vm: Vec<String> = crate::cri_leaks::pod_processes(id)
+                .into_iter()
+                .filter(|(pid, _)| VM_PARTS.contains(&crate::comm(*pid).as_str()))
+                .map(|(pid, cmd)| format!("{pid}: {cmd}"))
+                .collect();
+            async move {
+                if vm.is_empty() {
+                    Ok(Some(()))
+                } else {
+                    bail!("still running: {}", vm.join("; "))
+                }
+            }
+        })
+        .await?;
+    }
+    // Nothing else of it is left either. CRI-O deletes the containers, and so lets the shim
+    // exit, only at RemovePodSandbox, which the kubelet sends from its garbage collection (once
+    // a minute): the shim of a deleted pod can outlive it by up to about a minute there.
     for id in sandboxes {
         let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
         eventually(
