@@ -212,6 +212,21 @@ fn vm_detached_run_then_ctr_rm_leaves_nothing() {
     let out = c.run_with(&["-d"], "t-rm", &["sh", "-c", "exit 5"], None);
     assert!(out.status.success(), "ctr run -d: {}", describe(&out));
     c.wait_task_status("t-rm", "STOPPED", BOOT);
+    // Its only container has exited, so the pod has ended: the VM and its daemons go at once,
+    // before the task is deleted (the shim stays for that).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let vm = c.vm_processes();
+        if vm.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the VM of an ended pod still runs: {vm:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(c.tasks().len(), 1, "the task stays until ctr tasks rm");
     let rm = c.ctr(&["tasks", "rm", "t-rm"]);
     assert!(rm.status.success(), "ctr tasks rm: {}", describe(&rm));
     assert!(
