@@ -28,6 +28,25 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
     panic!("timed out waiting for {what}");
 }
 
+/// Containers that name sandbox "pod" (itself the first of them).
+const POD: &str = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
+
+/// Creates and starts `ids` in pod "pod", in order.
+async fn running_in_pod(env: &Env, ids: &[&str]) {
+    for id in ids {
+        env.service.create(env.request(id, POD)).await.unwrap();
+        env.service.start(id, "").await.unwrap();
+    }
+}
+
+/// Shutdown with no container left: the shim exits.
+async fn shut_down(env: &Env) {
+    env.service.shutdown(false).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(1), env.exit.wait())
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn create_start_wait_delete() {
     let env = Env::new();
@@ -318,10 +337,7 @@ async fn vm_death_exits_every_process() {
         .calls()
         .iter()
         .any(|c| c.starts_with("RemoveContainer")));
-    s.shutdown(false).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(1), env.exit.wait())
-        .await
-        .unwrap();
+    shut_down(&env).await;
 }
 
 #[tokio::test]
@@ -483,11 +499,7 @@ async fn a_refused_annotation_fails_the_pod_before_any_vm_boots() {
 async fn delete_goes_on_when_the_agent_is_unreachable() {
     let env = Env::new();
     let s = &env.service;
-    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
-    s.create(env.request("pod", pod)).await.unwrap();
-    s.create(env.request("app", pod)).await.unwrap();
-    s.start("pod", "").await.unwrap();
-    s.start("app", "").await.unwrap();
+    running_in_pod(&env, &["pod", "app"]).await;
     env.agent().exit("app", "", 3);
     assert_eq!(s.wait("app", "").await.unwrap().status, 3);
     // A guest agent answering with an error keeps the container (Delete can be retried).
@@ -514,13 +526,7 @@ async fn delete_goes_on_when_the_agent_is_unreachable() {
 async fn the_vm_stops_once_the_pod_has_ended() {
     let env = Env::new();
     let s = &env.service;
-    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
-    s.create(env.request("pod", pod)).await.unwrap();
-    s.create(env.request("app", pod)).await.unwrap();
-    s.create(env.request("job", pod)).await.unwrap();
-    s.start("pod", "").await.unwrap();
-    s.start("app", "").await.unwrap();
-    s.start("job", "").await.unwrap();
+    running_in_pod(&env, &["pod", "app", "job"]).await;
     // An app container ending leaves the pod running; deleting it removes it in the guest.
     env.agent().exit("job", "", 0);
     assert_eq!(s.wait("job", "").await.unwrap().status, 0);
@@ -535,8 +541,7 @@ async fn the_vm_stops_once_the_pod_has_ended() {
         .lock()
         .unwrap()
         .contains(&"job".to_string()));
-    s.create(env.request("job", pod)).await.unwrap();
-    s.start("job", "").await.unwrap();
+    running_in_pod(&env, &["job"]).await;
     env.agent().exit("job", "", 0);
     assert_eq!(s.wait("job", "").await.unwrap().status, 0);
     // The sandbox container ending first (pause crashed) leaves the VM to the running app.
@@ -549,7 +554,7 @@ async fn the_vm_stops_once_the_pod_has_ended() {
         Ok(TaskStatus::RUNNING)
     );
     // A pod whose sandbox container has exited is stopped: nothing more is created in it.
-    let err = s.create(env.request("late", pod)).await.unwrap_err();
+    let err = s.create(env.request("late", POD)).await.unwrap_err();
     assert_eq!(err.code(), Code::FAILED_PRECONDITION);
     assert!(err.to_string().contains("create the pod again"), "{err}");
     // The last process ends: the VM goes at once, though no container was deleted.
@@ -573,20 +578,15 @@ async fn the_vm_stops_once_the_pod_has_ended() {
     s.delete("job", "").await.unwrap();
     s.delete("app", "").await.unwrap();
     s.delete("pod", "").await.unwrap();
-    s.shutdown(false).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(1), env.exit.wait())
-        .await
-        .unwrap();
+    shut_down(&env).await;
 }
 
 #[tokio::test]
 async fn a_pod_with_a_created_container_keeps_its_vm() {
     let env = Env::new();
     let s = &env.service;
-    let pod = r#"{"io.kubernetes.cri.sandbox-id":"pod"}"#;
-    s.create(env.request("pod", pod)).await.unwrap();
-    s.start("pod", "").await.unwrap();
-    s.create(env.request("app", pod)).await.unwrap();
+    running_in_pod(&env, &["pod"]).await;
+    s.create(env.request("app", POD)).await.unwrap();
     env.agent().exit("pod", "", 0);
     assert_eq!(s.wait("pod", "").await.unwrap().status, 0);
     tokio::time::sleep(Duration::from_millis(50)).await;

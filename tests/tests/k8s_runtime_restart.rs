@@ -19,8 +19,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use isola_tests::cluster::checks::{eventually, first_container, kubectl, pod_json, wait_ready};
+use anyhow::{ensure, Context, Result};
+use isola_tests::cluster::checks::{
+    eventually, eventually_none, first_container, kubectl, pod_json, wait_ready,
+};
 use isola_tests::cluster::workload::{sleeper_pod, Class};
 use isola_tests::cluster::{checks, Cluster, Runtime};
 use isola_tests::supervisor::read_pidfile;
@@ -287,18 +289,10 @@ async fn restart_runtime(cluster: &Cluster) -> Result<()> {
         &["delete", "pod", "--all", "--wait=true", "--timeout=120s"],
     )
     .await?;
+    let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
     for id in all_sandboxes {
-        let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
-        eventually("the isola pods' leftovers gone", BACK_WITHIN, || {
-            let left =
-                isola_tests::cri_leaks::pod_leftovers(dir, state, &id, pid, &interfaces_before);
-            async move {
-                if left.is_empty() {
-                    Ok(Some(()))
-                } else {
-                    bail!("left behind: {}", left.join("; "))
-                }
-            }
+        eventually_none("the isola pods' leftovers gone", BACK_WITHIN, || {
+            isola_tests::cri_leaks::pod_leftovers(dir, state, &id, pid, &interfaces_before)
         })
         .await?;
     }

@@ -91,6 +91,26 @@ where
     }
 }
 
+/// Polls `left` (what is still there) until it is empty; fails after `timeout` naming what
+/// was still there.
+pub async fn eventually_none(
+    what: &str,
+    timeout: Duration,
+    left: impl Fn() -> Vec<String>,
+) -> Result<()> {
+    eventually(what, timeout, || {
+        let left = left();
+        async move {
+            if left.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("still there: {}", left.join("; "))
+            }
+        }
+    })
+    .await
+}
+
 /// Waits until pod `name` is Ready; returns its JSON (or fails with what kubectl describes).
 pub async fn wait_ready(cluster: &Cluster, name: &str) -> Result<Value> {
     let ready = poll_ready(cluster, name).await;
@@ -214,41 +234,24 @@ pub async fn workloads(cluster: &Cluster) -> Result<()> {
         "vhost-device-vs",
     ];
     for id in &sandboxes {
-        eventually("the isola pod's VM gone", Duration::from_secs(30), || {
-            let vm: Vec<String> = crate::cri_leaks::pod_processes(id)
+        eventually_none("the isola pod's VM gone", Duration::from_secs(30), || {
+            crate::cri_leaks::pod_processes(id)
                 .into_iter()
                 .filter(|(pid, _)| VM_PARTS.contains(&crate::comm(*pid).as_str()))
                 .map(|(pid, cmd)| format!("{pid}: {cmd}"))
-                .collect();
-            async move {
-                if vm.is_empty() {
-                    Ok(Some(()))
-                } else {
-                    bail!("still running: {}", vm.join("; "))
-                }
-            }
+                .collect()
         })
         .await?;
     }
     // Nothing else of it is left either. CRI-O deletes the containers, and so lets the shim
     // exit, only at RemovePodSandbox, which the kubelet sends from its garbage collection (once
     // a minute): the shim of a deleted pod can outlive it by up to about a minute there.
+    let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
     for id in sandboxes {
-        let (dir, state, pid) = (engine.dir(), engine.state_dir(), engine.pid());
-        eventually(
+        eventually_none(
             "the isola pod's leftovers gone",
             Duration::from_secs(120),
-            || {
-                let left =
-                    crate::cri_leaks::pod_leftovers(dir, state, &id, pid, &interfaces_before);
-                async move {
-                    if left.is_empty() {
-                        Ok(Some(()))
-                    } else {
-                        bail!("left behind: {}", left.join("; "))
-                    }
-                }
-            },
+            || crate::cri_leaks::pod_leftovers(dir, state, &id, pid, &interfaces_before),
         )
         .await?;
     }
