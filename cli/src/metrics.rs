@@ -358,18 +358,21 @@ pub fn render(
                 .get_or_create(&pod)
                 .set(gauge_value(now_unix.saturating_sub(rec.created_unix)));
         }
-        for (i, proc) in rec.processes.iter().enumerate() {
+        // The VMM, its helpers, then the shim serving the pod (the very process recorded).
+        let shim = rec.shim.iter().map(|p| (p, Some("shim".to_string())));
+        let vm = rec.processes.iter().enumerate().map(|(i, p)| {
+            let name = (i == 0).then(|| "vmm".to_string());
+            (p, name)
+        });
+        for (i, (proc, name)) in vm.chain(shim).enumerate() {
             let stats = if i == 0 {
                 Some(vmm_stats.clone())
             } else {
                 procfs::stats(src, *proc, units)
             };
             let Some(stats) = stats else { continue };
-            let process = if i == 0 {
-                "vmm".to_string()
-            } else {
-                procfs::name(src, proc.pid).unwrap_or_else(|| "unknown".into())
-            };
+            let process = name
+                .unwrap_or_else(|| procfs::name(src, proc.pid).unwrap_or_else(|| "unknown".into()));
             let labels = ProcLabels {
                 sandbox_id: pod.sandbox_id.clone(),
                 backend: pod.backend.clone(),
@@ -439,6 +442,7 @@ mod tests {
         let src = Fake(HashMap::from([
             (10, fake_proc(250, 100, 300, "qemu-system-x86_64")),
             (11, fake_proc(50, 10, 20, "virtiofsd")),
+            (9, fake_proc(7, 30, 40, "containerd-shim-isola-v2")),
         ]));
         let at = |pid| ProcId {
             pid,
@@ -446,6 +450,7 @@ mod tests {
         };
         let live = SandboxRecord {
             sandbox_id: "p\"1".into(),
+            shim: Some(at(9)),
             processes: vec![at(10), at(11), at(12)],
             hypervisor: "qemu".into(),
             vcpus: 2,
@@ -483,6 +488,10 @@ mod tests {
             format!(r#"isola_process_cpu_seconds_total{{{pod},process="virtiofsd"}} 0.5"#),
             format!(r#"isola_process_resident_memory_bytes{{{pod},process="vmm"}} 409600"#),
             format!(r#"isola_process_pss_bytes{{{pod},process="virtiofsd"}} 20480"#),
+            // The shim itself, named as such whatever its command line.
+            format!(r#"isola_process_cpu_seconds_total{{{pod},process="shim"}} 0.07"#),
+            format!(r#"isola_process_resident_memory_bytes{{{pod},process="shim"}} 122880"#),
+            format!(r#"isola_process_pss_bytes{{{pod},process="shim"}} 40960"#),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -149,6 +149,15 @@ fn vm_ps_and_monitor_show_two_running_pods() {
             .is_some(),
             "{id}: virtiofsd's figures:\n{scrape}"
         );
+        // The shim serving the pod is one of its host processes too.
+        let shim = [pod.as_str(), "process=\"shim\""];
+        let shim_rss = sample(&scrape, "isola_process_resident_memory_bytes", &shim)
+            .unwrap_or_else(|| panic!("{id}: no figures of the shim:\n{scrape}"));
+        assert!(
+            shim_rss > 1024.0 * 1024.0 && shim_rss < rss,
+            "{id}: shim RSS {shim_rss} (VMM {rss})"
+        );
+        assert!(sample(&scrape, "isola_process_cpu_seconds_total", &shim).is_some_and(|c| c > 0.0));
         // The guest's own view, from the agent.
         let total = sample(&scrape, "isola_guest_memory_total_bytes", &[pod.as_str()])
             .unwrap_or_else(|| panic!("{id}: no guest memory:\n{scrape}"));
