@@ -33,17 +33,20 @@ pause() {
 }
 
 uninstall() {
-  "$isola" deploy uninstall
+  "$isola" deploy uninstall "$@"
 }
 
+# On SIGTERM the uninstall asks for the runtime's restart without waiting for it (--no-wait):
+# this pod's termination is a call from the kubelet to the runtime, and CRI-O, stopping to
+# restart, first waits for that call to end, that is for this pod.
 on_term() {
   [ -z "${!:-}" ] || kill -KILL "$!" 2>/dev/null
   if [ "$mode" = install ]; then
     case "$on_term_do" in
-      always) uninstall ;;
+      always) uninstall --no-wait ;;
       # Exit 0 only when the DaemonSet is gone or being deleted; when the API server cannot
       # say, isola stays installed (and the reason is printed).
-      deleted) if "$isola" deploy should-uninstall; then uninstall; fi ;;
+      deleted) if "$isola" deploy should-uninstall; then uninstall --no-wait; fi ;;
       never) ;;
     esac
   fi

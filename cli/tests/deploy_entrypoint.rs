@@ -83,14 +83,14 @@ fn sigterm_uninstalls_only_when_the_daemonset_is_being_deleted() {
         [
             "deploy install",
             "deploy should-uninstall",
-            "deploy uninstall"
+            "deploy uninstall --no-wait"
         ]
     );
     let (code, log) = run("deleted", "1", "0");
     assert_eq!(code, 0);
     assert_eq!(log, ["deploy install", "deploy should-uninstall"]);
     let (_, log) = run("always", "1", "0");
-    assert_eq!(log, ["deploy install", "deploy uninstall"]);
+    assert_eq!(log, ["deploy install", "deploy uninstall --no-wait"]);
     let (_, log) = run("never", "0", "0");
     assert_eq!(log, ["deploy install"]);
 }

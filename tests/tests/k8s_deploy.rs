@@ -268,6 +268,25 @@ async fn assert_uninstalled(
     Ok(())
 }
 
+/// The installer pods' names (`pod/<name>` lines), empty when there are none.
+async fn installer_pods(cluster: &Cluster) -> Result<String> {
+    let names = kubectl(
+        cluster,
+        &[
+            "-n",
+            NAMESPACE,
+            "get",
+            "pods",
+            "-l",
+            INSTALLER_PODS,
+            "-o",
+            "name",
+        ],
+    )
+    .await?;
+    Ok(names.trim().to_string())
+}
+
 /// The plain DaemonSet: install, label, a pod, then deletion uninstalls.
 async fn plain_daemonset(cluster: &Cluster) -> Result<()> {
     let node = NodeSettings::of(cluster)?;
@@ -324,6 +343,9 @@ async fn plain_daemonset(cluster: &Cluster) -> Result<()> {
     isola_pod_runs(cluster, "ds-pod", "isola-ds", &node).await?;
     delete_pods(cluster, &["ds-pod"], &node.prefix).await?;
 
+    // The uninstall runs in the terminating pod, whose log goes with it: followed from here.
+    let pod_name = installer_pods(cluster).await?;
+    let follow = cluster.kubectl_bg(&["-n", NAMESPACE, "logs", "-f", &pod_name])?;
     let t0 = std::time::Instant::now();
     let ds_text = ds.to_string();
     tokio::task::block_in_place(|| {
@@ -339,28 +361,16 @@ async fn plain_daemonset(cluster: &Cluster) -> Result<()> {
         )
     })?;
     eventually("the installer pods gone", INSTALL_WITHIN, || async {
-        let pods = kubectl(
-            cluster,
-            &[
-                "-n",
-                NAMESPACE,
-                "get",
-                "pods",
-                "-l",
-                INSTALLER_PODS,
-                "-o",
-                "name",
-            ],
-        )
-        .await?;
-        Ok(pods.trim().is_empty().then_some(()))
+        Ok(installer_pods(cluster).await?.is_empty().then_some(()))
     })
     .await?;
     eprintln!(
         "plain DaemonSet: uninstalled after {:.1} s",
         t0.elapsed().as_secs_f64()
     );
-    assert_uninstalled(cluster, &node, &before).await?;
+    assert_uninstalled(cluster, &node, &before)
+        .await
+        .with_context(|| format!("the installer's log:\n{}", follow.stdout_so_far()))?;
     kubectl(cluster, &["delete", "runtimeclass", "isola-ds"]).await?;
     for o in rbac.iter().rev() {
         kubectl_input(cluster, &["delete", "-f", "-"], Some(&o.to_string())).await?;

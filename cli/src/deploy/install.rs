@@ -24,7 +24,7 @@ use anyhow::Context;
 use super::backup::{write_atomic, Manifest};
 use super::layout::{Handler, Layout};
 use super::register::{self, Runtime};
-use super::restart::Strategy;
+use super::restart::{restart_runtime, Restarted, Strategy};
 use super::{gc, shim_link, version, Env};
 use crate::install::crio;
 
@@ -235,18 +235,19 @@ pub fn install(o: &Opts, env: &Env) -> anyhow::Result<Installed> {
             o.runtime_config.display(),
             m.handlers.join(", ")
         );
-    } else if env.restarter.restart(&o.restart)? {
-        let took = super::restart::wait_socket(&o.layout.local(&o.socket), o.wait)?;
-        println!(
-            "{} ({}): answering after {took:.1?}",
-            o.runtime.name(),
-            o.restart
-        );
     } else {
-        println!(
-            "--restart none: restart (or reload) {} yourself for the handlers to take effect",
-            o.runtime.name()
-        );
+        let socket = o.layout.local(&o.socket);
+        match restart_runtime(env.restarter, &o.restart, &socket, Some(o.wait))? {
+            Restarted::Answering(took) => println!(
+                "{} ({}): answering after {took:.1?}",
+                o.runtime.name(),
+                o.restart
+            ),
+            Restarted::NotAsked | Restarted::NotWaited => println!(
+                "--restart none: restart (or reload) {} yourself for the handlers to take effect",
+                o.runtime.name()
+            ),
+        }
     }
     m.restart_pending = false;
     m.save(&o.layout)?;

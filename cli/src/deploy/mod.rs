@@ -112,6 +112,13 @@ pub struct UninstallArgs {
     /// kept for them (the runtime still manages those pods through it) until a later run
     #[arg(long, env = "ISOLA_DEPLOY_FORCE")]
     force: bool,
+    /// Ask for the runtime's restart and go on without waiting for it (systemd: `systemctl
+    /// restart --no-block`): what the DaemonSet's pod does on its SIGTERM, since that pod's
+    /// termination is a call from the kubelet to the runtime, and CRI-O, stopping to restart,
+    /// waits for its calls to finish, so it would wait for this uninstall while the uninstall
+    /// waits for it
+    #[arg(long)]
+    no_wait: bool,
 }
 
 /// Checks the installed version on the node.
@@ -266,6 +273,7 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
                 restart: a.common.restart,
                 socket: a.common.runtime_socket,
                 wait,
+                no_wait: a.no_wait,
                 force: a.force,
             };
             uninstall::uninstall(&opts, &env)?;

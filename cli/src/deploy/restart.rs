@@ -16,6 +16,11 @@
 //! With `--host-root` other than `/`, `systemctl` and commands run in the host's namespaces
 //! through `nsenter -t 1 -m -u -i -n -p` (the pod needs hostPID and privileges); the pid file is
 //! read under the host root and the signal sent directly (hostPID: the same pid namespace).
+//!
+//! After a restart the runtime is back once its socket answers from another process than the
+//! one that answered before (its peer credentials): a runtime still answers for a moment after
+//! the signal or `systemctl restart` reached it, while it shuts down, and counting that as
+//! "back" would have the installer check, label and go on while the runtime goes down.
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -100,10 +105,76 @@ pub fn on_host(host_root: &Path, host_pid: u32, argv: &[String]) -> Vec<String> 
     out
 }
 
+impl Strategy {
+    /// Whether the runtime comes back as another process: systemd's restart, or a signal that
+    /// ends it (its service manager starts it again). Not a reload signal (HUP), and not a
+    /// command, which may do either and has done it when it returns. After such a restart the
+    /// process that answered before must not count as the runtime being back: it still
+    /// answers for a moment after the signal, while it shuts down.
+    pub fn replaces_the_process(&self) -> bool {
+        match self {
+            Strategy::Systemd(_) => true,
+            Strategy::Signal { signal, .. } => matches!(
+                signal,
+                Signal::SIGTERM | Signal::SIGINT | Signal::SIGQUIT | Signal::SIGKILL
+            ),
+            Strategy::Command(_) | Strategy::None => false,
+        }
+    }
+}
+
 /// Restarts (or reloads) the runtime.
 pub trait Restarter {
-    /// Does it; Ok(true) when something was done (the socket is then waited for).
-    fn restart(&self, how: &Strategy) -> anyhow::Result<bool>;
+    /// Does it; Ok(true) when something was done. With `blocking` false a systemd restart is
+    /// only queued (`systemctl restart --no-block`): the caller does not wait for the runtime.
+    fn restart(&self, how: &Strategy, blocking: bool) -> anyhow::Result<bool>;
+}
+
+/// What came of [`restart_runtime`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Restarted {
+    /// `--restart none`: the runtime is left as it is.
+    NotAsked,
+    /// Asked for and, as the caller wanted, not waited for.
+    NotWaited,
+    /// Answering on its socket again (after a restart, as a new process) after this long.
+    Answering(Duration),
+}
+
+/// Restarts the runtime as `how` says and, with `wait`, waits at most that long until it
+/// answers on `socket` (its path in this process's view) again, from a new process when `how`
+/// replaces it (see [`Strategy::replaces_the_process`]).
+///
+/// Without `wait` the restart is asked for and not waited for. That is for an uninstall from
+/// the DaemonSet's pod on its SIGTERM: that pod's termination is an RPC from the kubelet to
+/// the runtime, and CRI-O's shutdown waits for its RPCs to finish, so a restart of CRI-O
+/// waited for from there waits on itself (the runtime's socket closed, the node without a
+/// runtime) until the wait gives up.
+pub fn restart_runtime(
+    r: &dyn Restarter,
+    how: &Strategy,
+    socket: &Path,
+    wait: Option<Duration>,
+) -> anyhow::Result<Restarted> {
+    let before = match wait {
+        Some(_) if how.replaces_the_process() => serving_pid(socket),
+        _ => None,
+    };
+    if !r.restart(how, wait.is_some())? {
+        return Ok(Restarted::NotAsked);
+    }
+    match wait {
+        None => Ok(Restarted::NotWaited),
+        Some(t) => Ok(Restarted::Answering(wait_socket(socket, before, t)?)),
+    }
+}
+
+/// The pid of the process that answers on the Unix socket `path` (its peer credentials), when
+/// one answers and its pid is visible from here.
+pub fn serving_pid(path: &Path) -> Option<i32> {
+    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
+    let c = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    (c.pid() > 0).then_some(c.pid())
 }
 
 /// The real one.
@@ -132,11 +203,15 @@ pub fn run(argv: &[String]) -> anyhow::Result<()> {
 }
 
 impl Restarter for Host {
-    fn restart(&self, how: &Strategy) -> anyhow::Result<bool> {
+    fn restart(&self, how: &Strategy, blocking: bool) -> anyhow::Result<bool> {
         match how {
             Strategy::None => return Ok(false),
             Strategy::Systemd(unit) => {
-                let argv = ["systemctl", "restart", unit].map(str::to_string);
+                let mut argv = vec!["systemctl".to_string(), "restart".into()];
+                if !blocking {
+                    argv.push("--no-block".into());
+                }
+                argv.push(unit.clone());
                 run(&on_host(&self.host_root, self.host_pid, &argv)).with_context(|| {
                     format!("restarting {unit}; is the runtime a systemd unit of that name? Otherwise pass --restart command:... or signal:...")
                 })?;
@@ -159,17 +234,30 @@ impl Restarter for Host {
     }
 }
 
-/// Waits until something accepts connections on the Unix socket `path`, at most `timeout`.
-pub fn wait_socket(path: &Path, timeout: Duration) -> anyhow::Result<Duration> {
+/// Waits until something other than the process `old` accepts connections on the Unix socket
+/// `path`, at most `timeout`.
+pub fn wait_socket(path: &Path, old: Option<i32>, timeout: Duration) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
-        let err = match std::os::unix::net::UnixStream::connect(path) {
-            Ok(_) => return Ok(start.elapsed()),
-            Err(e) => e,
+        let why = match std::os::unix::net::UnixStream::connect(path) {
+            Ok(s) => {
+                let peer =
+                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
+                        .map(|c| c.pid())
+                        .ok();
+                match old {
+                    Some(pid) if peer == Some(pid) => format!(
+                        "still answered by the runtime asked to restart (pid {pid}), which has \
+                         not exited"
+                    ),
+                    _ => return Ok(start.elapsed()),
+                }
+            }
+            Err(e) => e.to_string(),
         };
         if start.elapsed() >= timeout {
             anyhow::bail!(
-                "the runtime's socket {} did not answer within {:?} ({err}); see the runtime's \
+                "the runtime's socket {} did not answer within {:?} ({why}); see the runtime's \
                  log (journalctl -u containerd / crio), or pass --runtime-socket if it lives elsewhere",
                 path.display(),
                 timeout
@@ -249,14 +337,14 @@ mod tests {
             host_pid: 1,
         };
         let how: Strategy = "signal:/run/rt.pid:TERM".parse().unwrap();
-        assert!(r.restart(&how).unwrap());
+        assert!(r.restart(&how, true).unwrap());
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt;
         assert_eq!(status.signal(), Some(15));
         let missing: Strategy = "signal:/run/none.pid:HUP".parse().unwrap();
-        let e = r.restart(&missing).unwrap_err();
+        let e = r.restart(&missing, true).unwrap_err();
         assert!(format!("{e:#}").contains("pid file"), "{e:#}");
-        assert!(!r.restart(&Strategy::None).unwrap());
+        assert!(!r.restart(&Strategy::None, true).unwrap());
     }
 
     #[test]
@@ -266,9 +354,9 @@ mod tests {
             host_pid: 1,
         };
         let ok: Strategy = "command:true".parse().unwrap();
-        assert!(r.restart(&ok).unwrap());
+        assert!(r.restart(&ok, true).unwrap());
         let bad: Strategy = "command:sh -c echo_nope".parse().unwrap();
-        let e = format!("{:#}", r.restart(&bad).unwrap_err());
+        let e = format!("{:#}", r.restart(&bad, false).unwrap_err());
         assert!(
             e.contains("echo_nope") && e.contains("--restart none"),
             "{e}"
@@ -279,9 +367,42 @@ mod tests {
     fn waiting_for_a_socket_is_bounded() {
         let d = tempfile::tempdir().unwrap();
         let sock = d.path().join("s.sock");
-        let e = wait_socket(&sock, Duration::from_millis(300)).unwrap_err();
+        let e = wait_socket(&sock, None, Duration::from_millis(300)).unwrap_err();
         assert!(e.to_string().contains("did not answer"), "{e}");
         let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
-        assert!(wait_socket(&sock, Duration::from_secs(5)).is_ok());
+        assert!(wait_socket(&sock, None, Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn after_a_restart_the_process_asked_to_restart_does_not_count_as_back() {
+        let d = tempfile::tempdir().unwrap();
+        let sock = d.path().join("s.sock");
+        let _l = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let me = std::process::id() as i32;
+        assert_eq!(serving_pid(&sock), Some(me));
+        assert_eq!(serving_pid(&d.path().join("none.sock")), None);
+        let e = wait_socket(&sock, Some(me), Duration::from_millis(300)).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!(
+                "still answered by the runtime asked to restart (pid {me})"
+            )),
+            "{e}"
+        );
+        assert!(wait_socket(&sock, Some(me + 1), Duration::from_secs(5)).is_ok());
+    }
+
+    #[test]
+    fn only_a_restart_replaces_the_process() {
+        for (s, replaces) in [
+            ("systemd:crio", true),
+            ("signal:/run/crio.pid:TERM", true),
+            ("signal:/run/crio.pid:KILL", true),
+            ("signal:/run/crio.pid:HUP", false),
+            ("command:/usr/local/bin/restart-runtime", false),
+            ("none", false),
+        ] {
+            let how: Strategy = s.parse().unwrap();
+            assert_eq!(how.replaces_the_process(), replaces, "{s}");
+        }
     }
 }

@@ -18,15 +18,21 @@ struct Fakes {
     hook: RefCell<Vec<String>>,
     fail_restart: RefCell<bool>,
     fail_check: RefCell<bool>,
+    /// The restart happens (so the runtime's socket is waited for, unless told not to);
+    /// otherwise it is as if --restart none: no socket to wait for.
+    restart_happens: RefCell<bool>,
+    /// Whether each restart was asked for blocking.
+    blocking: RefCell<Vec<bool>>,
 }
 
 impl Restarter for Fakes {
-    fn restart(&self, how: &Strategy) -> anyhow::Result<bool> {
+    fn restart(&self, how: &Strategy, blocking: bool) -> anyhow::Result<bool> {
         if *self.fail_restart.borrow() {
             anyhow::bail!("restart failed");
         }
         self.restarts.borrow_mut().push(how.to_string());
-        Ok(false) // as if --restart none: no socket to wait for
+        self.blocking.borrow_mut().push(blocking);
+        Ok(*self.restart_happens.borrow())
     }
 }
 
@@ -112,6 +118,7 @@ fn un(o: &install::Opts) -> uninstall::Opts {
         restart: o.restart.clone(),
         socket: None,
         wait: Duration::from_secs(1),
+        no_wait: false,
         force: false,
     }
 }
@@ -400,4 +407,49 @@ fn a_version_that_fails_its_check_does_not_stay_current() {
     let v2 = install::install(&o, &env(&f)).unwrap().version;
     assert_ne!(v2, v1);
     assert_eq!(version::current(&o.layout).as_deref(), Some(v2.as_str()));
+}
+
+#[test]
+fn a_restart_is_waited_for_until_another_process_answers_but_not_from_a_terminating_pod() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &[]);
+    install::install(&o, &env(&f)).unwrap();
+    *f.restart_happens.borrow_mut() = true;
+    let prefix = n.host.path().join("opt/isola");
+
+    // The runtime asked to restart still answers (this process, on the runtime's socket in the
+    // scratch root): that is not the runtime back, and the prefix stays for the next run.
+    let sock = n.host.path().join("run/containerd/containerd.sock");
+    fs::create_dir_all(sock.parent().unwrap()).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let e = format!("{:#}", uninstall::uninstall(&un(&o), &env(&f)).unwrap_err());
+    assert!(
+        e.contains("still answered by the runtime asked to restart"),
+        "{e}"
+    );
+    assert!(prefix.exists());
+    // Nothing answers at all: the same, once the wait is over.
+    drop(listener);
+    fs::remove_file(&sock).unwrap();
+    let e = format!("{:#}", uninstall::uninstall(&un(&o), &env(&f)).unwrap_err());
+    assert!(e.contains("did not answer"), "{e}");
+    assert!(prefix.exists());
+    assert_eq!(*f.blocking.borrow(), [true, true, true]);
+
+    // --no-wait (the DaemonSet's pod on its SIGTERM): the pending restart is asked for without
+    // blocking, not waited for, and the uninstall goes to its end.
+    let t0 = std::time::Instant::now();
+    let no_wait = uninstall::Opts {
+        no_wait: true,
+        ..un(&o)
+    };
+    assert!(uninstall::uninstall(&no_wait, &env(&f)).unwrap());
+    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    assert!(!prefix.exists());
+    assert_eq!(f.blocking.borrow().last(), Some(&false));
+    assert_eq!(
+        fs::read(n.host.path().join("etc/containerd/config.toml")).unwrap(),
+        ORIGINAL.as_bytes()
+    );
 }

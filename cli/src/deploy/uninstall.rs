@@ -1,7 +1,8 @@
 //! `isola deploy uninstall`: the node hook first (the node stops being ready for isola pods
 //! before anything goes), then the runtime's configuration as it was before install (byte for
 //! byte, see `backup`), the directories install created, a runtime restart when a file
-//! changed, and last `<prefix>` entirely. Without an install under `<prefix>` it only runs the
+//! changed (waited for, unless `--no-wait`: see `restart::restart_runtime`), and last `<prefix>`
+//! entirely. Without an install under `<prefix>` it only runs the
 //! node hook (a stale label goes too) and says so.
 //!
 //! Pods still running keep running: their shims, VMMs and daemons are processes of their own;
@@ -20,7 +21,7 @@ use anyhow::Context;
 use super::backup::{Manifest, Restore};
 use super::layout::{Handler, Layout};
 use super::register::{self, Runtime};
-use super::restart::Strategy;
+use super::restart::{restart_runtime, Restarted, Strategy};
 use super::{gc, version, Env};
 use crate::install::crio;
 
@@ -31,6 +32,8 @@ pub struct Opts {
     /// The runtime's socket (host path); the installed runtime's usual one when `None`.
     pub socket: Option<PathBuf>,
     pub wait: Duration,
+    /// Ask for the runtime's restart without waiting for it (see `restart::restart_runtime`).
+    pub no_wait: bool,
     /// Remove `<prefix>` even while isola processes still run from it.
     pub force: bool,
 }
@@ -93,22 +96,26 @@ pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
     m.files.clear();
     m.save(l)?;
     if m.restart_pending {
-        if env.restarter.restart(&o.restart)? {
-            let socket = o
-                .socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(runtime.default_socket()));
-            let took = super::restart::wait_socket(&l.local(&socket), o.wait)?;
-            println!(
+        let socket = o
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(runtime.default_socket()));
+        let wait = (!o.no_wait).then_some(o.wait);
+        match restart_runtime(env.restarter, &o.restart, &l.local(&socket), wait)? {
+            Restarted::Answering(took) => println!(
                 "{} ({}): answering after {took:.1?}",
                 runtime.name(),
                 o.restart
-            );
-        } else {
-            println!(
+            ),
+            Restarted::NotWaited => println!(
+                "{} ({}): restart asked for, not waited for (--no-wait)",
+                runtime.name(),
+                o.restart
+            ),
+            Restarted::NotAsked => println!(
                 "--restart none: restart (or reload) {} yourself to drop the isola handlers",
                 runtime.name()
-            );
+            ),
         }
         m.restart_pending = false;
         m.save(l)?;
