@@ -170,11 +170,12 @@ pub fn restart_runtime(
 }
 
 /// The pid of the process that answers on the Unix socket `path` (its peer credentials), when
-/// one answers and its pid is visible from here.
+/// one answers and its pid is visible from here. Not pid 1: a socket systemd activates carries
+/// systemd's credentials, which stay the same across the runtime's restart.
 pub fn serving_pid(path: &Path) -> Option<i32> {
     let s = std::os::unix::net::UnixStream::connect(path).ok()?;
     let c = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
-    (c.pid() > 0).then_some(c.pid())
+    (c.pid() > 1).then_some(c.pid())
 }
 
 /// The real one.
