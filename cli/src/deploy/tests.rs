@@ -438,14 +438,13 @@ fn a_restart_is_waited_for_until_another_process_answers_but_not_from_a_terminat
     assert_eq!(*f.blocking.borrow(), [true, true, true]);
 
     // --no-wait (the DaemonSet's pod on its SIGTERM): the pending restart is asked for without
-    // blocking, not waited for, and the uninstall goes to its end.
-    let t0 = std::time::Instant::now();
+    // blocking and not waited for (nothing answers, so a wait would fail as above), and the
+    // uninstall goes to its end.
     let no_wait = uninstall::Opts {
         no_wait: true,
         ..un(&o)
     };
     assert!(uninstall::uninstall(&no_wait, &env(&f)).unwrap());
-    assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
     assert!(!prefix.exists());
     assert_eq!(f.blocking.borrow().last(), Some(&false));
     assert_eq!(
