@@ -95,6 +95,11 @@ impl FakeSandbox {
     pub fn stopped(&self) -> bool {
         self.stops.load(Ordering::SeqCst) > 0
     }
+
+    /// Whether the container `cid`'s rootfs share was taken down.
+    pub fn was_unshared(&self, cid: &str) -> bool {
+        self.unshared.lock().unwrap().iter().any(|c| c == cid)
+    }
 }
 
 #[async_trait]

@@ -240,12 +240,7 @@ async fn agent_codes_are_preserved() {
     let same_pod = r#"{"io.kubernetes.cri.sandbox-id":"c1"}"#;
     let err = s.create(env.request("c2", same_pod)).await.unwrap_err();
     assert_eq!(err.code(), Code::INVALID_ARGUMENT);
-    assert!(env
-        .vm()
-        .unshared
-        .lock()
-        .unwrap()
-        .contains(&"c2".to_string()));
+    assert!(env.vm().was_unshared("c2"));
     assert!(!env.vm().stopped(), "c1 still uses the VM");
 }
 
@@ -513,12 +508,7 @@ async fn delete_goes_on_when_the_agent_is_unreachable() {
     let (_, exit) = s.delete("app", "").await.unwrap();
     assert_eq!(exit.status, 3);
     assert_eq!(code(s.state("app", "")), Code::NOT_FOUND);
-    assert!(env
-        .vm()
-        .unshared
-        .lock()
-        .unwrap()
-        .contains(&"app".to_string()));
+    assert!(env.vm().was_unshared("app"));
     assert!(env.events.topics().contains(&TASK_DELETE_EVENT_TOPIC));
 }
 
@@ -535,12 +525,7 @@ async fn the_vm_stops_once_the_pod_has_ended() {
         .agent()
         .calls()
         .contains(&"RemoveContainer job".to_string()));
-    assert!(env
-        .vm()
-        .unshared
-        .lock()
-        .unwrap()
-        .contains(&"job".to_string()));
+    assert!(env.vm().was_unshared("job"));
     running_in_pod(&env, &["job"]).await;
     env.agent().exit("job", "", 0);
     assert_eq!(s.wait("job", "").await.unwrap().status, 0);
