@@ -358,21 +358,21 @@ pub fn render(
                 .get_or_create(&pod)
                 .set(gauge_value(now_unix.saturating_sub(rec.created_unix)));
         }
-        // The VMM, its helpers, then the shim serving the pod (the very process recorded).
-        let shim = rec.shim.iter().map(|p| (p, Some("shim".to_string())));
-        let vm = rec.processes.iter().enumerate().map(|(i, p)| {
-            let name = (i == 0).then(|| "vmm".to_string());
-            (p, name)
+        // The VMM (its figures read above), its helpers by name, then the shim serving the pod
+        // (the very process recorded).
+        let helpers = rec.processes.iter().skip(1).filter_map(|p| {
+            let stats = procfs::stats(src, *p, units)?;
+            Some((
+                procfs::name(src, p.pid).unwrap_or_else(|| "unknown".into()),
+                stats,
+            ))
         });
-        for (i, (proc, name)) in vm.chain(shim).enumerate() {
-            let stats = if i == 0 {
-                Some(vmm_stats.clone())
-            } else {
-                procfs::stats(src, *proc, units)
-            };
-            let Some(stats) = stats else { continue };
-            let process = name
-                .unwrap_or_else(|| procfs::name(src, proc.pid).unwrap_or_else(|| "unknown".into()));
+        let shim = rec
+            .shim
+            .iter()
+            .filter_map(|p| Some(("shim".to_string(), procfs::stats(src, *p, units)?)));
+        let all = std::iter::once(("vmm".to_string(), vmm_stats));
+        for (process, stats) in all.chain(helpers).chain(shim) {
             let labels = ProcLabels {
                 sandbox_id: pod.sandbox_id.clone(),
                 backend: pod.backend.clone(),

@@ -173,8 +173,13 @@ pub fn restart_runtime(
 /// one answers and its pid is visible from here. Not pid 1: a socket systemd activates carries
 /// systemd's credentials, which stay the same across the runtime's restart.
 pub fn serving_pid(path: &Path) -> Option<i32> {
-    let s = std::os::unix::net::UnixStream::connect(path).ok()?;
-    let c = nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
+    peer_pid(&std::os::unix::net::UnixStream::connect(path).ok()?)
+}
+
+/// The pid of the process at the other end of `s`, when visible from here and not pid 1 (see
+/// [`serving_pid`]).
+fn peer_pid(s: &std::os::unix::net::UnixStream) -> Option<i32> {
+    let c = nix::sys::socket::getsockopt(s, nix::sys::socket::sockopt::PeerCredentials).ok()?;
     (c.pid() > 1).then_some(c.pid())
 }
 
@@ -241,19 +246,13 @@ pub fn wait_socket(path: &Path, old: Option<i32>, timeout: Duration) -> anyhow::
     let start = Instant::now();
     loop {
         let why = match std::os::unix::net::UnixStream::connect(path) {
-            Ok(s) => {
-                let peer =
-                    nix::sys::socket::getsockopt(&s, nix::sys::socket::sockopt::PeerCredentials)
-                        .map(|c| c.pid())
-                        .ok();
-                match old {
-                    Some(pid) if peer == Some(pid) => format!(
-                        "still answered by the runtime asked to restart (pid {pid}), which has \
-                         not exited"
-                    ),
-                    _ => return Ok(start.elapsed()),
-                }
-            }
+            Ok(s) => match old {
+                Some(pid) if peer_pid(&s) == Some(pid) => format!(
+                    "still answered by the runtime asked to restart (pid {pid}), which has \
+                     not exited"
+                ),
+                _ => return Ok(start.elapsed()),
+            },
             Err(e) => e.to_string(),
         };
         if start.elapsed() >= timeout {
