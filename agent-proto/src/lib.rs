@@ -80,6 +80,10 @@ pub const DEBUG_SHELL: &str = "busybox";
 /// Where the guest sees the debug console's shell binary: the shared directory is mounted at
 /// `/run/isola/shared` by CreateSandbox.
 pub const DEBUG_SHELL_GUEST_PATH: &str = "/run/isola/shared/.isola-debug/busybox";
+/// The line the agent (PID 1) writes on the guest console once it serves and its boot work is
+/// done: the moment a VM template is saved (the host cannot ask a template's agent over vsock,
+/// which templates do not have).
+pub const CONSOLE_SERVING_LINE: &str = "isola-agent: serving, boot work done";
 /// The line the agent writes on the readiness connection.
 pub const READY_LINE: &[u8] = b"READY\n";
 /// Upper bound on a stdio stream's header frame, in bytes.

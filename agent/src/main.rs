@@ -31,6 +31,7 @@ mod process;
 mod pty;
 mod ready;
 mod reaper;
+mod reseed;
 mod rpc;
 mod sandbox;
 mod server;
@@ -121,6 +122,13 @@ async fn run(opts: cmdline::AgentOptions, is_init: bool, started: Instant) -> an
         elapsed_ms = started.elapsed().as_millis() as u64,
         "agent ready"
     );
+    if is_init {
+        // What the host waits for before it saves a VM template (see isola_agent_proto).
+        tokio::spawn(async {
+            boot::settled().await;
+            eprintln!("{}", isola_agent_proto::CONSOLE_SERVING_LINE);
+        });
+    }
     if let Some(port) = opts.ready_port {
         ready::announce(port);
     }

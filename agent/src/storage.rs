@@ -101,6 +101,40 @@ pub fn plan(storage: &Storage) -> Result<MountPlan> {
     })
 }
 
+/// Where the guest kernel lists the virtio-fs devices its driver has bound.
+const VIRTIOFS_DRIVER_DIR: &str = "/sys/bus/virtio/drivers/virtiofs";
+
+/// How long to wait for a virtio-fs device that is not there yet.
+const VIRTIOFS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until the guest has as many virtio-fs devices as `storages` mount: a VM restored from
+/// a template gets its virtio-fs device plugged just before it runs, and the driver may bind it
+/// after the host's first request arrives. At once on a booted VM or outside a guest.
+pub async fn wait_for_virtiofs(storages: &[Storage]) -> Result<()> {
+    let wanted = storages.iter().filter(|s| s.fstype == "virtiofs").count();
+    if wanted == 0 || std::process::id() != 1 {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + VIRTIOFS_WAIT;
+    loop {
+        let bound = std::fs::read_dir(VIRTIOFS_DRIVER_DIR).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+                .count()
+        });
+        if bound >= wanted {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(AgentError::NotFound(format!(
+                "{wanted} virtio-fs device(s) to mount, {bound} in the guest after {} s",
+                VIRTIOFS_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
 /// Mounts `storage` (creating its mount point) and returns the mount point.
 pub fn mount_storage(storage: &Storage) -> Result<PathBuf> {
     let p = plan(storage)?;

@@ -29,8 +29,8 @@ use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Location};
 pub use model::{
-    share_dir, Accelerator, AgentConfig, Config, HypervisorConfig, HypervisorKind, LogLevel,
-    MachineType, RuntimeConfig, SharedFs, VirtiofsdCache, VirtiofsdSandbox, Vsock,
+    share_dir, Accelerator, AgentConfig, Config, FactoryConfig, HypervisorConfig, HypervisorKind,
+    LogLevel, MachineType, RuntimeConfig, SharedFs, VirtiofsdCache, VirtiofsdSandbox, Vsock,
     DEFAULT_CLOUD_HYPERVISOR_PATH, DEFAULT_DEBUG_BUSYBOX_PATH, DEFAULT_DIAL_TIMEOUT_MS,
     DEFAULT_FIRMWARE, DEFAULT_MEMORY_MIB, DEFAULT_QEMU_PATH, DEFAULT_STATE_DIR, DEFAULT_VCPUS,
     DEFAULT_VHOST_USER_VSOCK_PATH, DEFAULT_VIRTIOFSD_PATH, MAX_MEMORY_MIB, MAX_VCPUS,

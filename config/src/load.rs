@@ -294,7 +294,7 @@ mod tests {
         };
         assert_eq!(
             sorted(valid_keys(None)),
-            ["agent", "hypervisor", "pod", "runtime"]
+            ["agent", "factory", "hypervisor", "pod", "runtime"]
         );
         assert_eq!(sorted(valid_keys(Some("runtime"))), ["debug", "state_dir"]);
         assert!(valid_keys(Some("hypervisor")).contains(&"vhost_user_vsock_path".to_owned()));

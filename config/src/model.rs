@@ -27,6 +27,26 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[pod]`: sizing a pod's VM, and the pod annotations allowed to override keys.
     pub pod: crate::pod::PodConfig,
+    /// `[factory]`: starting pod VMs from a saved template instead of booting them.
+    pub factory: FactoryConfig,
+}
+
+/// The `[factory]` section.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FactoryConfig {
+    /// `template`: start each pod's VM (QEMU, q35) by restoring a VM template saved once per
+    /// kernel, initrd, VM shape and QEMU, kept under `<state_dir>/templates`, instead of
+    /// booting it (docs/fast-start.md). A VM that cannot be a clone, or a missing or damaged
+    /// template, boots as usual. Default `false`.
+    pub template: bool,
+}
+
+impl Config {
+    /// Where VM templates are kept: `<runtime.state_dir>/templates`.
+    pub fn template_dir(&self) -> PathBuf {
+        self.runtime.state_dir.join("templates")
+    }
 }
 
 /// The `[hypervisor]` section: the VMM (QEMU or Cloud Hypervisor), guest kernel, shared

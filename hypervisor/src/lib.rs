@@ -261,6 +261,8 @@ pub struct VmConfig {
     pub debug: bool,
     /// Network devices (tap descriptors the caller opened); empty = no NIC at all.
     pub network: Vec<NetDevice>,
+    /// The VM template store to start from (QEMU; see `qemu::clone`), None: always boot.
+    pub templates: Option<PathBuf>,
 }
 
 impl Default for VmConfig {
@@ -289,6 +291,7 @@ impl Default for VmConfig {
             agent_port: 1024,
             debug: false,
             network: Vec::new(),
+            templates: None,
         }
     }
 }

@@ -188,6 +188,11 @@ impl Core {
         self.info().daemon_pids.push(pid);
     }
 
+    /// Forgets the daemons' pids (their launch attempt was abandoned and they were stopped).
+    pub fn forget_daemons(&self) {
+        self.info().daemon_pids.clear();
+    }
+
     /// Records the VMM's pid once its control channel answers.
     pub fn set_vmm_pid(&self, pid: u32) {
         self.info().vmm_pid = Some(pid);

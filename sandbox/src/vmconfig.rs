@@ -108,6 +108,7 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
         agent_port: isola_agent_proto::AGENT_PORT,
         debug: cfg.runtime.debug,
         network: Vec::new(),
+        templates: cfg.factory.template.then(|| cfg.template_dir()),
     }
 }
 

@@ -63,6 +63,10 @@ impl std::fmt::Debug for PodVm {
     }
 }
 
+/// Random bytes handed to every guest at CreateSandbox (clones of a VM template must not share
+/// their RNG state; see the agent's reseed.rs).
+const GUEST_ENTROPY_BYTES: usize = 64;
+
 impl PodVm {
     /// Boots sandbox `sandbox_id`'s VM from `config` for the pod whose first container has
     /// `spec`, has the agent create the sandbox (the shared directory, the hostname, the pod
@@ -84,10 +88,21 @@ impl PodVm {
             mount_point: GUEST_SHARED_DIR.into(),
             ..Default::default()
         };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let mut entropy = vec![0u8; GUEST_ENTROPY_BYTES];
+        if let Err(e) = getrandom::fill(&mut entropy) {
+            tracing::warn!(error = %e, "no host randomness for the guest; it keeps its own");
+            entropy.clear();
+        }
         let req = CreateSandboxRequest {
             sandbox_id: sandbox_id.to_string(),
             hostname: spec.hostname().clone().unwrap_or_default(),
             storages: vec![storage],
+            host_time_sec: i64::try_from(now.as_secs()).unwrap_or(0),
+            host_time_nsec: now.subsec_nanos(),
+            entropy,
             ..Default::default()
         };
         let mut created = agent.create_sandbox(req).await;

@@ -153,7 +153,11 @@ impl agent_ttrpc::Agent for AgentService {
     ) -> ttrpc::Result<Empty> {
         let span = tracing::info_span!("CreateSandbox", sandbox = %req.sandbox_id);
         guarded("CreateSandbox", async {
+            // Before anything else: the clock and RNG of a clone are its template's.
+            crate::reseed::set_clock(req.host_time_sec, req.host_time_nsec)?;
+            crate::reseed::add_entropy(&req.entropy)?;
             crate::boot::settled().await;
+            crate::storage::wait_for_virtiofs(&req.storages).await?;
             self.sandbox.create(&req)?;
             Ok(Empty::default())
         })

@@ -111,6 +111,29 @@ impl HotplugLimits {
     }
 }
 
+/// How the VM comes up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Boot {
+    /// Boots the kernel; guest RAM is a shared memfd.
+    Cold,
+    /// Boots a VM template (see [`super::template`]): guest RAM is the shared file `ram`, so
+    /// the file holds it when the VM is saved. The devices clones get hot-plugged (vsock,
+    /// virtio-fs, NICs) are left out, and PCIe root ports wait for them.
+    Template {
+        /// The template's RAM file.
+        ram: PathBuf,
+    },
+    /// Restores a clone of a template: guest RAM is `ram` (this VM's own copy of the
+    /// template's RAM, shared with its vhost-user daemons), the devices' backends (chardevs,
+    /// netdevs) are on the command line, the devices themselves are plugged after the
+    /// incoming migration ([`super::clone_args::hotplugged`]), and QEMU waits for it
+    /// (`-incoming defer`).
+    Restore {
+        /// This VM's copy of the template's RAM.
+        ram: PathBuf,
+    },
+}
+
 /// Every decision the command line depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuPlan {
@@ -147,6 +170,8 @@ pub struct QemuPlan {
     pub shared_fs: Option<FsPlan>,
     /// Network devices, in order (`net0`, `net1`, ...).
     pub net: Vec<NetPlan>,
+    /// Cold boot, template, or clone.
+    pub boot: Boot,
 }
 
 /// Doubles commas, QEMU's escape for values inside `key=value,...` option strings.
@@ -204,14 +229,14 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
     } else {
         plan.vcpus.to_string()
     };
-    push(&[
-        "-object",
-        &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
-        "-m",
-        &m,
-        "-smp",
-        &smp,
-    ]);
+    let backend = match &plan.boot {
+        Boot::Cold => format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        Boot::Template { ram } | Boot::Restore { ram } => format!(
+            "memory-backend-file,id=mem,size={mem},share=on,mem-path={}",
+            esc_path(ram)
+        ),
+    };
+    push(&["-object", &backend, "-m", &m, "-smp", &smp]);
     push(&[
         "-kernel",
         &plan.kernel.display().to_string(),
@@ -232,8 +257,18 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
         "-qmp",
         &format!("unix:{},server=on,wait=off", esc_path(&plan.qmp_socket)),
     ]);
+    let (backends, devices) = match plan.boot {
+        Boot::Cold => (true, true),
+        Boot::Template { .. } => (false, false),
+        Boot::Restore { .. } => (true, false),
+    };
+    if !matches!(plan.boot, Boot::Cold) {
+        for port in super::clone_args::root_ports() {
+            push(&["-device", &port]);
+        }
+    }
     match &plan.vsock {
-        VsockPlan::VhostKernel { cid } => {
+        VsockPlan::VhostKernel { cid } if devices => {
             let dev = if microvm {
                 "vhost-vsock-device"
             } else {
@@ -241,36 +276,51 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
             };
             push(&["-device", &format!("{dev},guest-cid={cid}")]);
         }
+        VsockPlan::VhostKernel { .. } => {}
         VsockPlan::VhostUser { socket } => {
-            let dev = if microvm {
-                "vhost-user-vsock-device"
-            } else {
-                "vhost-user-vsock-pci"
-            };
-            push(&[
-                "-chardev",
-                &format!("socket,id=vsock0,path={}", esc_path(socket)),
-                "-device",
-                &format!("{dev},chardev=vsock0"),
-            ]);
+            if backends {
+                push(&[
+                    "-chardev",
+                    &format!("socket,id=vsock0,path={}", esc_path(socket)),
+                ]);
+            }
+            if devices {
+                let dev = if microvm {
+                    "vhost-user-vsock-device"
+                } else {
+                    "vhost-user-vsock-pci"
+                };
+                push(&["-device", &format!("{dev},chardev=vsock0")]);
+            }
         }
     }
-    if let Some(fs) = &plan.shared_fs {
-        let dev = if microvm {
-            "vhost-user-fs-device"
-        } else {
-            "vhost-user-fs-pci"
-        };
+    if let Some(fs) = plan.shared_fs.as_ref().filter(|_| backends) {
         push(&[
             "-chardev",
             &format!("socket,id=fs0,path={}", esc_path(&fs.socket)),
-            "-device",
-            &format!("{dev},chardev=fs0,tag={}", escape(&fs.tag)),
         ]);
+        if devices {
+            let dev = if microvm {
+                "vhost-user-fs-device"
+            } else {
+                "vhost-user-fs-pci"
+            };
+            push(&[
+                "-device",
+                &format!("{dev},chardev=fs0,tag={}", escape(&fs.tag)),
+            ]);
+        }
     }
-    for (i, n) in plan.net.iter().enumerate() {
+    for (i, n) in plan.net.iter().enumerate().filter(|_| backends) {
         let (netdev, device) = net_args(i, n, microvm);
-        push(&["-netdev", &netdev, "-device", &device]);
+        push(&["-netdev", &netdev]);
+        if devices {
+            push(&["-device", &device]);
+        }
+    }
+    if matches!(plan.boot, Boot::Restore { .. }) {
+        // Paused after the stream is read, until the clone's devices are plugged.
+        push(&["-S", "-incoming", "defer"]);
     }
     a
 }
@@ -284,7 +334,7 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
 /// - `host_mtu` makes the guest driver use the pod interface's MTU (`VIRTIO_NET_F_MTU`).
 /// - `romfile=` (empty): no iPXE option ROM; the guest boots by `-kernel`, and loading the ROM
 ///   costs boot time and fails where the ROM files are not installed.
-fn net_args(index: usize, n: &NetPlan, microvm: bool) -> (String, String) {
+pub(super) fn net_args(index: usize, n: &NetPlan, microvm: bool) -> (String, String) {
     let id = format!("net{index}");
     let mut netdev = format!("tap,id={id},fd={}", n.tap_fd);
     if let Some(vfd) = n.vhost_fd {
@@ -302,14 +352,14 @@ fn net_args(index: usize, n: &NetPlan, microvm: bool) -> (String, String) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const CMDLINE: &str = "console=ttyS0 quiet panic=-1 cryptomgr.notests noreplace-smp \
                            hpet=disable noapictimer tsc=reliable no_timer_check \
                            memhp_default_state=online swiotlb=noforce agent.log=debug";
 
-    fn plan() -> QemuPlan {
+    pub(crate) fn plan() -> QemuPlan {
         QemuPlan {
             name: "isola-sb1".into(),
             machine_type: "q35".into(),
@@ -332,6 +382,7 @@ mod tests {
                 tag: "isola".into(),
             }),
             net: Vec::new(),
+            boot: Boot::Cold,
         }
     }
 

@@ -22,18 +22,21 @@ use crate::{
 };
 
 pub mod args;
+pub mod clone;
+pub mod clone_args;
 pub mod hotplug;
 mod netdev;
 pub(crate) mod paths;
 pub mod qmp;
 mod startup;
+pub mod template;
 
 pub use paths::StatePaths;
 pub use qmp::VmStatus;
 
 use crate::lifecycle::{Core, Launcher, Running};
 use crate::vmm::VmmProcess;
-use args::{FsPlan, HotplugLimits, QemuPlan, VsockPlan};
+use args::{Boot, FsPlan, HotplugLimits, QemuPlan, VsockPlan};
 use qmp::QmpClient;
 
 /// Where the kernel vhost-vsock device node lives.
@@ -286,6 +289,7 @@ impl QemuHypervisor {
                 tag: fs.tag.clone(),
             }),
             net: net.plans(),
+            boot: Boot::Cold,
         }
     }
 
@@ -296,6 +300,8 @@ impl QemuHypervisor {
         run: &mut Running,
         accelerator: Accelerator,
         tsc_khz: Option<u32>,
+        net: &netdev::NetFds,
+        boot: &Boot,
     ) -> Result<QmpClient, HypervisorError> {
         let attempts = if self.vsock == VsockMode::Kernel {
             CID_ATTEMPTS
@@ -303,12 +309,11 @@ impl QemuHypervisor {
             1
         };
         let mut tried = Vec::new();
-        // Dropped when this returns: from then on QEMU holds the only tap descriptors.
-        let devices = std::mem::take(&mut *self.net.lock().unwrap_or_else(|e| e.into_inner()));
-        let net = netdev::NetFds::open(devices, self.id()).await;
         for attempt in 0..attempts {
             let cid = cid_candidate(self.id(), attempt);
-            let args = args::build(&self.plan(accelerator, tsc_khz, cid, &net));
+            let mut plan = self.plan(accelerator, tsc_khz, cid, net);
+            plan.boot = boot.clone();
+            let args = args::build(&plan);
             tracing::debug!(sandbox = %self.id(), ?args, "qemu command line");
             daemons::remove_if_exists(&self.paths.qmp_socket).await;
             let vmm = VmmProcess::spawn(
@@ -363,7 +368,23 @@ impl Launcher for QemuHypervisor {
             Some(measuring) => measuring.await.ok().flatten(),
             None => None,
         };
-        let client = self.start_vmm(run, accelerator, tsc_khz).await?;
+        // Dropped when this returns: from then on QEMU holds the only tap descriptors.
+        let devices = std::mem::take(&mut *self.net.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut net = netdev::NetFds::open(devices, self.id()).await;
+        let client = match self.start_clone(run, accelerator, tsc_khz, &net).await {
+            Some(client) => client,
+            None => {
+                if run.vmm.is_some() {
+                    // A clone's QEMU ran and failed: its daemons served it and are done.
+                    clone::discard(run).await;
+                    self.core.forget_daemons();
+                    net.renew_vhost(self.id()).await;
+                    self.start_daemons(run).await?;
+                }
+                self.start_vmm(run, accelerator, tsc_khz, &net, &Boot::Cold)
+                    .await?
+            }
+        };
         *self.qmp.lock().await = Some(client);
         Ok(())
     }

@@ -46,6 +46,13 @@ impl NetFds {
         Self { devices, vhost }
     }
 
+    /// Opens new vhost-net descriptors (a QEMU that used the old ones owned them until it died).
+    pub async fn renew_vhost(&mut self, sandbox: &str) {
+        for v in self.vhost.iter_mut().filter(|v| v.is_some()) {
+            *v = open_vhost(sandbox).await;
+        }
+    }
+
     /// The devices as the command line describes them.
     pub fn plans(&self) -> Vec<NetPlan> {
         self.devices

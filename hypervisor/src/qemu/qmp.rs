@@ -413,6 +413,45 @@ impl<S: AsyncRead + AsyncWrite> QmpClient<S> {
         self.execute("cont", None).await.map(drop)
     }
 
+    /// `migrate-set-capabilities x-ignore-shared`: shared RAM (a template's RAM file) is not
+    /// sent in the stream; both sides map the same contents.
+    pub async fn migrate_ignore_shared(&mut self) -> Result<(), QmpError> {
+        let caps = json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]});
+        self.execute("migrate-set-capabilities", Some(caps))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate` to `uri` (outgoing; follow it with [`QmpClient::migration_status`]).
+    pub async fn migrate(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `migrate-incoming` from `uri` (QEMU started with `-incoming defer`).
+    pub async fn migrate_incoming(&mut self, uri: &str) -> Result<(), QmpError> {
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate`: the status ("active", "completed", "failed", ...) and QEMU's error
+    /// description when it failed.
+    pub async fn migration_status(&mut self) -> Result<(String, Option<String>), QmpError> {
+        let ret = self.execute("query-migrate", None).await?;
+        let status = ret
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("none")
+            .to_owned();
+        let desc = ret
+            .get("error-desc")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok((status, desc))
+    }
+
     /// `query-hotpluggable-cpus`: every possible CPU, present or not.
     pub async fn query_hotpluggable_cpus(&mut self) -> Result<Vec<HotpluggableCpu>, QmpError> {
         self.query_list(

@@ -1,0 +1,425 @@
+//! Building a VM template and starting a pod as a clone of it.
+//!
+//! **Build** (once per [`TemplateInputs`]): QEMU boots the template command line
+//! ([`Boot::Template`]: RAM in a shared file, no vsock/virtio-fs/NIC, empty root ports) until
+//! the agent writes [`CONSOLE_SERVING_LINE`] on the console (it serves, its boot work is
+//! done), then the VM is paused and migrated to a file with `x-ignore-shared`: the stream
+//! holds the devices and CPU (~130 KiB), the RAM stays in the RAM file.
+//!
+//! **Clone**: the template's RAM file is copied, holes kept ([`template::copy_sparse`]), into
+//! the VM's state directory; that copy is the clone's own shared guest RAM, which its vhost-user
+//! daemons map like a cold boot's memfd. So no daemon ever maps the template, and nothing one
+//! clone writes reaches another (kata-containers#1091's corruption cannot happen). QEMU starts
+//! with [`Boot::Restore`], reads the stream, gets its devices plugged
+//! ([`clone_args::hotplugged`]) and runs. The agent's readiness announcement then arrives over
+//! the freshly plugged vsock as after a boot.
+//!
+//! Anything wrong on the way (no template and another process building it, a damaged one, a
+//! failed restore) boots the pod cold, with a warning: a template never fails a pod.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use isola_agent_proto::CONSOLE_SERVING_LINE;
+
+use super::args::{self, Boot, QemuPlan};
+use super::clone_args;
+use super::netdev::NetFds;
+use super::qmp::QmpClient;
+use super::startup;
+use super::template::{self, FileId, TemplateError, TemplateInputs, TemplatePaths, TemplateStore};
+use crate::lifecycle::Running;
+use crate::vmm::VmmProcess;
+use crate::Accelerator;
+
+/// How long a template VM may take to boot to its agent.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long reading a clone's stream may take.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long saving a template's stream may take.
+const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The file names that stand for the store's paths in a template's recorded arguments.
+const RAM_NAME: &str = "ram";
+const QMP_NAME: &str = "qmp.sock";
+
+/// `plan` as a template: its own name and placeholder paths, without the things a template
+/// does not depend on (the TSC hint: the template's measurement is the clones').
+fn normalized(plan: &QemuPlan) -> QemuPlan {
+    let mut p = plan.clone();
+    p.name = "isola-template".into();
+    p.qmp_socket = PathBuf::from(QMP_NAME);
+    p.boot = Boot::Template {
+        ram: PathBuf::from(RAM_NAME),
+    };
+    p.tsc_khz = None;
+    p.net.clear();
+    p
+}
+
+/// Finds `name` on `$PATH` when it has no slash.
+fn resolve_binary(name: &Path) -> PathBuf {
+    if name.components().count() > 1 {
+        return name.to_owned();
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| name.to_owned())
+}
+
+/// What a template for `plan` (any [`Boot`]) run by `qemu` is built from. Blocking (stats).
+pub fn inputs(plan: &QemuPlan, qemu: &Path) -> Result<TemplateInputs, TemplateError> {
+    let mut files = vec![FileId::of(&resolve_binary(qemu))?];
+    files.push(FileId::of(&plan.kernel)?);
+    files.push(FileId::of(&plan.initrd)?);
+    if let Some(fw) = &plan.firmware {
+        files.push(FileId::of(fw)?);
+    }
+    Ok(TemplateInputs {
+        args: args::build(&normalized(plan)),
+        files,
+    })
+}
+
+/// Builds the template of `plan` (its TSC hint is kept for the clones) into `store`, unless
+/// another process is building it ([`TemplateError::Busy`]) or it appeared meanwhile.
+pub async fn build(
+    store: &TemplateStore,
+    plan: &QemuPlan,
+    qemu: &Path,
+) -> Result<TemplatePaths, TemplateError> {
+    let inputs = {
+        let (plan, qemu) = (plan.clone(), qemu.to_owned());
+        blocking(move || inputs(&plan, &qemu)).await?
+    };
+    let key = inputs.key();
+    let lock = {
+        let (store, key) = (store.clone(), key.clone());
+        blocking(move || store.lock(&key)).await?
+    };
+    let ram_bytes = u64::from(plan.memory_mib) << 20;
+    if let Ok(Some(found)) = store.find(&inputs, ram_bytes) {
+        return Ok(found);
+    }
+    let dir = store.build_dir(&key)?;
+    let started = Instant::now();
+    let built = save(&dir, plan, qemu, &key).await;
+    let published = built.and_then(|()| store.publish(&dir, &inputs));
+    drop(lock);
+    if let Err(e) = published {
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        return Err(e);
+    }
+    tracing::info!(template = %key, elapsed_ms = started.elapsed().as_millis() as u64, "VM template built");
+    Ok(store.paths(&key))
+}
+
+/// Boots the template VM in `dir` and saves it there (`ram`, `state`).
+async fn save(dir: &Path, plan: &QemuPlan, qemu: &Path, key: &str) -> Result<(), TemplateError> {
+    let fail = |why: String| TemplateError::Build {
+        key: key.to_owned(),
+        why,
+    };
+    let mut p = plan.clone();
+    p.name = "isola-template".into();
+    p.qmp_socket = dir.join(QMP_NAME);
+    p.boot = Boot::Template {
+        ram: dir.join(RAM_NAME),
+    };
+    p.net.clear();
+    let console = dir.join("console.log");
+    let vmm = VmmProcess::spawn(
+        "qemu",
+        qemu,
+        &args::build(&p),
+        &dir.join("qemu.log"),
+        &console,
+        "template",
+        &[],
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
+    let saved = async {
+        let mut qmp = startup::connect_qmp(&vmm, &p.qmp_socket, BUILD_TIMEOUT, "template")
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        wait_console(&vmm, &console, BUILD_TIMEOUT)
+            .await
+            .map_err(fail)?;
+        let state = dir.join("state");
+        qmp.migrate_ignore_shared()
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        qmp.stop().await.map_err(|e| fail(e.to_string()))?;
+        qmp.migrate(&format!("exec:cat > {}", shell_quote(&state)))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        wait_migration(&mut qmp, SAVE_TIMEOUT).await.map_err(fail)?;
+        let _ = qmp.quit().await;
+        Ok(())
+    }
+    .await;
+    let mut vmm = vmm;
+    if vmm.wait_exit(Duration::from_secs(5)).await.is_none() {
+        let _ = vmm.kill(Duration::from_secs(5)).await;
+    }
+    let _ = tokio::fs::remove_file(&p.qmp_socket).await;
+    saved
+}
+
+/// Waits until the template VM's console shows [`CONSOLE_SERVING_LINE`].
+async fn wait_console(vmm: &VmmProcess, console: &Path, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // The console log is size-capped by its pump; the template VM is our own kernel and
+        // agent with no workload, so what it prints is trusted here.
+        if let Ok(text) = tokio::fs::read(console).await {
+            if String::from_utf8_lossy(&text).contains(CONSOLE_SERVING_LINE) {
+                return Ok(());
+            }
+        }
+        if let Some(exit) = vmm.exited() {
+            return Err(format!(
+                "QEMU exited ({exit}) before the agent served; see {}",
+                console.display()
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the agent did not serve within {} s; see {}",
+                timeout.as_secs(),
+                console.display()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Polls `query-migrate` until the migration completed; its failure otherwise.
+async fn wait_migration(qmp: &mut QmpClient, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, desc) = qmp.migration_status().await.map_err(|e| e.to_string())?;
+        match status.as_str() {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                return Err(format!(
+                    "migration {status}: {}",
+                    desc.unwrap_or_else(|| "QEMU gave no reason".into())
+                ))
+            }
+            _ if Instant::now() > deadline => {
+                return Err(format!(
+                    "migration still {status} after {} s",
+                    timeout.as_secs()
+                ))
+            }
+            _ => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    }
+}
+
+/// Quotes a path for the shell QEMU runs an `exec:` migration URI with.
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Reads a clone's stream from `template` into the QEMU on `qmp` (started with
+/// [`Boot::Restore`]), plugs `plan`'s devices and lets it run.
+pub async fn restore(
+    qmp: &mut QmpClient,
+    template: &TemplatePaths,
+    plan: &QemuPlan,
+) -> Result<(), TemplateError> {
+    let fail = |why: String| TemplateError::Restore {
+        key: template.key.clone(),
+        why,
+    };
+    qmp.migrate_ignore_shared()
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    qmp.migrate_incoming(&format!("exec:cat {}", shell_quote(&template.state)))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    wait_migration(qmp, RESTORE_TIMEOUT).await.map_err(fail)?;
+    for device in clone_args::hotplugged(plan) {
+        qmp.device_add(device.clone())
+            .await
+            .map_err(|e| fail(format!("plugging {device}: {e}")))?;
+    }
+    qmp.cont().await.map_err(|e| fail(e.to_string()))
+}
+
+/// Kills what a failed clone attempt started, so that a cold boot can start afresh (a
+/// vhost-user daemon serves one VMM for its life).
+pub(super) async fn discard(run: &mut Running) {
+    if let Some(mut vmm) = run.vmm.take() {
+        let _ = vmm.kill(Duration::from_secs(5)).await;
+    }
+    let stops = run
+        .daemons
+        .drain(..)
+        .map(|d| d.stop(Duration::from_secs(2)));
+    futures::future::join_all(stops).await;
+}
+
+impl super::QemuHypervisor {
+    /// Starts this VM as a clone of its template, when templates are on and this VM can be
+    /// one (building the template on first use). None: boot cold; why was logged, and if a
+    /// clone's QEMU was spawned it is still in `run` for the caller to discard.
+    pub(super) async fn start_clone(
+        &self,
+        run: &mut Running,
+        accelerator: Accelerator,
+        tsc_khz: Option<u32>,
+        net: &NetFds,
+    ) -> Option<QmpClient> {
+        let root = self.cfg.templates.as_ref()?;
+        let id = self.id();
+        let mut plan = self.plan(accelerator, tsc_khz, super::cid_candidate(id, 0), net);
+        if let Some(why) = clone_args::unsupported(&plan) {
+            tracing::info!(sandbox = %id, %why, "this VM cannot start from a template: booting it");
+            return None;
+        }
+        let template = self.template_for(&TemplateStore::new(root), &plan).await?;
+        let started = Instant::now();
+        let ram = self.paths.clone_ram.clone();
+        let cloned = async {
+            copy_ram(&template, &ram).await?;
+            plan.boot = Boot::Restore { ram: ram.clone() };
+            let mut client = self
+                .start_vmm(run, accelerator, tsc_khz, net, &plan.boot)
+                .await
+                .map_err(|e| TemplateError::Restore {
+                    key: template.key.clone(),
+                    why: e.to_string(),
+                })?;
+            restore(&mut client, &template, &plan).await?;
+            Ok::<_, TemplateError>(client)
+        };
+        let res = cloned.await;
+        // QEMU has the file open (and handed it to the daemons): the name is not needed.
+        let _ = tokio::fs::remove_file(&ram).await;
+        match res {
+            Ok(client) => {
+                tracing::info!(sandbox = %id, template = %template.key, elapsed_ms = started.elapsed().as_millis() as u64, "VM restored from its template");
+                Some(client)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "starting from the template failed: booting the VM instead");
+                None
+            }
+        }
+    }
+
+    /// The template for `plan`: found, or built now unless another process builds it.
+    async fn template_for(&self, store: &TemplateStore, plan: &QemuPlan) -> Option<TemplatePaths> {
+        let id = self.id();
+        let ram_bytes = u64::from(plan.memory_mib) << 20;
+        let found = {
+            let (store, plan, qemu) = (store.clone(), plan.clone(), self.cfg.qemu_path.clone());
+            blocking(move || {
+                let inputs = inputs(&plan, &qemu)?;
+                Ok((inputs.key(), store.find(&inputs, ram_bytes)))
+            })
+            .await
+        };
+        match found {
+            Ok((_, Ok(Some(t)))) => Some(t),
+            Ok((_, Ok(None))) => match build(store, plan, &self.cfg.qemu_path).await {
+                Ok(t) => Some(t),
+                Err(TemplateError::Busy(key)) => {
+                    tracing::info!(sandbox = %id, template = %key, "another process is building the VM template: booting this VM");
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox = %id, error = %e, "building the VM template failed: booting this VM");
+                    None
+                }
+            },
+            Ok((key, Err(e))) => {
+                tracing::warn!(sandbox = %id, error = %e, "booting this VM");
+                if let Ok(_lock) = store.lock(&key) {
+                    let _ = store.remove(&key);
+                }
+                None
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot look for a VM template: booting this VM");
+                None
+            }
+        }
+    }
+}
+
+/// Runs blocking store work off the executor.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, TemplateError> + Send + 'static,
+) -> Result<T, TemplateError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(TemplateError::Build {
+            key: String::new(),
+            why: format!("a blocking task failed: {e}"),
+        })
+    })
+}
+
+/// Copies the template's RAM to `ram` (the clone's own), off the executor.
+pub async fn copy_ram(template: &TemplatePaths, ram: &Path) -> Result<u64, TemplateError> {
+    let (src, dst) = (template.ram.clone(), ram.to_owned());
+    blocking(move || template::copy_sparse(&src, &dst)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::args::tests::plan;
+    use super::*;
+
+    #[test]
+    fn the_inputs_ignore_what_differs_between_pods() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = plan();
+        for f in ["qemu", "vmlinux", "initrd"] {
+            std::fs::write(tmp.path().join(f), f).unwrap();
+        }
+        p.kernel = tmp.path().join("vmlinux");
+        p.initrd = tmp.path().join("initrd");
+        p.firmware = None;
+        let qemu = tmp.path().join("qemu");
+        let a = inputs(&p, &qemu).unwrap();
+        let mut q = p.clone();
+        q.name = "isola-other-pod".into();
+        q.qmp_socket = "/elsewhere/qmp.sock".into();
+        q.tsc_khz = Some(2_400_000);
+        q.boot = Boot::Restore {
+            ram: "/vm/x/ram".into(),
+        };
+        assert_eq!(inputs(&q, &qemu).unwrap().key(), a.key());
+        q.memory_mib = 1024;
+        assert_ne!(
+            inputs(&q, &qemu).unwrap().key(),
+            a.key(),
+            "the VM shape counts"
+        );
+        let mut k = p.clone();
+        k.kernel_params = "agent.log=debug other=1".into();
+        assert_ne!(
+            inputs(&k, &qemu).unwrap().key(),
+            a.key(),
+            "kernel parameters count"
+        );
+        assert_eq!(a.files.len(), 3);
+        assert!(a.args.contains(&"isola-template".to_string()));
+    }
+
+    #[test]
+    fn shell_quoting_survives_quotes() {
+        assert_eq!(shell_quote(Path::new("/a b/c")), "'/a b/c'");
+        assert_eq!(shell_quote(Path::new("/a'b")), r"'/a'\''b'");
+    }
+}

@@ -1,0 +1,154 @@
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+
+use super::*;
+
+fn inputs(dir: &Path, kernel_bytes: &[u8]) -> TemplateInputs {
+    let kernel = dir.join("vmlinux");
+    std::fs::write(&kernel, kernel_bytes).unwrap();
+    TemplateInputs {
+        args: vec!["-m".into(), "512M".into()],
+        files: vec![FileId::of(&kernel).unwrap()],
+    }
+}
+
+/// Builds a template for `inputs` in `store` the way a build does: lock, build dir, files,
+/// publish.
+fn put(store: &TemplateStore, inputs: &TemplateInputs, ram_bytes: u64, state: &[u8]) {
+    let key = inputs.key();
+    let _lock = store.lock(&key).unwrap();
+    let dir = store.build_dir(&key).unwrap();
+    File::create(dir.join("ram"))
+        .unwrap()
+        .set_len(ram_bytes)
+        .unwrap();
+    std::fs::write(dir.join("state"), state).unwrap();
+    store.publish(&dir, inputs).unwrap();
+}
+
+#[test]
+fn the_key_follows_every_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = inputs(tmp.path(), b"kernel one");
+    assert_eq!(a.key().len(), 32);
+    assert_eq!(a.key(), a.clone().key());
+    let mut other_args = a.clone();
+    other_args.args[1] = "1024M".into();
+    assert_ne!(other_args.key(), a.key());
+    // A rebuilt kernel (another size) is another template.
+    let b = inputs(tmp.path(), b"kernel two, longer");
+    assert_ne!(b.key(), a.key());
+    assert!(!a.files_unchanged());
+    assert!(b.files_unchanged());
+}
+
+#[test]
+fn a_published_template_is_found_and_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TemplateStore::new(tmp.path().join("templates"));
+    let i = inputs(tmp.path(), b"k");
+    assert_eq!(store.find(&i, 4096).unwrap(), None);
+    put(&store, &i, 4096, b"stream");
+    let p = store.find(&i, 4096).unwrap().expect("found");
+    assert_eq!(p.key, i.key());
+    assert_eq!(std::fs::read(&p.state).unwrap(), b"stream");
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1, "the lock file is not a template");
+    assert!(listed[0].current);
+    assert_eq!(listed[0].inputs.as_ref(), Some(&i));
+    assert!(!tmp
+        .path()
+        .join("templates")
+        .join(format!("{}.build", i.key()))
+        .exists());
+}
+
+#[test]
+fn a_damaged_template_is_reported_not_used() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TemplateStore::new(tmp.path());
+    let i = inputs(tmp.path(), b"k");
+    put(&store, &i, 4096, b"stream");
+    // The VM's RAM size differs from the file's.
+    let e = store.find(&i, 8192).unwrap_err();
+    assert!(matches!(e, TemplateError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("4096 bytes"), "{e}");
+    // An empty stream.
+    let p = store.paths(&i.key());
+    std::fs::write(&p.state, b"").unwrap();
+    assert!(store
+        .find(&i, 4096)
+        .unwrap_err()
+        .to_string()
+        .contains("state file is 0 bytes"));
+    // inputs.json that records other inputs.
+    std::fs::write(&p.state, b"s").unwrap();
+    let mut other = i.clone();
+    other.args.push("x".into());
+    std::fs::write(&p.inputs, serde_json::to_vec(&other).unwrap()).unwrap();
+    assert!(store
+        .find(&i, 4096)
+        .unwrap_err()
+        .to_string()
+        .contains("other inputs"));
+    std::fs::write(&p.inputs, b"{").unwrap();
+    assert!(store
+        .find(&i, 4096)
+        .unwrap_err()
+        .to_string()
+        .contains("does not parse"));
+    store.remove(&i.key()).unwrap();
+    assert_eq!(store.find(&i, 4096).unwrap(), None);
+    store.remove(&i.key()).unwrap();
+}
+
+#[test]
+fn one_builder_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TemplateStore::new(tmp.path());
+    let held = store.lock("k").unwrap();
+    assert!(matches!(store.lock("k"), Err(TemplateError::Busy(k)) if k == "k"));
+    assert!(store.lock("other").is_ok());
+    drop(held);
+    assert!(store.lock("k").is_ok());
+}
+
+#[test]
+fn stale_templates_are_pruned() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = TemplateStore::new(tmp.path().join("t"));
+    let old = inputs(tmp.path(), b"old kernel");
+    put(&store, &old, 4096, b"s");
+    let new = inputs(tmp.path(), b"new kernel!");
+    put(&store, &new, 4096, b"s");
+    let listed = store.list().unwrap();
+    assert_eq!(listed.iter().filter(|t| t.current).count(), 1);
+    assert_eq!(store.prune_stale().unwrap(), vec![old.key()]);
+    assert_eq!(store.list().unwrap().len(), 1);
+    assert!(store.find(&new, 4096).unwrap().is_some());
+}
+
+#[test]
+fn a_sparse_copy_keeps_the_holes_and_the_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("ram");
+    let mut f = File::create(&src).unwrap();
+    f.set_len(64 << 20).unwrap();
+    let chunk: Vec<u8> = (0..1 << 20).map(|i| (i % 251) as u8).collect();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    f.write_all(&chunk).unwrap();
+    f.seek(SeekFrom::Start(40 << 20)).unwrap();
+    f.write_all(&chunk).unwrap();
+    drop(f);
+    let dst = tmp.path().join("copy");
+    let copied = copy_sparse(&src, &dst).unwrap();
+    assert!((2 << 20..8 << 20).contains(&copied), "copied {copied}");
+    assert_eq!(std::fs::read(&src).unwrap(), std::fs::read(&dst).unwrap());
+    let m = std::fs::metadata(&dst).unwrap();
+    assert_eq!(m.len(), 64 << 20);
+    assert!(
+        m.blocks() * 512 < 16 << 20,
+        "holes kept: {} bytes allocated",
+        m.blocks() * 512
+    );
+}
