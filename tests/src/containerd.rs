@@ -540,6 +540,11 @@ impl Containerd {
         if let Ok(entries) = std::fs::read_dir(self.state_dir()) {
             for e in entries.flatten() {
                 let p = e.path();
+                // VM templates are a cache kept across pods, like images (tests/tests/templates.rs
+                // checks them itself).
+                if e.file_name() == "templates" {
+                    continue;
+                }
                 let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
                 if !is_dir {
                     state.push(p);
