@@ -191,6 +191,8 @@ async fn host_checks(cfg: &Config, r: &mut Report) {
     let ksm = |f: &str| std::fs::read_to_string(format!("/sys/kernel/mm/ksm/{f}")).ok();
     let (status, text) = ksm_line(ksm("run").as_deref(), ksm("pages_sharing").as_deref());
     r.line(status, "ksm", text);
+    let (status, text) = crate::template::check_line(cfg).await;
+    r.line(status, "vm templates", text);
 
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
     match host::cgroup_mode(&mounts) {

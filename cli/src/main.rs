@@ -29,6 +29,7 @@ mod operator;
 mod procfs;
 mod ps;
 mod report;
+mod template;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -107,6 +108,11 @@ enum Command {
         #[command(subcommand)]
         what: operator::Operator,
     },
+    /// The node's VM templates (pods start by restoring one when [factory] template = true)
+    Template {
+        #[command(subcommand)]
+        what: template::Template,
+    },
 }
 
 fn main() -> ExitCode {
@@ -138,6 +144,7 @@ fn main() -> ExitCode {
             Command::Uninstall { what } => install::uninstall(what),
             Command::Deploy { what } => deploy::run(what),
             Command::Operator { what } => operator::run(what).await,
+            Command::Template { what } => template::run(cli.config.as_deref(), what).await,
         }
     });
     match result {

@@ -67,6 +67,25 @@ pub struct BootedVm {
     owns_shared_dir: bool,
 }
 
+/// The VM description a pod's VM starts with: [`vm_config`], plus, over hybrid vsock (the
+/// returned flag), the port the agent announces its readiness on (the host waits for that
+/// before dialing; see isola_agent_proto::READY_PORT for why). `isola template` uses it too, so
+/// that its templates are the ones pods look for.
+pub fn pod_vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> (VmConfig, bool) {
+    let mut vm_cfg = vm_config(cfg, id, paths);
+    let hybrid = isola_hypervisor::uses_hybrid_vsock(
+        vm_cfg.kind,
+        vm_cfg.vsock,
+        std::path::Path::new(isola_config::VHOST_VSOCK_DEVICE).exists(),
+    );
+    if hybrid {
+        vm_cfg
+            .kernel_params
+            .push_str(&format!(" agent.ready_port={READY_PORT}"));
+    }
+    (vm_cfg, hybrid)
+}
+
 impl BootedVm {
     /// Boots sandbox `id`'s VM and waits for its agent. On failure nothing is left running.
     pub async fn boot(cfg: &Config, id: &str) -> Result<BootedVm, SandboxError> {
@@ -92,20 +111,8 @@ impl BootedVm {
         new_vm: &NewVm,
     ) -> Result<BootedVm, SandboxError> {
         let paths = SandboxPaths::new(&cfg.runtime.state_dir, id);
-        let mut vm_cfg = vm_config(cfg, id, &paths);
+        let (mut vm_cfg, hybrid) = pod_vm_config(cfg, id, &paths);
         vm_cfg.network = network;
-        // Over hybrid vsock the agent announces readiness and the host waits for that before
-        // dialing (see isola_agent_proto::READY_PORT for why).
-        let hybrid = isola_hypervisor::uses_hybrid_vsock(
-            vm_cfg.kind,
-            vm_cfg.vsock,
-            std::path::Path::new(isola_config::VHOST_VSOCK_DEVICE).exists(),
-        );
-        if hybrid {
-            vm_cfg
-                .kernel_params
-                .push_str(&format!(" agent.ready_port={READY_PORT}"));
-        }
         let owns_shared_dir = vm_cfg.shared_fs.is_some() && !paths.shared_dir.exists();
         if owns_shared_dir {
             std::fs::create_dir_all(&paths.shared_dir).map_err(|source| SandboxError::Dir {

@@ -134,6 +134,20 @@ fn vm_template_clones_move_data_both_ways_at_once_and_diverge() {
     let log = c.log();
     assert_eq!(count(&log, "VM template built"), 1, "{}", c.log_tail(40));
     assert_eq!(templates(&c).len(), 1, "one template");
+    // `isola template ls` finds the template pods built and names it as this
+    // configuration's: the CLI and the shim agree on the key.
+    let ls = std::process::Command::new(isola_tests::containerd::shim_dir().join("isola"))
+        .args(["--config"])
+        .arg(c.isola_config())
+        .args(["template", "ls"])
+        .output()
+        .expect("running isola template ls");
+    let listed = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success(), "isola template ls: {}", describe(&ls));
+    assert!(
+        listed.contains(&templates(&c)[0]) && listed.contains("by this configuration"),
+        "isola template ls:\n{listed}"
+    );
 
     let shares = tempfile::tempdir().unwrap();
     let inputs: Vec<(std::path::PathBuf, Vec<u8>, Vec<u8>)> = (0..CLONES)

@@ -357,6 +357,54 @@ impl super::QemuHypervisor {
     }
 }
 
+impl super::QemuHypervisor {
+    /// This VM's plan as its template has it (no NIC), for `isola template` and `isola check`.
+    async fn template_plan(&self) -> Result<QemuPlan, TemplateError> {
+        let (accelerator, _) = crate::accel::resolve(self.cfg.accelerator)
+            .await
+            .map_err(|e| TemplateError::Build {
+                key: String::new(),
+                why: e.to_string(),
+            })?;
+        let tsc_khz = match accelerator {
+            Accelerator::Tcg => tokio::task::spawn_blocking(crate::tsc::host_tsc_khz)
+                .await
+                .ok()
+                .flatten(),
+            Accelerator::Kvm => None,
+        };
+        let net = NetFds::default();
+        Ok(self.plan(
+            accelerator,
+            tsc_khz,
+            super::cid_candidate(self.id(), 0),
+            &net,
+        ))
+    }
+
+    /// What this VM's template is built from ([`TemplateInputs::key`] names it).
+    pub async fn template_inputs(&self) -> Result<TemplateInputs, TemplateError> {
+        let plan = self.template_plan().await?;
+        let qemu = self.cfg.qemu_path.clone();
+        blocking(move || inputs(&plan, &qemu)).await
+    }
+
+    /// Builds this VM's template into `store` now (or finds it there).
+    pub async fn build_template(
+        &self,
+        store: &TemplateStore,
+    ) -> Result<TemplatePaths, TemplateError> {
+        let plan = self.template_plan().await?;
+        if let Some(why) = clone_args::unsupported(&plan) {
+            return Err(TemplateError::Build {
+                key: String::new(),
+                why: format!("this configuration cannot use templates: {why}"),
+            });
+        }
+        build(store, &plan, &self.cfg.qemu_path).await
+    }
+}
+
 /// Runs blocking store work off the executor.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, TemplateError> + Send + 'static,
