@@ -106,6 +106,7 @@ bench: setup build guest images k8s
 	$(CARGO) build --release -p isola-tests --bin bench-pod --bin bench-k8s --bin bench-density
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-pod $(BENCH_RUNS)
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-density
+	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-density 20 template
 	ISOLA_SHIM_DIR=$(CURDIR)/target/release target/release/bench-k8s $(BENCH_RUNS)
 
 install: build guest

@@ -6,7 +6,10 @@
 # ratio), then `ctr run --rm` with that Debian kernel (runtime options' ConfigPath) in the same
 # alternating loop, with the ratio of the two kernels; then the host memory of one idle pod;
 # then the exec round trip (`ctr task exec <running container> true`) into that pod and into a
-# runc container.
+# runc container. `ctr run --rm` also runs with `[factory] template = true` (runtime options'
+# ConfigPath) in the same alternating loop: every VM a clone of a VM template, built by the
+# warm-up run and removed at the end; its ratio to the floor is the line
+# `ratio template/cold-boot floor: <x>`.
 #
 #   scripts/bench-ctr.sh [runs]        (after make build guest images)
 set -euo pipefail
@@ -58,14 +61,21 @@ if [ ${#compare[@]} -gt 0 ]; then
     "$ISOLA_CONFIG" >"$debian_config"
   debian_opts=(--runtime-config-path "$debian_config")
 fi
-# One unmeasured run of each warms caches.
+# The same runtime starting every VM from a VM template.
+template_config=$root/build/isola-dev-template.toml
+{ cat "$ISOLA_CONFIG"; printf '\n[factory]\ntemplate = true\n'; } >"$template_config"
+template_opts=(--runtime-config-path "$template_config")
+trap '$dev stop >/dev/null; "$root/target/release/isola" --config "$template_config" template rm --all >/dev/null 2>&1 || true' EXIT
+# One unmeasured run of each warms caches (the template one builds the template).
 run_once io.containerd.runc.v2 warm-r >/dev/null
 run_once io.containerd.isola.v2 warm-i >/dev/null
+run_once io.containerd.isola.v2 warm-t "${template_opts[@]}" >/dev/null
 [ ${#debian_opts[@]} -eq 0 ] || run_once io.containerd.isola.v2 warm-d "${debian_opts[@]}" >/dev/null
-isola_t="" runc_t="" debian_t=""
+isola_t="" runc_t="" debian_t="" template_t=""
 for n in $(seq 1 "$runs"); do
   runc_t="$runc_t $(run_once io.containerd.runc.v2 bench-r-"$n")"
   isola_t="$isola_t $(run_once io.containerd.isola.v2 bench-i-"$n")"
+  template_t="$template_t $(run_once io.containerd.isola.v2 bench-t-"$n" "${template_opts[@]}")"
   [ ${#debian_opts[@]} -eq 0 ] ||
     debian_t="$debian_t $(run_once io.containerd.isola.v2 bench-d-"$n" "${debian_opts[@]}")"
 done
@@ -76,6 +86,10 @@ echo "bench-ctr: ctr run --rm $image true, $runs runs each (alternating), guest 
 printf '  runc   median %6.3f s   [%s ]\n' "$mr" "$runc_t"
 printf '  isola  median %6.3f s   [%s ]\n' "$mi" "$isola_t"
 printf '  ratio isola/VM floor: %s  (aim <= 1.25)   ratio isola/runc: %s\n' "$(ratio "$mi" "$floor")" "$(ratio "$mi" "$mr")"
+mt=$(echo "$template_t" | median)
+printf '  isola, VM template  median %6.3f s   [%s ]\n' "$mt" "$template_t"
+echo "ratio template/cold-boot floor: $(ratio "$mt" "$floor")"
+printf '  ratio template/cold boot: %s  ratio template/runc: %s\n' "$(ratio "$mt" "$mi")" "$(ratio "$mt" "$mr")"
 if [ -n "$debian_t" ]; then
   md=$(echo "$debian_t" | median)
   printf '  isola, Debian kernel  median %6.3f s   [%s ]\n' "$md" "$debian_t"

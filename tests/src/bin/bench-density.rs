@@ -6,8 +6,11 @@
 //! host's MemAvailable (computed, the host is not filled). Every pod is stopped and removed
 //! at the end and checked to have left nothing behind.
 //!
-//!   bench-density [pods]      (default 20; after make build guest images; ISOLA_SHIM_DIR
-//!                              picks the shim)
+//! With `template` as second argument every pod VM is a clone of a VM template
+//! (`[factory] template = true`; the warm-up pod builds it), and the lines say so.
+//!
+//!   bench-density [pods] [template]   (default 20; after make build guest images;
+//!                                      ISOLA_SHIM_DIR picks the shim)
 
 use std::time::{Duration, Instant};
 
@@ -153,8 +156,20 @@ async fn main() -> Result<()> {
     if n == 0 {
         bail!("the number of pods must be at least 1");
     }
+    let template = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("template") => true,
+        Some(other) => bail!("the second argument can only be `template`, not {other:?}"),
+    };
     let t_all = Instant::now();
-    let cri = CriEnv::start().await?;
+    let cri = if template {
+        let mut env = isola_tests::TestEnv::new();
+        env.config.factory.template = true;
+        CriEnv::start_with(Some(env)).await?
+    } else {
+        CriEnv::start().await?
+    };
+    let how = if template { ", VM templates" } else { "" };
     // Warm-up (not counted): snapshots unpacked, page cache filled, CNI's first allocation.
     eprintln!("bench-density: warm-up pod");
     let warm = start_pod(&cri, "density-warm").await?;
@@ -224,14 +239,17 @@ async fn main() -> Result<()> {
     } else {
         0
     };
-    println!("bench-density: {n} isola pods through CRI (RunPodSandbox + CreateContainer + StartContainer)");
+    println!("bench-density: {n} isola pods through CRI (RunPodSandbox + CreateContainer + StartContainer){how}");
     println!(
         "  serial       {serial:.3} s for {n} pods ({:.3} s each)",
         serial / n as f64
     );
     println!("  concurrent   {concurrent:.3} s for {n} pods at once");
     println!("  ratio concurrent/serial {:.2}", concurrent / serial);
-    println!("PSS per pod at {n} pods: {:.1} MiB", per_pod(mem.total()));
+    println!(
+        "PSS per pod at {n} pods{how}: {:.1} MiB",
+        per_pod(mem.total())
+    );
     println!(
         "  (sum of PSS of every process of the {n} pods: qemu {:.1} MiB, virtiofsd {:.1} MiB, vhost-device-vsock {:.1} MiB, shim {:.1} MiB, other {:.1} MiB, per pod)",
         per_pod(mem.qemu),

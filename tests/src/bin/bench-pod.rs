@@ -1,7 +1,9 @@
 //! `make bench`, the Kubernetes part: pod start to container running through containerd's CRI
 //! API — RunPodSandbox, CreateContainer, StartContainer — for the `isola` and `runc` runtime
 //! handlers side by side (alternating runs, one private containerd, CNI networking included),
-//! and their ratio. Each pod is stopped and removed between runs (not timed).
+//! and their ratio. Each pod is stopped and removed between runs (not timed). Then the same
+//! pod start with `[factory] template = true` (a second private containerd: every pod VM a
+//! clone of a VM template, which its warm-up run builds), against the cold isola runs.
 //!
 //!   bench-pod [runs]      (after make build guest images; ISOLA_SHIM_DIR picks the shim)
 
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use isola_tests::bench::{list, median};
 use isola_tests::cri::{ContainerOptions, CriEnv, PodOptions, ISOLA, RUNC};
+use isola_tests::TestEnv;
 
 const SLEEPER: [&str; 3] = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1; done"];
 
@@ -55,5 +58,29 @@ async fn main() -> Result<()> {
     println!("  isola   median {mi:.3} s   [{}]", list(&isola, 3));
     println!("  runc    median {mr:.3} s   [{}]", list(&runc, 3));
     println!("  ratio isola/runc {:.2}", mi / mr);
+    drop(cri);
+
+    let mut env = TestEnv::new();
+    env.config.factory.template = true;
+    let cri = CriEnv::start_with(Some(env)).await?;
+    pod_start(&cri, "warm-template", ISOLA).await?;
+    let mut templated = Vec::new();
+    for i in 0..runs {
+        templated.push(
+            pod_start(&cri, &format!("template-{i}"), ISOLA)
+                .await?
+                .as_secs_f64(),
+        );
+    }
+    let mt = median(templated.clone());
+    println!(
+        "  isola, VM template   median {mt:.3} s   [{}]",
+        list(&templated, 3)
+    );
+    println!(
+        "  ratio template/cold boot {:.2}   ratio template/runc {:.2}",
+        mt / mi,
+        mt / mr
+    );
     Ok(())
 }
