@@ -142,8 +142,11 @@ pub fn conditions(i: &Inputs, previous: &[Condition], now: &str) -> Vec<Conditio
         out.push(c(
             "VmTemplates",
             false,
-            "NotAvailable",
-            "this isola version has no VM templates: every pod cold-boots its VM".into(),
+            "NotConfigured",
+            "the operator does not turn VM templates on yet: set [factory] template = true in \
+             the nodes' isola configuration (docs/fast-start.md); until then every pod boots its \
+             VM"
+                .into(),
         ));
     }
     out
@@ -231,9 +234,9 @@ mod tests {
         let v = get(&cs, "VmTemplates");
         assert_eq!(
             (v.status.as_str(), v.reason.as_str()),
-            ("False", "NotAvailable")
+            ("False", "NotConfigured")
         );
-        assert!(v.message.contains("cold-boots"));
+        assert!(v.message.contains("[factory] template = true"));
         assert_eq!(get(&cs, "Ready").status, "True");
     }
 

@@ -49,8 +49,9 @@ pub struct IsolaConfigSpec {
     /// The RuntimeClasses to create, each also a runtime handler of the same name on the nodes.
     #[serde(default = "default_runtime_classes")]
     pub runtime_classes: Vec<RuntimeClassSpec>,
-    /// VM templates (pods booted from a pre-booted VM's snapshot). This isola version has
-    /// none: `true` only adds the status condition VmTemplates=False; every pod cold-boots.
+    /// VM templates (pods started by restoring a saved VM instead of booting one). The
+    /// operator does not turn them on on nodes yet (that is `[factory] template = true` in a
+    /// node's isola configuration): `true` only adds the status condition VmTemplates=False.
     #[serde(default)]
     pub vm_templates: bool,
     /// How the installer container runs.
