@@ -146,7 +146,7 @@ pub fn conditions(i: &Inputs, previous: &[Condition], now: &str) -> Vec<Conditio
             "the operator does not turn VM templates on yet: set [factory] template = true in \
              the nodes' isola configuration (docs/fast-start.md); until then every pod boots its \
              VM"
-                .into(),
+            .into(),
         ));
     }
     out

@@ -263,9 +263,8 @@ pub fn build(plan: &QemuPlan) -> Vec<String> {
         Boot::Restore { .. } => (true, false),
     };
     if !matches!(plan.boot, Boot::Cold) {
-        for port in super::clone_args::root_ports() {
-            push(&["-device", &port]);
-        }
+        let machine = super::clone_args::machine_args();
+        push(&machine.iter().map(String::as_str).collect::<Vec<_>>());
     }
     match &plan.vsock {
         VsockPlan::VhostKernel { cid } if devices => {

@@ -22,12 +22,25 @@ pub fn port_id(i: usize) -> String {
     format!("isola-rp{i}")
 }
 
-/// The `-device` values of the root ports (chassis numbers from 1, in order, so that a
-/// template and its clones have the same PCI topology).
-pub fn root_ports() -> Vec<String> {
-    (0..ROOT_PORTS)
-        .map(|i| format!("pcie-root-port,id={},chassis={},slot=0", port_id(i), i + 1))
-        .collect()
+/// The arguments a template and its clones add to the machine: the root ports (chassis numbers
+/// from 1, in order, so that a template and its clones have the same PCI topology), with ACPI
+/// PCI hotplug instead of native PCIe hotplug, whose guest driver waits 100 ms for each plugged
+/// device's link (measured: the agent of a clone answers 40 ms sooner, 0.17 s after `cont`
+/// instead of 0.21 s).
+pub fn machine_args() -> Vec<String> {
+    let mut a = vec![
+        "-global".to_owned(),
+        "ICH9-LPC.acpi-pci-hotplug-with-bridge-support=on".to_owned(),
+    ];
+    for i in 0..ROOT_PORTS {
+        a.push("-device".to_owned());
+        a.push(format!(
+            "pcie-root-port,id={},chassis={},slot=0",
+            port_id(i),
+            i + 1
+        ));
+    }
+    a
 }
 
 /// Why `plan` cannot be restored from a template, or None when it can.
