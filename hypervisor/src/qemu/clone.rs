@@ -17,7 +17,10 @@
 //! Anything wrong on the way (no template and another process building it, a damaged one, a
 //! failed restore) boots the pod cold, with a warning: a template never fails a pod.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::time::{Duration, Instant};
 
 use isola_agent_proto::CONSOLE_SERVING_LINE;
@@ -288,12 +291,22 @@ impl super::QemuHypervisor {
         }
         let template = self.template_for(&TemplateStore::new(root), &plan).await?;
         let started = Instant::now();
-        let ram = self.paths.clone_ram.clone();
         let cloned = async {
-            copy_ram(&template, &ram).await?;
-            plan.boot = Boot::Restore { ram: ram.clone() };
+            // Dropped when this returns: QEMU has the memfd mapped by then, and its daemons
+            // have it from QEMU.
+            let ram = copy_ram(&template).await?;
+            plan.boot = Boot::Restore {
+                ram: PathBuf::from(format!("/proc/self/fd/{}", ram.as_raw_fd())),
+            };
             let mut client = self
-                .start_vmm(run, accelerator, tsc_khz, net, &plan.boot)
+                .start_vmm(
+                    run,
+                    accelerator,
+                    tsc_khz,
+                    net,
+                    &plan.boot,
+                    Some(ram.as_raw_fd()),
+                )
                 .await
                 .map_err(|e| TemplateError::Restore {
                     key: template.key.clone(),
@@ -302,10 +315,7 @@ impl super::QemuHypervisor {
             restore(&mut client, &template, &plan).await?;
             Ok::<_, TemplateError>(client)
         };
-        let res = cloned.await;
-        // QEMU has the file open (and handed it to the daemons): the name is not needed.
-        let _ = tokio::fs::remove_file(&ram).await;
-        match res {
+        match cloned.await {
             Ok(client) => {
                 tracing::info!(sandbox = %id, template = %template.key, elapsed_ms = started.elapsed().as_millis() as u64, "VM restored from its template");
                 Some(client)
@@ -417,10 +427,24 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Copies the template's RAM to `ram` (the clone's own), off the executor.
-pub async fn copy_ram(template: &TemplatePaths, ram: &Path) -> Result<u64, TemplateError> {
-    let (src, dst) = (template.ram.clone(), ram.to_owned());
-    blocking(move || template::copy_sparse(&src, &dst)).await
+/// A new memfd holding a copy of the template's RAM: the clone's own guest RAM, which QEMU
+/// opens as `/proc/self/fd/<n>` (it inherits the descriptor). A memfd like a booted VM's
+/// `memory-backend-memfd`: not a file in the state directory, whose filesystem may be a
+/// size-limited tmpfs (`/run`) or a disk.
+pub async fn copy_ram(template: &TemplatePaths) -> Result<OwnedFd, TemplateError> {
+    let src = template.ram.clone();
+    blocking(move || {
+        let memfd = memfd_create(c"isola-clone-ram", MFdFlags::MFD_CLOEXEC).map_err(|e| {
+            TemplateError::Restore {
+                key: String::new(),
+                why: format!("creating a memfd for the clone's RAM: {e}"),
+            }
+        })?;
+        let file = std::fs::File::from(memfd);
+        template::copy_sparse(&src, &file)?;
+        Ok(OwnedFd::from(file))
+    })
+    .await
 }
 
 #[cfg(test)]

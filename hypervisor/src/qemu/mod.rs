@@ -302,7 +302,10 @@ impl QemuHypervisor {
         tsc_khz: Option<u32>,
         net: &netdev::NetFds,
         boot: &Boot,
+        ram_fd: Option<std::os::fd::RawFd>,
     ) -> Result<QmpClient, HypervisorError> {
+        let mut inherited = net.inherited();
+        inherited.extend(ram_fd);
         let attempts = if self.vsock == VsockMode::Kernel {
             CID_ATTEMPTS
         } else {
@@ -323,7 +326,7 @@ impl QemuHypervisor {
                 &self.paths.qemu_log,
                 &self.paths.console_log,
                 self.id(),
-                &net.inherited(),
+                &inherited,
             )
             .await?;
             let pid = vmm.pid();
@@ -381,7 +384,7 @@ impl Launcher for QemuHypervisor {
                     net.renew_vhost(self.id()).await;
                     self.start_daemons(run).await?;
                 }
-                self.start_vmm(run, accelerator, tsc_khz, &net, &Boot::Cold)
+                self.start_vmm(run, accelerator, tsc_khz, &net, &Boot::Cold, None)
                     .await?
             }
         };

@@ -29,8 +29,6 @@ pub struct StatePaths {
     pub virtiofs_socket: PathBuf,
     /// virtiofsd's stdout/stderr.
     pub virtiofsd_log: PathBuf,
-    /// A clone's guest RAM, copied from its template (see `clone.rs`).
-    pub clone_ram: PathBuf,
 }
 
 impl StatePaths {
@@ -45,7 +43,6 @@ impl StatePaths {
             vhost_vsock_log: dir.join("vhost-device-vsock.log"),
             virtiofs_socket: dir.join("virtiofs.sock"),
             virtiofsd_log: dir.join("virtiofsd.log"),
-            clone_ram: dir.join("ram"),
         }
     }
 
