@@ -106,13 +106,27 @@ pub async fn build(
         blocking(move || store.lock(&key)).await?
     };
     let ram_bytes = u64::from(plan.memory_mib) << 20;
-    if let Ok(Some(found)) = store.find(&inputs, ram_bytes) {
-        return Ok(found);
-    }
-    let dir = store.build_dir(&key)?;
+    let prepared = {
+        let (store, inputs, key) = (store.clone(), inputs.clone(), key.clone());
+        blocking(move || match store.find(&inputs, ram_bytes) {
+            Ok(Some(found)) => Ok(Err(found)),
+            _ => store.build_dir(&key).map(Ok),
+        })
+        .await?
+    };
+    let dir = match prepared {
+        Err(found) => return Ok(found),
+        Ok(dir) => dir,
+    };
     let started = Instant::now();
     let built = save(&dir, plan, qemu, &key).await;
-    let published = built.and_then(|()| store.publish(&dir, &inputs));
+    let published = match built {
+        Ok(()) => {
+            let (store, dir, inputs) = (store.clone(), dir.clone(), inputs.clone());
+            blocking(move || store.publish(&dir, &inputs)).await
+        }
+        Err(e) => Err(e),
+    };
     drop(lock);
     if let Err(e) = published {
         let _ = tokio::fs::remove_dir_all(&dir).await;
@@ -172,7 +186,18 @@ async fn save(dir: &Path, plan: &QemuPlan, qemu: &Path, key: &str) -> Result<(),
         let _ = vmm.kill(Duration::from_secs(5)).await;
     }
     let _ = tokio::fs::remove_file(&p.qmp_socket).await;
-    saved
+    // The build directory goes with a failure: keep the last words of the guest and QEMU.
+    match saved {
+        Err(TemplateError::Build { key, why }) => Err(TemplateError::Build {
+            key,
+            why: format!(
+                "{why}\nthe template VM's console ends with:\n{}\nQEMU's stderr ends with:\n{}",
+                crate::process::tail_file(&console).await,
+                crate::process::tail_file(&dir.join("qemu.log")).await
+            ),
+        }),
+        other => other,
+    }
 }
 
 /// Waits until the template VM's console shows [`CONSOLE_SERVING_LINE`].
@@ -187,16 +212,12 @@ async fn wait_console(vmm: &VmmProcess, console: &Path, timeout: Duration) -> Re
             }
         }
         if let Some(exit) = vmm.exited() {
-            return Err(format!(
-                "QEMU exited ({exit}) before the agent served; see {}",
-                console.display()
-            ));
+            return Err(format!("QEMU exited ({exit}) before the agent served"));
         }
         if Instant::now() > deadline {
             return Err(format!(
-                "the agent did not serve within {} s; see {}",
-                timeout.as_secs(),
-                console.display()
+                "the agent did not serve within {} s",
+                timeout.as_secs()
             ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -487,6 +508,43 @@ mod tests {
         );
         assert_eq!(a.files.len(), 3);
         assert!(a.args.contains(&"isola-template".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_failed_build_says_why_and_leaves_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let mut p = plan();
+        for f in ["vmlinux", "initrd"] {
+            std::fs::write(tmp.path().join(f), f).unwrap();
+        }
+        p.kernel = tmp.path().join("vmlinux");
+        p.initrd = tmp.path().join("initrd");
+        p.firmware = None;
+        let qemu = tmp.path().join("qemu");
+        std::fs::write(
+            &qemu,
+            "#!/bin/sh\necho 'qemu: no such machine' >&2\nexit 1\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let store = TemplateStore::new(tmp.path().join("templates"));
+        let e = build(&store, &p, &qemu).await.unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, TemplateError::Build { .. }), "{msg}");
+        assert!(
+            msg.contains("qemu: no such machine"),
+            "QEMU's words are kept: {msg}"
+        );
+        let left: Vec<_> = std::fs::read_dir(store.root())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".lock"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        let key = inputs(&p, &qemu).unwrap().key();
+        assert!(store.lock(&key).is_ok(), "the build lock was released");
     }
 
     #[test]
