@@ -6,9 +6,9 @@
 //! done), then the VM is paused and migrated to a file with `x-ignore-shared`: the stream
 //! holds the devices and CPU (~130 KiB), the RAM stays in the RAM file.
 //!
-//! **Clone**: the template's RAM file is copied, holes kept ([`template::copy_sparse`]), into
-//! the VM's state directory; that copy is the clone's own shared guest RAM, which its vhost-user
-//! daemons map like a cold boot's memfd. So no daemon ever maps the template, and nothing one
+//! **Clone**: the template's RAM file is copied, holes kept ([`template::copy_sparse`]), into a
+//! new memfd; that copy is the clone's own shared guest RAM, which its vhost-user daemons map
+//! like a cold boot's memfd. So no daemon ever maps the template, and nothing one
 //! clone writes reaches another (kata-containers#1091's corruption cannot happen). QEMU starts
 //! with [`Boot::Restore`], reads the stream, gets its devices plugged
 //! ([`clone_args::hotplugged`]) and runs. The agent's readiness announcement then arrives over
@@ -19,11 +19,10 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-
-use nix::sys::memfd::{memfd_create, MFdFlags};
 use std::time::{Duration, Instant};
 
 use isola_agent_proto::CONSOLE_SERVING_LINE;
+use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use super::args::{self, Boot, QemuPlan};
 use super::clone_args;
@@ -48,17 +47,25 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(30);
 const RAM_NAME: &str = "ram";
 const QMP_NAME: &str = "qmp.sock";
 
-/// `plan` as a template: its own name and placeholder paths, without the things a template
-/// does not depend on (the TSC hint: the template's measurement is the clones').
-fn normalized(plan: &QemuPlan) -> QemuPlan {
+/// `plan` as the template VM built in `dir`: its own name, its RAM file and QMP socket in
+/// `dir`, no NIC.
+fn as_template(plan: &QemuPlan, dir: &Path) -> QemuPlan {
     let mut p = plan.clone();
     p.name = "isola-template".into();
-    p.qmp_socket = PathBuf::from(QMP_NAME);
+    p.qmp_socket = dir.join(QMP_NAME);
     p.boot = Boot::Template {
-        ram: PathBuf::from(RAM_NAME),
+        ram: dir.join(RAM_NAME),
     };
-    p.tsc_khz = None;
     p.net.clear();
+    p
+}
+
+/// `plan` as a template's recorded arguments: [`as_template`] with the bare file names for
+/// the store's paths, without the things a template does not depend on (the TSC hint: the
+/// template's measurement is the clones').
+fn normalized(plan: &QemuPlan) -> QemuPlan {
+    let mut p = as_template(plan, Path::new(""));
+    p.tsc_khz = None;
     p
 }
 
@@ -142,13 +149,7 @@ async fn save(dir: &Path, plan: &QemuPlan, qemu: &Path, key: &str) -> Result<(),
         key: key.to_owned(),
         why,
     };
-    let mut p = plan.clone();
-    p.name = "isola-template".into();
-    p.qmp_socket = dir.join(QMP_NAME);
-    p.boot = Boot::Template {
-        ram: dir.join(RAM_NAME),
-    };
-    p.net.clear();
+    let p = as_template(plan, dir);
     let console = dir.join("console.log");
     let vmm = VmmProcess::spawn(
         "qemu",
