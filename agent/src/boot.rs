@@ -20,6 +20,12 @@ pub const SERVING_NEEDS: &str = "vmw_vsock_virtio_transport.ko";
 
 static SETTLED: OnceLock<watch::Receiver<bool>> = OnceLock::new();
 
+/// Whether this agent is PID 1 of a guest. Only then does it load modules, touch the clock
+/// and the RNG, or wait for guest devices: an agent run on a host (tests) must not.
+pub fn is_guest_init() -> bool {
+    std::process::id() == 1
+}
+
 /// Loads the modules the server needs, then hands the rest of the boot work to a background
 /// thread. Only for PID 1 of a guest.
 pub fn start(started: Instant) {

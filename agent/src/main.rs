@@ -52,7 +52,7 @@ fn main() {
         libct::factory::main();
     }
     let started = Instant::now();
-    let is_init = std::process::id() == 1;
+    let is_init = boot::is_guest_init();
     let early_problems = if is_init { init::setup() } else { Vec::new() };
 
     let cmdline = match std::env::var("ISOLA_AGENT_CMDLINE") {

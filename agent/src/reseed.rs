@@ -22,12 +22,6 @@ const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
 /// `_IO('R', 0x07)`: reseed the kernel's RNG from the input pool now.
 const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
 
-/// Only PID 1 of a guest touches the clock and the RNG: an agent run on a host (tests) must
-/// not set the host's.
-fn in_guest() -> bool {
-    std::process::id() == 1
-}
-
 /// Sets the wall clock to the host's (`sec` = 0: leave it).
 pub fn set_clock(sec: i64, nsec: u32) -> Result<()> {
     if sec == 0 {
@@ -38,7 +32,7 @@ pub fn set_clock(sec: i64, nsec: u32) -> Result<()> {
             "host time {sec}.{nsec:09} is not a valid time (sec > 0, nsec < 1e9)"
         )));
     }
-    if !in_guest() {
+    if !crate::boot::is_guest_init() {
         return Ok(());
     }
     clock_settime(ClockId::CLOCK_REALTIME, TimeSpec::new(sec, i64::from(nsec)))
@@ -67,7 +61,7 @@ pub fn add_entropy(bytes: &[u8]) -> Result<()> {
             bytes.len()
         )));
     }
-    if !in_guest() {
+    if !crate::boot::is_guest_init() {
         return Ok(());
     }
     let random = std::fs::OpenOptions::new()

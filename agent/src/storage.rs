@@ -112,7 +112,7 @@ const VIRTIOFS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// after the host's first request arrives. At once on a booted VM or outside a guest.
 pub async fn wait_for_virtiofs(storages: &[Storage]) -> Result<()> {
     let wanted = storages.iter().filter(|s| s.fstype == "virtiofs").count();
-    if wanted == 0 || std::process::id() != 1 {
+    if wanted == 0 || !crate::boot::is_guest_init() {
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + VIRTIOFS_WAIT;
