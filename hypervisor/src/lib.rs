@@ -377,6 +377,19 @@ pub trait Hypervisor: Send + Sync {
 
     /// The accelerator chosen by `start`, with a human-readable reason; None before `start`.
     fn accelerator(&self) -> Option<(Accelerator, String)>;
+
+    /// The key of the VM template `start` restored this VM from ([`VmConfig::templates`]);
+    /// None when it booted, and before `start`. A caller whose agent does not answer in a
+    /// clone can boot the pod instead ([`forget_template`]).
+    fn template(&self) -> Option<String> {
+        None
+    }
+}
+
+/// Removes the VM template `key` from the store at `root` (unless a build holds it), after a
+/// VM restored from it failed: the next pod that wants it rebuilds it. Errors are logged.
+pub async fn forget_template(root: &std::path::Path, key: &str) {
+    qemu::clone::forget(root, key).await;
 }
 
 /// Creates a QEMU-backed VM. Nothing is started until [`Hypervisor::start`].

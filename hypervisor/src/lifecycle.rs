@@ -60,6 +60,7 @@ enum Phase {
 struct Info {
     started: bool,
     accelerator: Option<(Accelerator, String)>,
+    template: Option<String>,
     vmm_pid: Option<u32>,
     daemon_pids: Vec<u32>,
 }
@@ -376,6 +377,16 @@ impl Core {
     /// The accelerator chosen by `start`.
     pub fn accelerator(&self) -> Option<(Accelerator, String)> {
         self.info().accelerator.clone()
+    }
+
+    /// Records the key of the VM template a launch restored the VM from.
+    pub fn set_template(&self, key: String) {
+        self.info().template = Some(key);
+    }
+
+    /// The key of the VM template the VM was restored from; None when it booted.
+    pub fn template(&self) -> Option<String> {
+        self.info().template.clone()
     }
 }
 

@@ -3,6 +3,7 @@
 //! Both the shim and `isola check`/`isola bench` start VMs through [`BootedVm::boot`], so the
 //! path a user checks is the path pods take.
 
+mod bringup;
 mod console;
 pub mod debug_console;
 pub mod record;
@@ -13,11 +14,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isola_agent_client::dial::wait_ready;
 use isola_agent_client::{AgentClient, ClientError};
 use isola_agent_proto::READY_PORT;
 use isola_config::Config;
-use isola_hypervisor::{AgentEndpoint, Hypervisor, HypervisorError, NetDevice, VmConfig};
+use isola_hypervisor::{Hypervisor, HypervisorError, NetDevice, VmConfig};
 
 pub use console::tail as console_tail;
 pub use vmconfig::{vm_config, vm_dir_name, SandboxPaths, MAX_VM_DIR_NAME, SHARED_FS_TAG};
@@ -35,6 +35,12 @@ pub enum SandboxError {
     #[error("the VM started but its agent did not answer: {source}\n--- last lines of the guest console ({console}) ---\n{tail}")]
     Agent {
         source: ClientError,
+        console: PathBuf,
+        tail: String,
+    },
+    #[error("the VM's VMM exited ({exit}) before its agent answered\n--- last lines of the guest console ({console}) ---\n{tail}")]
+    Exited {
+        exit: isola_hypervisor::VmExit,
         console: PathBuf,
         tail: String,
     },
@@ -120,36 +126,25 @@ impl BootedVm {
                 source,
             })?;
         }
-        let vm = new_vm(vm_cfg);
         let started = Instant::now();
-        if let Err(e) = vm.start().await {
-            remove_shared_dir(&paths, owns_shared_dir);
-            return Err(SandboxError::Start(e));
-        }
-        let vmm_ready = started.elapsed();
-        let endpoint = vm.agent_endpoint();
-        let dial_deadline = tokio::time::Instant::now() + cfg.agent.dial_timeout();
-        let connected = async {
-            if let (true, AgentEndpoint::HybridVsock { path, .. }) = (hybrid, &endpoint) {
-                wait_ready(path, READY_PORT, dial_deadline).await?;
-            }
-            let remaining = dial_deadline.saturating_duration_since(tokio::time::Instant::now());
-            AgentClient::connect(&endpoint, remaining).await
-        };
-        let agent = match connected.await {
-            Ok(agent) => agent,
-            Err(source) => {
-                let console = vm.console_log();
-                let tail = console::tail(&console, 4096);
-                if let Err(e) = vm.stop().await {
-                    tracing::warn!(sandbox = id, error = %e, "stopping a VM whose agent never answered");
-                }
+        let up = bringup::start(
+            id,
+            vm_cfg,
+            hybrid,
+            cfg.agent.dial_timeout(),
+            new_vm,
+            started,
+        )
+        .await;
+        let bringup::Up {
+            vm,
+            agent,
+            vmm_ready,
+        } = match up {
+            Ok(up) => up,
+            Err(e) => {
                 remove_shared_dir(&paths, owns_shared_dir);
-                return Err(SandboxError::Agent {
-                    source,
-                    console,
-                    tail,
-                });
+                return Err(e);
             }
         };
         let timings = BootTimings {
@@ -199,7 +194,7 @@ fn remove_shared_dir(paths: &SandboxPaths, owned: bool) {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use isola_hypervisor::{Accelerator, VmExit};
+    use isola_hypervisor::{Accelerator, AgentEndpoint, VmExit};
 
     use super::*;
 
@@ -208,6 +203,8 @@ mod tests {
         cfg: VmConfig,
         fail: Option<fn() -> HypervisorError>,
         stops: Arc<AtomicUsize>,
+        /// How its VMM ends: never (None), or at once.
+        exit: Option<VmExit>,
     }
 
     #[async_trait::async_trait]
@@ -220,7 +217,8 @@ mod tests {
             Ok(())
         }
         async fn wait(&self) -> Result<VmExit, HypervisorError> {
-            Err(HypervisorError::NotStarted(self.cfg.id.clone()))
+            self.exit
+                .ok_or_else(|| HypervisorError::NotStarted(self.cfg.id.clone()))
         }
         async fn kill(&self) -> Result<(), HypervisorError> {
             Err(HypervisorError::NotStarted(self.cfg.id.clone()))
@@ -252,7 +250,13 @@ mod tests {
         fn accelerator(&self) -> Option<(Accelerator, String)> {
             None
         }
+        fn template(&self) -> Option<String> {
+            // A clone whenever templates are on.
+            self.cfg.templates.as_ref().map(|_| TEMPLATE.to_string())
+        }
     }
+
+    const TEMPLATE: &str = "0123abcd";
 
     fn config(state_dir: &std::path::Path) -> Config {
         let mut cfg = Config::default();
@@ -260,6 +264,8 @@ mod tests {
         // Kernel vsock: no readiness wait, the agent endpoint is dialed right away.
         cfg.hypervisor.vsock = isola_config::Vsock::Vhost;
         cfg.agent.dial_timeout_ms = 200;
+        // Booted VMs; the tests of clones turn templates on.
+        cfg.factory.template = false;
         cfg
     }
 
@@ -267,17 +273,102 @@ mod tests {
         cfg: &Config,
         fail: Option<fn() -> HypervisorError>,
     ) -> (Result<BootedVm, SandboxError>, usize) {
+        let (booted, stops, _) = boot_made(cfg, fail, None, Vec::new()).await;
+        (booted, stops)
+    }
+
+    /// Boots on [`NoVmm`]s; also returns the configuration of each VM made.
+    async fn boot_made(
+        cfg: &Config,
+        fail: Option<fn() -> HypervisorError>,
+        exit: Option<VmExit>,
+        network: Vec<NetDevice>,
+    ) -> (Result<BootedVm, SandboxError>, usize, Vec<VmConfig>) {
         let stops = Arc::new(AtomicUsize::new(0));
-        let s = stops.clone();
+        let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (s, m) = (stops.clone(), made.clone());
         let new_vm = move |cfg: VmConfig| -> Arc<dyn Hypervisor> {
+            m.lock().unwrap().push(cfg.clone());
             Arc::new(NoVmm {
                 cfg,
                 fail,
                 stops: s.clone(),
+                exit,
             })
         };
-        let booted = BootedVm::boot_with_backend(cfg, "s1", Vec::new(), &new_vm).await;
-        (booted, stops.load(Ordering::SeqCst))
+        let booted = BootedVm::boot_with_backend(cfg, "s1", network, &new_vm).await;
+        let made = made.lock().unwrap().clone();
+        (booted, stops.load(Ordering::SeqCst), made)
+    }
+
+    /// A template directory in the store of `cfg`.
+    fn template_dir(cfg: &Config) -> PathBuf {
+        let dir = cfg.template_dir().join(TEMPLATE);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("ram"), b"x").unwrap();
+        dir
+    }
+
+    #[tokio::test]
+    async fn a_clone_that_never_answers_is_replaced_by_a_boot_on_the_same_taps() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.factory.template = true;
+        let template = template_dir(&cfg);
+        let tap = Arc::new(std::os::fd::OwnedFd::from(
+            std::fs::File::open("/dev/null").unwrap(),
+        ));
+        let nic = NetDevice {
+            mac: "02:00:00:00:00:01".into(),
+            mtu: 0,
+            tap: tap.clone(),
+        };
+        let (booted, stops, made) = boot_made(&cfg, None, None, vec![nic]).await;
+        match booted {
+            // The boot's agent does not answer either (nobody serves it).
+            Err(SandboxError::Agent { .. }) => {}
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("booted"),
+        }
+        assert_eq!(made.len(), 2, "a clone, then a boot");
+        assert!(made[0].templates.is_some() && made[1].templates.is_none());
+        assert!(
+            Arc::ptr_eq(&made[1].network[0].tap, &tap),
+            "the boot gets the clone's tap"
+        );
+        assert_eq!(stops, 2, "both VMs are stopped");
+        assert!(!template.exists(), "the clone's template is removed");
+        drop(made);
+        assert_eq!(Arc::strong_count(&tap), 1, "no copy of the tap is kept");
+        assert!(!SandboxPaths::new(tmp.path(), "s1").shared_dir.exists());
+    }
+
+    #[tokio::test]
+    async fn a_vmm_that_exits_ends_the_wait_at_once_and_a_dead_clone_falls_back_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = config(tmp.path());
+        cfg.agent.dial_timeout_ms = 60_000;
+        let died = VmExit {
+            code: None,
+            signal: Some(6),
+        };
+        let t0 = Instant::now();
+        let (booted, stops, made) = boot_made(&cfg, None, Some(died), Vec::new()).await;
+        match booted {
+            Err(e @ SandboxError::Exited { .. }) => {
+                assert!(e.to_string().contains("killed by signal 6"), "{e}")
+            }
+            Err(other) => panic!("{other}"),
+            Ok(_) => panic!("booted"),
+        }
+        assert_eq!((stops, made.len()), (1, 1));
+        cfg.factory.template = true;
+        let template = template_dir(&cfg);
+        let (booted, stops, made) = boot_made(&cfg, None, Some(died), Vec::new()).await;
+        assert!(matches!(booted, Err(SandboxError::Exited { .. })));
+        assert_eq!((stops, made.len()), (2, 2), "the clone, then the boot");
+        assert!(!template.exists());
+        assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
     }
 
     #[tokio::test]

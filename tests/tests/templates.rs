@@ -204,21 +204,49 @@ fn vm_template_clones_move_data_both_ways_at_once_and_diverge() {
     assert_eq!(templates(&c).len(), 1, "the template stays");
 }
 
+/// Runs `name` (`sh -c "echo <name>"`) and checks its output.
+fn echo(c: &Containerd, name: &str) {
+    let out = c.run(name, &["sh", "-c", &format!("echo {name}")]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{name}\n"));
+}
+
+/// The one template's directory, once the next pod built it.
+fn rebuilt(c: &Containerd, name: &str, builds: usize) -> std::path::PathBuf {
+    echo(c, name);
+    assert_eq!(
+        count(&c.log(), "VM template built"),
+        builds,
+        "{}",
+        c.log_tail(40)
+    );
+    let names = templates(c);
+    assert_eq!(names.len(), 1, "{names:?}");
+    templates_dir(c).join(&names[0])
+}
+
 #[test]
 fn vm_a_damaged_template_boots_the_pod_cold() {
     let c = templated();
-    let first = c.run("build", &["true"]);
-    assert!(first.status.success(), "{}", describe(&first));
-    let names = templates(&c);
-    assert_eq!(names.len(), 1, "{names:?}");
+    let template = rebuilt(&c, "build", 1);
+    // A missing piece is found before anything starts: the template is removed, the pod boots.
+    std::fs::remove_file(template.join("state")).unwrap();
+    echo(&c, "missing");
+    assert!(
+        c.log().contains("state file"),
+        "the damage is named: {}",
+        c.log_tail(40)
+    );
+    assert!(templates(&c).is_empty(), "the damaged template is removed");
+    c.assert_nothing_left("a template found damaged");
+
     // The stream is garbage of a plausible size: it passes the store's checks and fails in
     // QEMU, after the clone's QEMU and daemons were started.
-    let state = templates_dir(&c).join(&names[0]).join("state");
+    let template = rebuilt(&c, "rebuilt", 2);
+    let state = template.join("state");
     let size = std::fs::metadata(&state).unwrap().len() as usize;
     std::fs::write(&state, pseudo_random_bytes(size, 0xbad)).unwrap();
-    let out = c.run("after-damage", &["sh", "-c", "echo cold"]);
-    assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "cold\n");
+    echo(&c, "garbage-stream");
     let log = c.log();
     assert_eq!(
         count(
@@ -229,25 +257,34 @@ fn vm_a_damaged_template_boots_the_pod_cold() {
         "{}",
         c.log_tail(40)
     );
-    c.assert_nothing_left("a failed restore and a cold boot");
-    // A missing piece is found before anything starts: the template is removed, the pod boots.
-    std::fs::remove_file(&state).unwrap();
-    let out = c.run("after-removal", &["true"]);
-    assert!(out.status.success(), "{}", describe(&out));
     assert!(
-        c.log().contains("state file"),
-        "the damage is named: {}",
-        c.log_tail(40)
+        templates(&c).is_empty(),
+        "a template a restore failed from is removed"
     );
-    assert!(templates(&c).is_empty(), "the damaged template is removed");
-    // The next pod builds it again.
-    let out = c.run("rebuilt", &["true"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    c.assert_nothing_left("a failed restore and a cold boot");
+
+    // The RAM is garbage where the kernel is: the restore succeeds, the clone never answers
+    // (it dies or hangs), and the pod's VM is booted instead.
+    let template = rebuilt(&c, "rebuilt-again", 3);
+    let ram = std::fs::OpenOptions::new()
+        .write(true)
+        .open(template.join("ram"))
+        .unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&ram, &pseudo_random_bytes(64 << 20, 0xdead), 0)
+        .unwrap();
+    drop(ram);
+    echo(&c, "garbage-ram");
     assert_eq!(
-        count(&c.log(), "VM template built"),
-        2,
+        count(
+            &c.log(),
+            "the VM restored from its template did not answer: booting it instead"
+        ),
+        1,
         "{}",
         c.log_tail(40)
     );
+    assert!(templates(&c).is_empty(), "the clone's template is removed");
+    c.assert_nothing_left("a clone that never answered and a cold boot");
+    rebuilt(&c, "rebuilt-at-last", 4);
     c.assert_nothing_left("rebuilding a template");
 }

@@ -15,7 +15,9 @@
 //! the freshly plugged vsock as after a boot.
 //!
 //! Anything wrong on the way (no template and another process building it, a damaged one, a
-//! failed restore) boots the pod cold, with a warning: a template never fails a pod.
+//! failed restore) boots the pod cold, with a warning: a template never fails a pod. A damaged
+//! template and one a restore failed from are removed, so the next pod rebuilds it; so is one
+//! whose clone's agent never answers (the sandbox crate boots that pod, on the same taps).
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -280,6 +282,19 @@ pub async fn restore(
     qmp.cont().await.map_err(|e| fail(e.to_string()))
 }
 
+/// Removes template `key` from the store at `root` (see [`crate::forget_template`]).
+pub(crate) async fn forget(root: &Path, key: &str) {
+    let (store, k) = (TemplateStore::new(root), key.to_owned());
+    match blocking(move || store.discard(&k)).await {
+        Ok(()) => tracing::warn!(
+            template = key,
+            "VM template removed: the next pod rebuilds it"
+        ),
+        Err(TemplateError::Busy(_)) => {}
+        Err(e) => tracing::warn!(template = key, error = %e, "could not remove the VM template"),
+    }
+}
+
 /// Kills what a failed clone attempt started, so that a cold boot can start afresh (a
 /// vhost-user daemon serves one VMM for its life).
 pub(super) async fn discard(run: &mut Running) {
@@ -340,10 +355,12 @@ impl super::QemuHypervisor {
         match cloned.await {
             Ok(client) => {
                 tracing::info!(sandbox = %id, template = %template.key, elapsed_ms = started.elapsed().as_millis() as u64, "VM restored from its template");
+                self.core.set_template(template.key.clone());
                 Some(client)
             }
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "starting from the template failed: booting the VM instead");
+                forget(root, &template.key).await;
                 None
             }
         }
@@ -376,9 +393,8 @@ impl super::QemuHypervisor {
             },
             Ok((key, Err(e))) => {
                 tracing::warn!(sandbox = %id, error = %e, "booting this VM");
-                if let Ok(_lock) = store.lock(&key) {
-                    let _ = store.remove(&key);
-                }
+                let store = store.clone();
+                let _ = blocking(move || store.discard(&key)).await;
                 None
             }
             Err(e) => {

@@ -481,6 +481,10 @@ impl Hypervisor for QemuHypervisor {
     fn accelerator(&self) -> Option<(Accelerator, String)> {
         self.core.accelerator()
     }
+
+    fn template(&self) -> Option<String> {
+        self.core.template()
+    }
 }
 
 #[cfg(test)]

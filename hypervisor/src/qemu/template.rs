@@ -284,6 +284,13 @@ impl TemplateStore {
         remove_dir_if_exists(&self.paths(key).dir)
     }
 
+    /// Removes template `key` under its lock; [`TemplateError::Busy`] while a build holds it
+    /// (the build replaces it anyway).
+    pub fn discard(&self, key: &str) -> Result<(), TemplateError> {
+        let _lock = self.lock(key)?;
+        self.remove(key)
+    }
+
     /// Every template in the store, sorted by key.
     pub fn list(&self) -> Result<Vec<TemplateInfo>, TemplateError> {
         let entries = match std::fs::read_dir(&self.root) {
