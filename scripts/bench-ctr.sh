@@ -18,12 +18,15 @@ runs=${1:-5}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export ISOLA_SHIM_DIR=${ISOLA_SHIM_DIR:-$root/target/release}
-export ISOLA_CONFIG=${ISOLA_CONFIG:-$root/build/isola-dev.toml}
+dev_config=${ISOLA_CONFIG:-$root/build/isola-dev.toml}
 export CONTAINERD_DIR=$root/build/containerd-bench
 export CTR_NAMESPACE=isola-bench
 image=localhost/isola/busybox:latest
 dev=scripts/containerd-dev.sh
-[ -f "$ISOLA_CONFIG" ] || scripts/dev-config.sh "$root" >"$ISOLA_CONFIG"
+[ -f "$dev_config" ] || scripts/dev-config.sh "$root" >"$dev_config"
+# Cold boots by default (VM templates are on by default; they get their own runs below).
+export ISOLA_CONFIG=$root/build/isola-dev-cold.toml
+{ cat "$dev_config"; printf '\n[factory]\ntemplate = false\n'; } >"$ISOLA_CONFIG"
 
 now() { date +%s.%N; }
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
@@ -63,7 +66,7 @@ if [ ${#compare[@]} -gt 0 ]; then
 fi
 # The same runtime starting every VM from a VM template.
 template_config=$root/build/isola-dev-template.toml
-{ cat "$ISOLA_CONFIG"; printf '\n[factory]\ntemplate = true\n'; } >"$template_config"
+{ cat "$dev_config"; printf '\n[factory]\ntemplate = true\n'; } >"$template_config"
 template_opts=(--runtime-config-path "$template_config")
 trap '$dev stop >/dev/null; "$root/target/release/isola" --config "$template_config" template rm --all >/dev/null 2>&1 || true' EXIT
 # One unmeasured run of each warms caches (the template one builds the template).

@@ -133,7 +133,10 @@ pub async fn check_line(cfg: &Config) -> (Status, String) {
                 ),
             }
         }
-        Err(e) => (Status::Warn, format!("on, but pods will boot: {e}")),
+        Err(e) => (
+            Status::Warn,
+            format!("on, but no template can be made here, so pods boot as usual ({e})"),
+        ),
     }
 }
 

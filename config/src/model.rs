@@ -32,14 +32,20 @@ pub struct Config {
 }
 
 /// The `[factory]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FactoryConfig {
     /// `template`: start each pod's VM (QEMU, q35) by restoring a VM template saved once per
     /// kernel, initrd, VM shape and QEMU, kept under `<state_dir>/templates`, instead of
     /// booting it (docs/fast-start.md). A VM that cannot be a clone, or a missing or damaged
-    /// template, boots as usual. Default `false`.
+    /// template, boots as usual. Default `true`.
     pub template: bool,
+}
+
+impl Default for FactoryConfig {
+    fn default() -> Self {
+        Self { template: true }
+    }
 }
 
 impl Config {

@@ -28,7 +28,9 @@ fn assert_nothing_left(env: &TestEnv, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_boots_and_agent_answers_check() {
-    let env = TestEnv::new();
+    let mut env = TestEnv::new();
+    // A boot, console included (a clone's console starts at its restore; tests/templates.rs).
+    env.config.factory.template = false;
     let vm = BootedVm::boot(&env.config, "t-check")
         .await
         .expect("VM boots");

@@ -43,6 +43,8 @@ pub struct Opts {
     pub socket: PathBuf,
     pub wait: Duration,
     pub check: bool,
+    /// `[factory] template` in every handler's configuration; None keeps the payload's.
+    pub vm_templates: Option<bool>,
 }
 
 /// What was installed, for the node hook.
@@ -119,13 +121,7 @@ fn register(o: &Opts, m: &mut Manifest, id: &str) -> anyhow::Result<bool> {
                 .local(&o.layout.version(id))
                 .join(super::layout::SHARE);
             let state_dir = |h: &Handler| {
-                fs::read_to_string(version_share.join(h.config_file()))
-                    .ok()
-                    .and_then(|t| isola_config::Config::from_toml_str(&t, Path::new("c")).ok())
-                    .map_or_else(
-                        || PathBuf::from(isola_config::DEFAULT_STATE_DIR),
-                        |c| c.runtime.state_dir,
-                    )
+                super::version_config::state_dir(&version_share.join(h.config_file()))
             };
             let files =
                 register::crio_drop_ins(&o.runtime_config, &o.layout, &o.handlers, state_dir);
@@ -174,6 +170,7 @@ pub fn install(o: &Opts, env: &Env) -> anyhow::Result<Installed> {
         &hash,
         o.layout.prefix(),
         &o.handlers,
+        o.vm_templates,
     );
 
     let mut m = match Manifest::load(&o.layout)? {
@@ -210,7 +207,7 @@ pub fn install(o: &Opts, env: &Env) -> anyhow::Result<Installed> {
     m.save(&o.layout)?;
 
     let version_dir = o.layout.version(&id);
-    if version::stage(&o.layout, &o.payload, &id, &o.handlers)? {
+    if version::stage(&o.layout, &o.payload, &id, &o.handlers, o.vm_templates)? {
         println!("{}: installed", version_dir.display());
     } else {
         println!("{}: already installed", version_dir.display());

@@ -102,6 +102,10 @@ pub struct InstallArgs {
     /// Skip `isola check --no-boot` of the installed version (e.g. a scratch host root)
     #[arg(long, env = "ISOLA_DEPLOY_NO_CHECK")]
     no_check: bool,
+    /// VM templates in every handler's configuration (`[factory] template`, true or false);
+    /// default: as the payload's configuration has it (on)
+    #[arg(long, env = "ISOLA_DEPLOY_VM_TEMPLATES")]
+    vm_templates: Option<bool>,
 }
 
 #[derive(Args)]
@@ -263,6 +267,7 @@ pub fn run(what: Deploy) -> anyhow::Result<bool> {
                 restart: a.common.restart,
                 wait,
                 check: !a.no_check,
+                vm_templates: a.vm_templates,
             };
             install::install(&opts, &env)?;
         }

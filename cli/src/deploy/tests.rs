@@ -109,6 +109,7 @@ fn opts(n: &Node, runtime: Runtime, handlers: &[&str]) -> install::Opts {
         socket: "/run/containerd/containerd.sock".into(),
         wait: Duration::from_secs(1),
         check: true,
+        vm_templates: None,
     }
 }
 
@@ -338,6 +339,12 @@ fn uninstall_keeps_what_running_pods_need_until_they_end() {
     });
     let v2 = install::install(&o, &env(&f)).unwrap().version;
     assert_eq!(gc::installed(&o.layout).unwrap().len(), 2);
+    // VM templates of its pods, and the state of a running pod.
+    let state = n.host.path().join("run/isola");
+    fs::create_dir_all(state.join("templates/0123abcd")).unwrap();
+    fs::write(state.join("templates/0123abcd/ram"), "ram").unwrap();
+    fs::create_dir_all(state.join("shim")).unwrap();
+    fs::write(state.join("shim/pod.json"), "{}").unwrap();
     // A pod of v1 runs: the configuration is restored, v1 and current (v2) stay.
     uninstall::uninstall(&un(&o), &env(&f)).unwrap();
     let cfg = n.host.path().join("etc/containerd/config.toml");
@@ -356,6 +363,10 @@ fn uninstall_keeps_what_running_pods_need_until_they_end() {
     // containerd cleans up after those pods with the link's binary: it stays with them.
     let link = n.host.path().join("usr/local/bin/containerd-shim-isola-v2");
     assert!(fs::read_link(&link).is_ok());
+    assert!(
+        state.join("templates/0123abcd/ram").exists(),
+        "kept with the install"
+    );
     // --force takes it all.
     let forced = uninstall::Opts {
         force: true,
@@ -365,6 +376,11 @@ fn uninstall_keeps_what_running_pods_need_until_they_end() {
     assert!(!n.host.path().join("opt/isola").exists());
     assert!(fs::symlink_metadata(&link).is_err());
     assert_eq!(fs::read_to_string(&cfg).unwrap(), ORIGINAL);
+    assert!(!state.join("templates").exists(), "the VM templates go");
+    assert!(
+        state.join("shim/pod.json").exists(),
+        "a running pod's state stays"
+    );
 }
 
 #[test]
@@ -451,4 +467,40 @@ fn a_restart_is_waited_for_until_another_process_answers_but_not_from_a_terminat
         fs::read(n.host.path().join("etc/containerd/config.toml")).unwrap(),
         ORIGINAL.as_bytes()
     );
+}
+
+#[test]
+fn turning_vm_templates_off_makes_a_new_version_without_a_restart() {
+    let n = node();
+    let f = Fakes::default();
+    let o = opts(&n, Runtime::Containerd, &["isola", "isola-q:qemu"]);
+    let first = install::install(&o, &env(&f)).unwrap().version;
+    let restarts = f.restarts.borrow().len();
+    let config = |file: &str| {
+        let path = n
+            .host
+            .path()
+            .join("opt/isola/current/share/isola")
+            .join(file);
+        isola_config::Config::from_toml_str(&fs::read_to_string(&path).unwrap(), &path).unwrap()
+    };
+    assert!(
+        config("configuration.toml").factory.template,
+        "the payload's default"
+    );
+    let off = install::Opts {
+        vm_templates: Some(false),
+        ..opts(&n, Runtime::Containerd, &["isola", "isola-q:qemu"])
+    };
+    let second = install::install(&off, &env(&f)).unwrap().version;
+    assert_ne!(second, first);
+    assert_eq!(
+        version::current(&off.layout).as_deref(),
+        Some(second.as_str())
+    );
+    for file in ["configuration.toml", "configuration-isola-q.toml"] {
+        assert!(!config(file).factory.template, "{file}");
+    }
+    // The runtime reaches every version through `current`: nothing to restart.
+    assert_eq!(f.restarts.borrow().len(), restarts);
 }

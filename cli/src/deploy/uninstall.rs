@@ -38,6 +38,33 @@ pub struct Opts {
     pub force: bool,
 }
 
+/// Removes `<state_dir>/templates` of each handler's configuration (read from `current`, so
+/// before the prefix goes): the VM templates pods of this install saved. Nothing else of the
+/// state directory: a pod still running (`--force`) keeps its own.
+fn remove_templates(l: &Layout, m: &Manifest) -> anyhow::Result<()> {
+    let mut dirs: Vec<PathBuf> = m
+        .handlers
+        .iter()
+        .filter_map(|s| Handler::parse(s).ok())
+        .map(|h| super::version_config::state_dir(&l.local(&l.handler_config(&h))))
+        .map(|state| state.join("templates"))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let local = l.local(&dir);
+        match fs::remove_dir_all(&local) {
+            Ok(()) => println!("{}: removed (VM templates)", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("removing the VM templates {}", local.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Returns whether isola was installed (and now is not).
 pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
     let l = &o.layout;
@@ -144,6 +171,7 @@ pub fn uninstall(o: &Opts, env: &Env) -> anyhow::Result<bool> {
             l.prefix().display()
         );
     }
+    remove_templates(l, &m)?;
     // containerd runs a pod's shim binary (the link) to clean up after it too: the links go
     // with the prefix, not before.
     super::shim_link::remove_all(l, &mut m)?;

@@ -104,13 +104,15 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// `<isola version>-<12 hex digits>`: the hash covers the payload and what the installed files
-/// are made from besides (the prefix, written into the configurations, and the handlers, which
-/// decide the configuration files), so the same inputs give the same version.
+/// are made from besides (the prefix, written into the configurations, the handlers, which
+/// decide the configuration files, and `vm_templates`, written into them), so the same inputs
+/// give the same version, and a change of any gives a new one.
 pub fn version_id(
     isola_version: &str,
     payload_hash: &str,
     prefix: &Path,
     hs: &[Handler],
+    vm_templates: Option<bool>,
 ) -> String {
     let mut h = Sha256::new();
     h.update(payload_hash.as_bytes());
@@ -119,6 +121,9 @@ pub fn version_id(
     for handler in hs {
         h.update(b"\0");
         h.update(handler.spec().as_bytes());
+    }
+    if let Some(on) = vm_templates {
+        h.update(format!("\0vm_templates={on}").as_bytes());
     }
     format!("{isola_version}-{}", &hex(&h.finalize())[..12])
 }
@@ -144,9 +149,16 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Makes `<prefix>/versions/<id>` from the payload unless it exists: copied into a temporary
-/// directory next to it, the configurations written there, then renamed into place, so a
-/// version directory is either complete or absent. Returns whether it was made now.
-pub fn stage(layout: &Layout, payload: &Path, id: &str, hs: &[Handler]) -> anyhow::Result<bool> {
+/// directory next to it, the configurations written there (with `[factory] template =
+/// vm_templates` when given), then renamed into place, so a version directory is either
+/// complete or absent. Returns whether it was made now.
+pub fn stage(
+    layout: &Layout,
+    payload: &Path,
+    id: &str,
+    hs: &[Handler],
+    vm_templates: Option<bool>,
+) -> anyhow::Result<bool> {
     let host_dir = layout.version(id);
     let dir = layout.local(&host_dir);
     if dir.is_dir() {
@@ -166,7 +178,10 @@ pub fn stage(layout: &Layout, payload: &Path, id: &str, hs: &[Handler]) -> anyho
             .collect();
         let cfg_rel = Path::new(SHARE).join("configuration.toml");
         let base = fs::read_to_string(tmp.join(&cfg_rel))?;
-        let base = version_config::rewrite(&base, &host_dir, &shipped)?;
+        let mut base = version_config::rewrite(&base, &host_dir, &shipped)?;
+        if let Some(on) = vm_templates {
+            base = version_config::with_templates(&base, on)?;
+        }
         fs::write(tmp.join(&cfg_rel), &base)?;
         for (file, text) in version_config::handler_files(&base, &host_dir.join(&cfg_rel), hs)? {
             fs::write(tmp.join(SHARE).join(file), text)?;

@@ -8,7 +8,7 @@
 //! command line names that version's directory, which keeps the version from being collected
 //! while the VM runs (see `gc`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use toml_edit::{DocumentMut, Item};
@@ -26,6 +26,18 @@ const HELPERS: [&str; 3] = [
     "vhost_user_vsock_path",
     "cloud_hypervisor_path",
 ];
+
+/// The `runtime.state_dir` of the isola configuration at `config` (a local path); the
+/// default when it cannot be read.
+pub fn state_dir(config: &Path) -> PathBuf {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| isola_config::Config::from_toml_str(&t, Path::new("c")).ok())
+        .map_or_else(
+            || PathBuf::from(isola_config::DEFAULT_STATE_DIR),
+            |c| c.runtime.state_dir,
+        )
+}
 
 /// `text` with every path under [`PAYLOAD_SHARE`] moved to `<version>/share/isola/` (the same
 /// replacement `make install` makes for its prefix, commented examples included), and each
@@ -59,6 +71,29 @@ pub fn rewrite(text: &str, version: &Path, shipped: &[String]) -> anyhow::Result
     isola_config::Config::from_toml_str(&out, &version.join(super::layout::SHARE))
         .context("the payload's configuration.toml, rewritten for this version, is not valid")?;
     Ok(out)
+}
+
+/// `text` with `[factory] template = on` (VM templates, docs/fast-start.md), comments kept.
+pub fn with_templates(text: &str, on: bool) -> anyhow::Result<String> {
+    let mut doc: DocumentMut = text
+        .parse()
+        .context("the version's configuration.toml is not TOML")?;
+    let factory = doc
+        .entry("factory")
+        .or_insert_with(toml_edit::table)
+        .as_table_mut()
+        .context("[factory] of the version's configuration.toml is not a table")?;
+    match factory.get_mut("template").and_then(Item::as_value_mut) {
+        Some(v) => {
+            let decor = v.decor().clone();
+            *v = toml_edit::Value::from(on);
+            *v.decor_mut() = decor;
+        }
+        None => {
+            factory.insert("template", toml_edit::value(on));
+        }
+    }
+    Ok(doc.to_string())
 }
 
 /// The configuration files of `handlers` that select a hypervisor: (file name, text), made from
@@ -131,6 +166,29 @@ mod tests {
                 .filter(|l| l.starts_with('#'))
                 .count()
         );
+    }
+
+    #[test]
+    fn vm_templates_are_set_in_place_or_added() {
+        let base = rewrite(isola_config::DEFAULT_CONFIG_TOML, Path::new(V), &[]).unwrap();
+        let off = with_templates(&base, false).unwrap();
+        let c = Config::from_toml_str(&off, Path::new("/c.toml")).unwrap();
+        assert!(!c.factory.template);
+        assert_eq!(
+            off.lines().count(),
+            base.lines().count(),
+            "set in place, comments kept"
+        );
+        let on = with_templates(&off, true).unwrap();
+        assert!(
+            Config::from_toml_str(&on, Path::new("/c.toml"))
+                .unwrap()
+                .factory
+                .template
+        );
+        let added = with_templates("[hypervisor]\nvcpus = 2\n", false).unwrap();
+        let c = Config::from_toml_str(&added, Path::new("/c.toml")).unwrap();
+        assert!(!c.factory.template && c.hypervisor.vcpus == 2, "{added}");
     }
 
     #[test]

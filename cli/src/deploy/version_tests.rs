@@ -42,21 +42,36 @@ fn the_hash_follows_content_and_modes_not_location() {
 #[test]
 fn version_ids_name_the_version_and_cover_prefix_and_handlers() {
     let hs = [Handler::parse("isola").unwrap()];
-    let id = version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs);
+    let id = version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs, None);
     assert!(
         id.starts_with("0.1.0-") && id.len() == "0.1.0-".len() + 12,
         "{id}"
     );
-    assert_eq!(id, version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs));
-    assert_ne!(id, version_id("0.1.0", "ab", Path::new("/opt/isola"), &hs));
-    assert_ne!(id, version_id("0.1.0", "aa", Path::new("/opt/x"), &hs));
+    assert_eq!(
+        id,
+        version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs, None)
+    );
+    assert_ne!(
+        id,
+        version_id("0.1.0", "ab", Path::new("/opt/isola"), &hs, None)
+    );
+    let off = version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs, Some(false));
+    assert_ne!(id, off, "a VM template setting makes another version");
+    assert_ne!(
+        off,
+        version_id("0.1.0", "aa", Path::new("/opt/isola"), &hs, Some(true))
+    );
+    assert_ne!(
+        id,
+        version_id("0.1.0", "aa", Path::new("/opt/x"), &hs, None)
+    );
     let more = [
         hs[0].clone(),
         Handler::parse("isola-clh:cloud-hypervisor").unwrap(),
     ];
     assert_ne!(
         id,
-        version_id("0.1.0", "aa", Path::new("/opt/isola"), &more)
+        version_id("0.1.0", "aa", Path::new("/opt/isola"), &more, None)
     );
 }
 
@@ -80,8 +95,11 @@ fn staging_is_complete_or_absent_and_current_switches() {
     payload(p.path(), "s");
     let l = Layout::new(host.path(), Path::new("/opt/isola")).unwrap();
     let hs = [Handler::parse("isola-clh:qemu").unwrap()];
-    assert!(stage(&l, p.path(), "v1", &hs).unwrap());
-    assert!(!stage(&l, p.path(), "v1", &hs).unwrap(), "already there");
+    assert!(stage(&l, p.path(), "v1", &hs, None).unwrap());
+    assert!(
+        !stage(&l, p.path(), "v1", &hs, None).unwrap(),
+        "already there"
+    );
     let dir = host.path().join("opt/isola/versions/v1");
     let shim = dir.join("bin").join(SHIM);
     assert_eq!(fs::read_to_string(&shim).unwrap(), "s");
@@ -121,7 +139,7 @@ fn staging_is_complete_or_absent_and_current_switches() {
         "[hypervisor]\nvcpus = 0\n",
     )
     .unwrap();
-    assert!(stage(&l, p.path(), "v2", &[]).is_err());
+    assert!(stage(&l, p.path(), "v2", &[], None).is_err());
     assert!(!host.path().join("opt/isola/versions/v2").exists());
     let left = fs::read_dir(host.path().join("opt/isola/versions"))
         .unwrap()

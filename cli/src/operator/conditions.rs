@@ -1,5 +1,5 @@
-//! The IsolaConfig's conditions for a [`Phase`], Kubernetes-style: Ready, Progressing,
-//! Degraded, and VmTemplates when the spec asks for VM templates. A condition's
+//! The IsolaConfig's conditions for a [`Phase`], Kubernetes-style: Ready, Progressing and
+//! Degraded. A condition's
 //! lastTransitionTime is kept while its status stays the same, so it says since when.
 
 use super::crd::{Condition, NodeStatus, NAME};
@@ -12,7 +12,6 @@ pub struct Inputs<'a> {
     pub problems: &'a [String],
     pub nodes: &'a [NodeStatus],
     pub image: &'a str,
-    pub vm_templates: bool,
     pub generation: Option<i64>,
 }
 
@@ -65,7 +64,7 @@ pub fn conditions(i: &Inputs, previous: &[Condition], now: &str) -> Vec<Conditio
             format!("; waiting for {}", waiting.join(", "))
         }
     );
-    let mut out = match i.phase {
+    match i.phase {
         Phase::Ignored => vec![c(
             "Ready",
             false,
@@ -137,19 +136,7 @@ pub fn conditions(i: &Inputs, previous: &[Condition], now: &str) -> Vec<Conditio
             c("Progressing", true, "Uninstalling", "cleanup mode".into()),
             degraded,
         ],
-    };
-    if i.vm_templates && *i.phase != Phase::Ignored {
-        out.push(c(
-            "VmTemplates",
-            false,
-            "NotConfigured",
-            "the operator does not turn VM templates on yet: set [factory] template = true in \
-             the nodes' isola configuration (docs/fast-start.md); until then every pod boots its \
-             VM"
-            .into(),
-        ));
     }
-    out
 }
 
 #[cfg(test)]
@@ -172,7 +159,6 @@ mod tests {
             problems: &[],
             nodes,
             image: "img:2",
-            vm_templates: false,
             generation: Some(4),
         }
     }
@@ -223,21 +209,6 @@ mod tests {
             get(&after, "Ready").message,
             "1 of 1 node(s) done with img:2"
         );
-    }
-
-    #[test]
-    fn vm_templates_are_reported_unavailable_and_nothing_else_fails() {
-        let n = [node("a", true, None)];
-        let mut i = inputs(&Phase::Ready, &n);
-        i.vm_templates = true;
-        let cs = conditions(&i, &[], "T");
-        let v = get(&cs, "VmTemplates");
-        assert_eq!(
-            (v.status.as_str(), v.reason.as_str()),
-            ("False", "NotConfigured")
-        );
-        assert!(v.message.contains("[factory] template = true"));
-        assert_eq!(get(&cs, "Ready").status, "True");
     }
 
     #[test]

@@ -254,7 +254,6 @@ fn next_status(
         problems,
         nodes,
         image: &cfg.spec.image,
-        vm_templates: cfg.spec.vm_templates,
         generation: cfg.meta().generation,
     };
     IsolaConfigStatus {

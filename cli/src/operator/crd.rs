@@ -49,11 +49,11 @@ pub struct IsolaConfigSpec {
     /// The RuntimeClasses to create, each also a runtime handler of the same name on the nodes.
     #[serde(default = "default_runtime_classes")]
     pub runtime_classes: Vec<RuntimeClassSpec>,
-    /// VM templates (pods started by restoring a saved VM instead of booting one). The
-    /// operator does not turn them on on nodes yet (that is `[factory] template = true` in a
-    /// node's isola configuration): `true` only adds the status condition VmTemplates=False.
-    #[serde(default)]
-    pub vm_templates: bool,
+    /// VM templates: pods' VMs restored from a VM saved once instead of booted
+    /// (docs/fast-start.md). Written as `[factory] template` into every handler's isola
+    /// configuration on the nodes; unset keeps the payload's configuration, where they are on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_templates: Option<bool>,
     /// How the installer container runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub installer: Option<Installer>,
@@ -134,7 +134,7 @@ pub struct IsolaConfigStatus {
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready, Progressing, Degraded and (with spec.vmTemplates) VmTemplates.
+    /// Ready, Progressing and Degraded.
     #[serde(default)]
     pub conditions: Vec<Condition>,
     /// Every node the installer runs, or should run, on.

@@ -117,6 +117,8 @@ pub fn daemonset(
     set_env(c, "ISOLA_DEPLOY_HOST_PID", host_pid.as_deref());
     set_env(c, "ISOLA_DEPLOY_SHIM_DIR", n.shim_dir.as_deref());
     set_env(c, "ISOLA_DEPLOY_HANDLERS", Some(&handlers.join(",")));
+    let templates = spec.vm_templates.map(|on| on.to_string());
+    set_env(c, "ISOLA_DEPLOY_VM_TEMPLATES", templates.as_deref());
     set_env(c, MODE_ENV, Some(mode.as_str()));
     // The operator uninstalls through the cleanup mode (its finalizer), never on a SIGTERM: a
     // pod's termination is then always an update, a drain or the DaemonSet's final deletion

@@ -130,6 +130,28 @@ fn cleanup_mode_socket_prefix_and_pull_policy_are_written() {
 }
 
 #[test]
+fn vm_templates_are_passed_to_the_installer_only_when_set() {
+    let ds = daemonset(
+        &spec(serde_json::json!({})),
+        "kube-system",
+        None,
+        Mode::Install,
+    )
+    .unwrap();
+    assert_eq!(
+        env(&ds, "ISOLA_DEPLOY_VM_TEMPLATES"),
+        None,
+        "the payload's default"
+    );
+    let off = spec(serde_json::json!({"vmTemplates": false}));
+    let ds = daemonset(&off, "kube-system", None, Mode::Install).unwrap();
+    assert_eq!(
+        env(&ds, "ISOLA_DEPLOY_VM_TEMPLATES").as_deref(),
+        Some("false")
+    );
+}
+
+#[test]
 fn capabilities_replace_privileged() {
     let s = spec(serde_json::json!({"installer": {"capabilities": ["SYS_ADMIN", "KILL"]}}));
     let ds = daemonset(&s, "kube-system", Some(owner()), Mode::Install).unwrap();

@@ -162,13 +162,10 @@ async fn main() -> Result<()> {
         Some(other) => bail!("the second argument can only be `template`, not {other:?}"),
     };
     let t_all = Instant::now();
-    let cri = if template {
-        let mut env = isola_tests::TestEnv::new();
-        env.config.factory.template = true;
-        CriEnv::start_with(Some(env)).await?
-    } else {
-        CriEnv::start().await?
-    };
+    // Both explicit: templates are on by default.
+    let mut env = isola_tests::TestEnv::new();
+    env.config.factory.template = template;
+    let cri = CriEnv::start_with(Some(env)).await?;
     let how = if template { ", VM templates" } else { "" };
     // Warm-up (not counted): snapshots unpacked, page cache filled, CNI's first allocation.
     eprintln!("bench-density: warm-up pod");

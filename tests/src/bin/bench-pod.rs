@@ -35,7 +35,10 @@ async fn main() -> Result<()> {
         Some(a) => a.parse().context("the argument is the number of runs")?,
         None => 5,
     };
-    let cri = CriEnv::start().await?;
+    // Cold boots first (templates are on by default), then clones below.
+    let mut env = TestEnv::new();
+    env.config.factory.template = false;
+    let cri = CriEnv::start_with(Some(env)).await?;
     // Warm-up (not counted): snapshots unpacked, page cache filled, CNI's first allocation.
     for handler in [RUNC, ISOLA] {
         pod_start(&cri, &format!("warm-{handler}"), handler).await?;
