@@ -347,8 +347,6 @@ fn remove_dir_if_exists(dir: &Path) -> Result<(), TemplateError> {
 /// (a file in the state directory) and a memfd are on different filesystems, which
 /// `copy_file_range` refuses. Blocking: run it off the async executor.
 pub fn copy_sparse(src: &Path, to: &File) -> Result<u64, TemplateError> {
-    use nix::unistd::{lseek, Whence};
-    use std::os::fd::AsFd;
     use std::os::unix::fs::FileExt;
 
     let dst = Path::new("the clone's RAM");
@@ -358,36 +356,101 @@ pub fn copy_sparse(src: &Path, to: &File) -> Result<u64, TemplateError> {
         .map_err(io("reading the metadata of", src))?
         .len();
     to.set_len(len).map_err(io("sizing", dst))?;
-    let mut buf = vec![0u8; 1 << 20];
     let mut copied = 0u64;
+    for_each_chunk(&from, src, len, |off, chunk| {
+        to.write_all_at(chunk, off).map_err(io("writing", dst))?;
+        copied += chunk.len() as u64;
+        Ok(())
+    })?;
+    Ok(copied)
+}
+
+/// The size of a page of guest RAM, the unit [`punch_zero_pages`] frees.
+const PAGE: usize = 4096;
+
+/// Frees the pages of the RAM file `path` that hold only zeros (`fallocate` punching holes, the
+/// size kept): a clone reads a hole as zeros, so it gets the same RAM, and neither the
+/// template nor any clone's copy ([`copy_sparse`]) holds those pages until the guest writes
+/// them. Returns the bytes freed; 0 on a filesystem that cannot punch holes. Blocking.
+pub fn punch_zero_pages(path: &Path) -> Result<u64, TemplateError> {
+    use nix::fcntl::{fallocate, FallocateFlags};
+
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io("opening", path))?;
+    let len = file
+        .metadata()
+        .map_err(io("reading the metadata of", path))?
+        .len();
+    let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    let mut freed = 0u64;
+    let mut unsupported = false;
+    for_each_chunk(&file, path, len, |off, chunk| {
+        let mut run: Option<u64> = None; // start of a run of zero pages
+        let pages = chunk.chunks(PAGE).zip((0..).map(|i| off + i * PAGE as u64));
+        for (page, at) in pages.chain(std::iter::once((&[1u8][..], off + chunk.len() as u64))) {
+            let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
+            match (zero, run) {
+                (true, None) => run = Some(at),
+                (false, Some(start)) if !unsupported => {
+                    let (o, l) = (i64::try_from(start), i64::try_from(at - start));
+                    match fallocate(&file, mode, o.unwrap_or(0), l.unwrap_or(0)) {
+                        Ok(()) => freed += at - start,
+                        Err(nix::errno::Errno::EOPNOTSUPP) => unsupported = true,
+                        Err(e) => return Err(io("punching a hole in", path)(e.into())),
+                    }
+                    run = None;
+                }
+                (false, Some(_)) => run = None,
+                _ => {}
+            }
+        }
+        Ok(())
+    })?;
+    Ok(freed)
+}
+
+/// Calls `f(offset, bytes)` for the data of `file` (`len` bytes, named `path`) in chunks of at
+/// most 1 MiB, holes skipped (`SEEK_DATA`/`SEEK_HOLE`).
+fn for_each_chunk(
+    file: &File,
+    path: &Path,
+    len: u64,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), TemplateError>,
+) -> Result<(), TemplateError> {
+    use nix::unistd::{lseek, Whence};
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::FileExt;
+
+    let mut buf = vec![0u8; 1 << 20];
     let mut pos: i64 = 0;
     let end = i64::try_from(len).unwrap_or(i64::MAX);
     while pos < end {
-        let data = match lseek(from.as_fd(), pos, Whence::SeekData) {
+        let data = match lseek(file.as_fd(), pos, Whence::SeekData) {
             Ok(d) => d,
             Err(nix::errno::Errno::ENXIO) => break, // no data after pos
-            Err(e) => return Err(io("seeking data in", src)(e.into())),
+            Err(e) => return Err(io("seeking data in", path)(e.into())),
         };
-        let hole = lseek(from.as_fd(), data, Whence::SeekHole)
-            .map_err(|e| io("seeking a hole in", src)(e.into()))?;
+        let hole = lseek(file.as_fd(), data, Whence::SeekHole)
+            .map_err(|e| io("seeking a hole in", path)(e.into()))?;
         let mut off = u64::try_from(data).unwrap_or(0);
         let stop = u64::try_from(hole).unwrap_or(0);
         while off < stop {
             let want = usize::try_from(stop - off).map_or(buf.len(), |n| n.min(buf.len()));
-            let n = from
+            let n = file
                 .read_at(&mut buf[..want], off)
-                .map_err(io("reading", src))?;
+                .map_err(io("reading", path))?;
             if n == 0 {
-                return Err(io("reading", src)(ErrorKind::UnexpectedEof.into()));
+                return Err(io("reading", path)(ErrorKind::UnexpectedEof.into()));
             }
-            to.write_all_at(&buf[..n], off)
-                .map_err(io("writing", dst))?;
+            f(off, &buf[..n])?;
             off += n as u64;
-            copied += n as u64;
         }
         pos = hole;
     }
-    Ok(copied)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -152,3 +152,41 @@ fn a_sparse_copy_keeps_the_holes_and_the_data() {
         m.blocks() * 512
     );
 }
+
+#[test]
+fn zero_pages_become_holes_and_the_rest_stays() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ram = tmp.path().join("ram");
+    let f = File::create(&ram).unwrap();
+    f.set_len(16 << 20).unwrap();
+    // 2 MiB written: a page of data, 3 pages of zeros, a page of data, then zeros to the end.
+    let mut bytes = vec![0u8; 2 << 20];
+    bytes[..4096].fill(7);
+    bytes[4 * 4096..5 * 4096].fill(9);
+    bytes[(1 << 20) + 100] = 1; // one byte in the second MiB keeps its page
+    std::os::unix::fs::FileExt::write_all_at(&f, &bytes, 4 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let allocated = |p: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512
+    };
+    assert!(allocated(&ram) >= 2 << 20);
+    let freed = punch_zero_pages(&ram).unwrap();
+    assert_eq!(freed, (2 << 20) - 3 * 4096, "all but three pages");
+    assert!(allocated(&ram) <= 3 * 4096 * 4, "{}", allocated(&ram));
+    let back = std::fs::read(&ram).unwrap();
+    assert_eq!(back.len(), 16 << 20, "the size is kept");
+    assert_eq!(
+        &back[4 << 20..(4 << 20) + (2 << 20)],
+        &bytes[..],
+        "the same bytes"
+    );
+    assert!(back[..4 << 20].iter().all(|b| *b == 0));
+    // A copy carries only the pages left.
+    let copy = tmp.path().join("copy");
+    assert_eq!(
+        copy_sparse(&ram, &File::create(&copy).unwrap()).unwrap(),
+        3 * 4096
+    );
+    assert_eq!(std::fs::read(&copy).unwrap(), back);
+}
