@@ -73,10 +73,9 @@ pub async fn run(config: Option<&Path>, what: Template) -> anyhow::Result<bool> 
             for t in &list {
                 let key = &t.paths.key;
                 if all || (stale && !t.current) || keys.contains(key) {
-                    let _lock = store
-                        .lock(key)
+                    store
+                        .discard(key)
                         .with_context(|| format!("removing template {key}"))?;
-                    store.remove(key)?;
                     removed += 1;
                 }
             }
@@ -95,10 +94,11 @@ pub async fn check_line(cfg: &Config) -> (Status, String) {
         );
     }
     if cfg.hypervisor.kind != HypervisorKind::Qemu {
+        // On by default: not a problem, only not for this VMM.
         return (
-            Status::Warn,
+            Status::Ok,
             format!(
-                "on, but templates are QEMU's: {} pods boot",
+                "on, for QEMU only: {} pods boot their VM",
                 cfg.hypervisor.kind
             ),
         );
@@ -201,5 +201,25 @@ mod tests {
         assert!(lines[1].contains("current") && lines[1].contains("60 MiB"));
         assert!(lines[1].ends_with("by this configuration"), "{t}");
         assert!(lines[2].contains("stale") && lines[2].ends_with('-'), "{t}");
+    }
+
+    #[tokio::test]
+    async fn the_check_line_is_ok_when_off_and_for_another_vmm() {
+        let mut cfg = Config::default();
+        assert!(cfg.factory.template, "on by default");
+        cfg.factory.template = false;
+        let (status, line) = check_line(&cfg).await;
+        assert!(
+            matches!(status, Status::Ok) && line.starts_with("off"),
+            "{line}"
+        );
+        cfg.factory.template = true;
+        cfg.hypervisor.kind = HypervisorKind::CloudHypervisor;
+        let (status, line) = check_line(&cfg).await;
+        assert!(matches!(status, Status::Ok), "{line}");
+        assert!(
+            line.contains("QEMU only") && line.contains("cloud-hypervisor"),
+            "{line}"
+        );
     }
 }

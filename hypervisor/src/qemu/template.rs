@@ -12,7 +12,7 @@
 //! initrd and the firmware. A change of any gives another key, so a template is never used
 //! across a change of QEMU or kernel. A directory appears whole (built under a temporary name,
 //! then renamed); a build holds `<root>/<key>.lock` (flock, released by the kernel if the
-//! builder dies).
+//! builder dies); removing a template removes its lock file too, under the lock.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -246,18 +246,53 @@ impl TemplateStore {
     }
 
     /// Takes the build lock of `key` without waiting: [`TemplateError::Busy`] when another
-    /// process holds it. The lock goes with the returned guard (or the process).
+    /// process holds it. The lock goes with the returned guard (or the process), or with
+    /// [`TemplateStore::remove_locked`], which also removes the lock file.
     pub fn lock(&self, key: &str) -> Result<Flock<File>, TemplateError> {
         std::fs::create_dir_all(&self.root).map_err(io("creating", &self.root))?;
-        let path = self.root.join(format!("{key}.lock"));
-        let file = File::create(&path).map_err(io("creating", &path))?;
-        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            if errno == nix::errno::Errno::EWOULDBLOCK {
-                TemplateError::Busy(key.to_owned())
-            } else {
-                io("locking", &path)(errno.into())
+        let path = self.lock_path(key);
+        // A holder may remove the lock file (remove_locked) after this process opened it: a
+        // lock on that unlinked file is no lock, so take it again on the file now there.
+        for _ in 0..8 {
+            let file = File::create(&path).map_err(io("creating", &path))?;
+            let locked =
+                Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+                    if errno == nix::errno::Errno::EWOULDBLOCK {
+                        TemplateError::Busy(key.to_owned())
+                    } else {
+                        io("locking", &path)(errno.into())
+                    }
+                })?;
+            let held = locked
+                .metadata()
+                .map_err(io("reading the metadata of", &path))?;
+            match std::fs::metadata(&path) {
+                Ok(now) if (now.dev(), now.ino()) == (held.dev(), held.ino()) => return Ok(locked),
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(io("reading the metadata of", &path)(e)),
             }
-        })
+        }
+        // Removed under this process's feet again and again: someone else is at work.
+        Err(TemplateError::Busy(key.to_owned()))
+    }
+
+    fn lock_path(&self, key: &str) -> PathBuf {
+        self.root.join(format!("{key}.lock"))
+    }
+
+    /// Removes template `key` and its lock file, then releases `lock` (from
+    /// [`TemplateStore::lock`]): nothing of the template is left.
+    pub fn remove_locked(&self, key: &str, lock: Flock<File>) -> Result<(), TemplateError> {
+        self.remove(key)?;
+        let path = self.lock_path(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(io("removing", &path)(e)),
+        }
+        drop(lock);
+        Ok(())
     }
 
     /// The directory a build of `key` writes into before it is renamed into place (emptied
@@ -284,11 +319,11 @@ impl TemplateStore {
         remove_dir_if_exists(&self.paths(key).dir)
     }
 
-    /// Removes template `key` under its lock; [`TemplateError::Busy`] while a build holds it
-    /// (the build replaces it anyway).
+    /// Removes template `key` and its lock file under its lock; [`TemplateError::Busy`]
+    /// while a build holds it (the build replaces it anyway).
     pub fn discard(&self, key: &str) -> Result<(), TemplateError> {
-        let _lock = self.lock(key)?;
-        self.remove(key)
+        let lock = self.lock(key)?;
+        self.remove_locked(key, lock)
     }
 
     /// Every template in the store, sorted by key.
@@ -322,11 +357,11 @@ impl TemplateStore {
     }
 
     /// Removes every template whose input files changed (a new kernel or QEMU makes the old
-    /// ones dead weight); returns their keys.
+    /// ones dead weight), with its lock file; returns their keys.
     pub fn prune_stale(&self) -> Result<Vec<String>, TemplateError> {
         let mut removed = Vec::new();
         for t in self.list()?.into_iter().filter(|t| !t.current) {
-            self.remove(&t.paths.key)?;
+            self.discard(&t.paths.key)?;
             removed.push(t.paths.key);
         }
         Ok(removed)

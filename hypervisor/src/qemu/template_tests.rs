@@ -114,6 +114,26 @@ fn one_builder_at_a_time() {
 }
 
 #[test]
+fn removing_a_template_takes_its_lock_file_and_an_unlinked_lock_is_no_lock() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("templates");
+    let store = TemplateStore::new(&root);
+    let i = inputs(tmp.path(), b"kernel");
+    put(&store, &i, 4096, b"s");
+    let lock_file = root.join(format!("{}.lock", i.key()));
+    assert!(lock_file.exists());
+    store.discard(&i.key()).unwrap();
+    assert_eq!(std::fs::read_dir(&root).unwrap().count(), 0, "nothing left");
+    // A process that locked the file just before its holder removed it holds a dead inode:
+    // the store's lock is the file now at the path.
+    let stale = Flock::lock(File::create(&lock_file).unwrap(), FlockArg::LockExclusive).unwrap();
+    std::fs::remove_file(&lock_file).unwrap();
+    let held = store.lock(&i.key()).unwrap();
+    assert!(matches!(store.lock(&i.key()), Err(TemplateError::Busy(_))));
+    drop((stale, held));
+}
+
+#[test]
 fn stale_templates_are_pruned() {
     let tmp = tempfile::tempdir().unwrap();
     let store = TemplateStore::new(tmp.path().join("t"));
