@@ -151,27 +151,30 @@ fn vm(cfg: &Config) -> QemuHypervisor {
 /// `isola template ls`'s table.
 fn table(list: &[TemplateInfo], mine: Option<&str>, now: SystemTime) -> String {
     let mut out = format!(
-        "{:<34} {:<8} {:>9} {:>8}  USED\n",
-        "KEY", "STATE", "RAM", "AGE"
+        "{:<34} {:<8} {:>9} {:>8} {:>9}  USED\n",
+        "KEY", "STATE", "RAM", "AGE", "LAST USE"
     );
+    let ago = |t: Option<SystemTime>| {
+        t.and_then(|m| now.duration_since(m).ok())
+            .map_or("?".into(), |d| format!("{}s", d.as_secs()))
+    };
     for t in list {
         let state = if t.current { "current" } else { "stale" };
-        let age = std::fs::metadata(&t.paths.inputs)
+        let age = ago(std::fs::metadata(&t.paths.inputs)
             .and_then(|m| m.modified())
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .map_or("?".into(), |d| format!("{}s", d.as_secs()));
+            .ok());
         let used = if mine == Some(t.paths.key.as_str()) {
             "by this configuration"
         } else {
             "-"
         };
         out.push_str(&format!(
-            "{:<34} {:<8} {:>6} MiB {:>8}  {used}\n",
+            "{:<34} {:<8} {:>6} MiB {:>8} {:>9}  {used}\n",
             t.paths.key,
             state,
             t.ram_allocated >> 20,
-            age
+            age,
+            ago(t.last_used)
         ));
     }
     out
@@ -190,6 +193,7 @@ mod tests {
             inputs: None,
             ram_allocated: 60 << 20,
             current,
+            last_used: Some(SystemTime::now() - std::time::Duration::from_secs(90)),
         };
         let t = table(
             &[info("aaa", true), info("bbb", false)],
@@ -199,6 +203,10 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("KEY"));
         assert!(lines[1].contains("current") && lines[1].contains("60 MiB"));
+        assert!(
+            lines[0].contains("LAST USE") && lines[1].contains(" 90s "),
+            "{t}"
+        );
         assert!(lines[1].ends_with("by this configuration"), "{t}");
         assert!(lines[2].contains("stale") && lines[2].ends_with('-'), "{t}");
     }

@@ -40,11 +40,22 @@ pub struct FactoryConfig {
     /// booting it (docs/fast-start.md). A VM that cannot be a clone, or a missing or damaged
     /// template, boots as usual. Default `true`.
     pub template: bool,
+    /// `max_templates`: how many VM templates the store keeps. Each VM shape (a pod's
+    /// declared resources size its VM) has its own; past this many, building one removes the
+    /// least recently used. Default [`DEFAULT_MAX_TEMPLATES`].
+    pub max_templates: u32,
 }
+
+/// Default of `factory.max_templates`: a template holds ~50 MiB of the state directory's
+/// filesystem (a tmpfs `/run` is host memory).
+pub const DEFAULT_MAX_TEMPLATES: u32 = 8;
 
 impl Default for FactoryConfig {
     fn default() -> Self {
-        Self { template: true }
+        Self {
+            template: true,
+            max_templates: DEFAULT_MAX_TEMPLATES,
+        }
     }
 }
 

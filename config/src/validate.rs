@@ -73,6 +73,15 @@ pub(crate) fn check(config: &Config) -> Option<Problem> {
             fix: format!("set it to a number from {MIN_VCPUS} to {MAX_VCPUS}"),
         });
     }
+    if config.factory.max_templates == 0 {
+        return Some(Problem {
+            key: "factory.max_templates",
+            value: "0".to_string(),
+            problem: "keeps no template, so every one built would be removed at once".to_string(),
+            fix: "set it to 1 or more, or set factory.template = false to boot every VM"
+                .to_string(),
+        });
+    }
     if h.tcg_tb_size_mib > crate::model::MAX_TCG_TB_SIZE_MIB {
         return Some(Problem {
             key: "hypervisor.tcg_tb_size_mib",
@@ -238,6 +247,17 @@ mod tests {
         let p = check(&c).unwrap();
         assert_eq!(p.key, "hypervisor.tcg_tb_size_mib");
         assert!(p.fix.contains("32"), "{p:?}");
+    }
+
+    #[test]
+    fn the_template_store_keeps_at_least_one() {
+        let mut c = Config::default();
+        c.factory.max_templates = 0;
+        let p = check(&c).unwrap();
+        assert_eq!(p.key, "factory.max_templates");
+        assert!(p.fix.contains("factory.template = false"), "{p:?}");
+        c.factory.max_templates = 1;
+        assert_eq!(check(&c), None);
     }
 
     #[test]

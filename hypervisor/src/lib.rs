@@ -263,6 +263,8 @@ pub struct VmConfig {
     pub network: Vec<NetDevice>,
     /// The VM template store to start from (QEMU; see `qemu::clone`), None: always boot.
     pub templates: Option<PathBuf>,
+    /// How many templates that store keeps (the least recently used go first).
+    pub max_templates: usize,
 }
 
 impl Default for VmConfig {
@@ -292,6 +294,7 @@ impl Default for VmConfig {
             debug: false,
             network: Vec::new(),
             templates: None,
+            max_templates: 8,
         }
     }
 }

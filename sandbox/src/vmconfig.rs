@@ -109,6 +109,7 @@ pub fn vm_config(cfg: &Config, id: &str, paths: &SandboxPaths) -> VmConfig {
         debug: cfg.runtime.debug,
         network: Vec::new(),
         templates: cfg.factory.template.then(|| cfg.template_dir()),
+        max_templates: usize::try_from(cfg.factory.max_templates).unwrap_or(usize::MAX),
     }
 }
 

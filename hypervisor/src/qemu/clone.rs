@@ -99,11 +99,13 @@ pub fn inputs(plan: &QemuPlan, qemu: &Path) -> Result<TemplateInputs, TemplateEr
 }
 
 /// Builds the template of `plan` (its TSC hint is kept for the clones) into `store`, unless
-/// another process is building it ([`TemplateError::Busy`]) or it appeared meanwhile.
+/// another process is building it ([`TemplateError::Busy`]) or it appeared meanwhile; then
+/// keeps at most `max` templates in the store ([`TemplateStore::evict`]).
 pub async fn build(
     store: &TemplateStore,
     plan: &QemuPlan,
     qemu: &Path,
+    max: usize,
 ) -> Result<TemplatePaths, TemplateError> {
     let inputs = {
         let (plan, qemu) = (plan.clone(), qemu.to_owned());
@@ -151,6 +153,21 @@ pub async fn build(
         }
     };
     tracing::info!(template = %key, elapsed_ms = started.elapsed().as_millis() as u64, zero_pages_freed_mib = freed >> 20, "VM template built");
+    let evicted = {
+        let (store, key) = (store.clone(), key.clone());
+        blocking(move || store.evict(max, &key)).await
+    };
+    match evicted {
+        Ok(keys) if keys.is_empty() => {}
+        Ok(keys) => {
+            tracing::info!(
+                ?keys,
+                max,
+                "VM templates removed, least recently used first (factory.max_templates)"
+            )
+        }
+        Err(e) => tracing::warn!(error = %e, "could not trim the VM template store"),
+    }
     Ok(store.paths(&key))
 }
 
@@ -383,23 +400,29 @@ impl super::QemuHypervisor {
             let (store, plan, qemu) = (store.clone(), plan.clone(), self.cfg.qemu_path.clone());
             blocking(move || {
                 let inputs = inputs(&plan, &qemu)?;
-                Ok((inputs.key(), store.find(&inputs, ram_bytes)))
+                let found = store.find(&inputs, ram_bytes);
+                if let Ok(Some(t)) = &found {
+                    store.touch(&t.key);
+                }
+                Ok((inputs.key(), found))
             })
             .await
         };
         match found {
             Ok((_, Ok(Some(t)))) => Some(t),
-            Ok((_, Ok(None))) => match build(store, plan, &self.cfg.qemu_path).await {
-                Ok(t) => Some(t),
-                Err(TemplateError::Busy(key)) => {
-                    tracing::info!(sandbox = %id, template = %key, "another process is building the VM template: booting this VM");
-                    None
+            Ok((_, Ok(None))) => {
+                match build(store, plan, &self.cfg.qemu_path, self.cfg.max_templates).await {
+                    Ok(t) => Some(t),
+                    Err(TemplateError::Busy(key)) => {
+                        tracing::info!(sandbox = %id, template = %key, "another process is building the VM template: booting this VM");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(sandbox = %id, error = %e, "building the VM template failed: booting this VM");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(sandbox = %id, error = %e, "building the VM template failed: booting this VM");
-                    None
-                }
-            },
+            }
             Ok((key, Err(e))) => {
                 tracing::warn!(sandbox = %id, error = %e, "booting this VM");
                 let store = store.clone();
@@ -458,7 +481,7 @@ impl super::QemuHypervisor {
                 why: format!("this configuration cannot use templates: {why}"),
             });
         }
-        build(store, &plan, &self.cfg.qemu_path).await
+        build(store, &plan, &self.cfg.qemu_path, self.cfg.max_templates).await
     }
 }
 
@@ -555,7 +578,7 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&qemu, std::fs::Permissions::from_mode(0o755)).unwrap();
         let store = TemplateStore::new(tmp.path().join("templates"));
-        let e = build(&store, &p, &qemu).await.unwrap_err();
+        let e = build(&store, &p, &qemu, 8).await.unwrap_err();
         let msg = e.to_string();
         assert!(matches!(e, TemplateError::Build { .. }), "{msg}");
         assert!(

@@ -181,6 +181,8 @@ pub struct TemplateInfo {
     pub ram_allocated: u64,
     /// Whether its input files are still what they were (a stale template is never used).
     pub current: bool,
+    /// When a pod last started from it (or it was built): its directory's mtime.
+    pub last_used: Option<std::time::SystemTime>,
 }
 
 /// The template directory.
@@ -345,15 +347,58 @@ impl TemplateStore {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let ram_allocated = std::fs::metadata(&paths.ram).map_or(0, |m| m.blocks() * 512);
             let current = inputs.as_ref().is_some_and(|i| i.files_unchanged());
+            let last_used = std::fs::metadata(&paths.dir)
+                .and_then(|m| m.modified())
+                .ok();
             out.push(TemplateInfo {
                 paths,
                 inputs,
                 ram_allocated,
                 current,
+                last_used,
             });
         }
         out.sort_by(|a, b| a.paths.key.cmp(&b.paths.key));
         Ok(out)
+    }
+
+    /// Records that a pod starts from template `key` now (its directory's mtime), for
+    /// [`TemplateStore::evict`]. Best effort: a template that cannot be touched only looks
+    /// older.
+    pub fn touch(&self, key: &str) {
+        let dir = self.paths(key).dir;
+        let now = nix::sys::time::TimeSpec::UTIME_NOW;
+        let _ = nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &dir,
+            &now,
+            &now,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        );
+    }
+
+    /// Removes templates, stale ones first, then the least recently used, until at most
+    /// `max` are left, never `keep` (the one just built) and skipping those a build holds;
+    /// returns the keys removed.
+    pub fn evict(&self, max: usize, keep: &str) -> Result<Vec<String>, TemplateError> {
+        let mut list = self.list()?;
+        if list.len() <= max {
+            return Ok(Vec::new());
+        }
+        list.sort_by_key(|t| (t.current, t.last_used));
+        let excess = list.len() - max;
+        let mut removed = Vec::new();
+        for t in list.into_iter().filter(|t| t.paths.key != keep) {
+            if removed.len() == excess {
+                break;
+            }
+            match self.discard(&t.paths.key) {
+                Ok(()) => removed.push(t.paths.key),
+                Err(TemplateError::Busy(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes every template whose input files changed (a new kernel or QEMU makes the old

@@ -210,3 +210,75 @@ fn zero_pages_become_holes_and_the_rest_stays() {
     );
     assert_eq!(std::fs::read(&copy).unwrap(), back);
 }
+
+#[test]
+fn the_store_keeps_the_most_recently_used_and_never_the_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("templates");
+    let store = TemplateStore::new(&root);
+    // Four current templates (each its own kernel file), used oldest first 3, 0, 2, 1.
+    let keys: Vec<String> = (0..4u8)
+        .map(|n| {
+            let dir = tmp.path().join(n.to_string());
+            std::fs::create_dir(&dir).unwrap();
+            let i = inputs(&dir, b"kernel");
+            put(&store, &i, 4096, b"s");
+            i.key()
+        })
+        .collect();
+    for (key, secs) in [
+        (&keys[3], 10),
+        (&keys[0], 20),
+        (&keys[2], 30),
+        (&keys[1], 40),
+    ] {
+        let t = nix::sys::time::TimeSpec::new(secs, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &store.paths(key).dir,
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::FollowSymlink,
+        )
+        .unwrap();
+    }
+    assert!(store.list().unwrap().iter().all(|t| t.current));
+    assert!(
+        store.evict(4, &keys[3]).unwrap().is_empty(),
+        "within the cap"
+    );
+    // The oldest (3) is the one just built: kept; 0 and 2 go.
+    assert_eq!(
+        store.evict(2, &keys[3]).unwrap(),
+        vec![keys[0].clone(), keys[2].clone()]
+    );
+    let left: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|t| t.paths.key)
+        .collect();
+    let mut want = vec![keys[1].clone(), keys[3].clone()];
+    want.sort();
+    assert_eq!(left, want);
+    // A use makes a template the newest: 1 (used at 40 s) goes, not 3.
+    store.touch(&keys[3]);
+    assert_eq!(store.evict(1, "none").unwrap(), vec![keys[1].clone()]);
+    // A stale template goes before any current one, however recently used.
+    std::fs::write(tmp.path().join("3/vmlinux"), b"a new kernel").unwrap();
+    let i = inputs(&tmp.path().join("0"), b"kernel");
+    put(&store, &i, 4096, b"s");
+    assert_eq!(store.evict(1, "none").unwrap(), vec![keys[3].clone()]);
+    let lock_files = std::fs::read_dir(&root)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".lock")
+        })
+        .count();
+    assert_eq!(lock_files, 1, "only the kept template's lock file is left");
+    assert_eq!(store.list().unwrap()[0].paths.key, i.key());
+}
