@@ -37,7 +37,7 @@ impl std::fmt::Display for NoAnswer {
 
 /// Starts the VM `vm_cfg` describes and connects to its agent within `dial_timeout` of the
 /// VMM running. A clone (the VM says it was restored from a template) gets half of that: then
-/// it is stopped, its template forgotten, and the VM booted with the rest of the time.
+/// it is stopped, its template forgotten, and the VM booted, with a whole `dial_timeout` again.
 /// `vm_cfg`'s taps stay open here until an agent answered, so that the boot gets them too.
 /// On error nothing started is left running.
 pub(crate) async fn start(
