@@ -467,27 +467,33 @@ pub fn punch_zero_pages(path: &Path) -> Result<u64, TemplateError> {
     let mode = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
     let mut freed = 0u64;
     let mut unsupported = false;
-    for_each_chunk(&file, path, len, |off, chunk| {
-        let mut run: Option<u64> = None; // start of a run of zero pages
-        let pages = chunk.chunks(PAGE).zip((0..).map(|i| off + i * PAGE as u64));
-        for (page, at) in pages.chain(std::iter::once((&[1u8][..], off + chunk.len() as u64))) {
-            let zero = page.len() == PAGE && page.iter().all(|b| *b == 0);
-            match (zero, run) {
-                (true, None) => run = Some(at),
-                (false, Some(start)) if !unsupported => {
-                    let (o, l) = (i64::try_from(start), i64::try_from(at - start));
-                    match fallocate(&file, mode, o.unwrap_or(0), l.unwrap_or(0)) {
-                        Ok(()) => freed += at - start,
-                        Err(nix::errno::Errno::EOPNOTSUPP) => unsupported = true,
-                        Err(e) => return Err(io("punching a hole in", path)(e.into())),
-                    }
-                    run = None;
-                }
-                (false, Some(_)) => run = None,
-                _ => {}
-            }
+    // Frees [start, end); after a filesystem refused once, nothing more is tried.
+    let mut punch = |start: u64, end: u64| -> Result<(), TemplateError> {
+        if unsupported {
+            return Ok(());
+        }
+        let (o, l) = (i64::try_from(start), i64::try_from(end - start));
+        match fallocate(&file, mode, o.unwrap_or(0), l.unwrap_or(0)) {
+            Ok(()) => freed += end - start,
+            Err(nix::errno::Errno::EOPNOTSUPP) => unsupported = true,
+            Err(e) => return Err(io("punching a hole in", path)(e.into())),
         }
         Ok(())
+    };
+    for_each_chunk(&file, path, len, |off, chunk| {
+        let mut run: Option<u64> = None; // where the current run of zero pages starts
+        for (i, page) in chunk.chunks(PAGE).enumerate() {
+            let at = off + (i * PAGE) as u64;
+            if page.len() == PAGE && page.iter().all(|b| *b == 0) {
+                run.get_or_insert(at);
+            } else if let Some(start) = run.take() {
+                punch(start, at)?;
+            }
+        }
+        match run {
+            Some(start) => punch(start, off + chunk.len() as u64),
+            None => Ok(()),
+        }
     })?;
     Ok(freed)
 }
