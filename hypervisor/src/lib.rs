@@ -392,7 +392,7 @@ pub trait Hypervisor: Send + Sync {
 /// Removes the VM template `key` from the store at `root` (unless a build holds it), after a
 /// VM restored from it failed: the next pod that wants it rebuilds it. Errors are logged.
 pub async fn forget_template(root: &std::path::Path, key: &str) {
-    qemu::clone::forget(root, key).await;
+    qemu::clone::forget(&qemu::template::TemplateStore::new(root), key).await;
 }
 
 /// Creates a QEMU-backed VM. Nothing is started until [`Hypervisor::start`].

@@ -308,9 +308,10 @@ pub async fn restore(
     qmp.cont().await.map_err(|e| fail(e.to_string()))
 }
 
-/// Removes template `key` from the store at `root` (see [`crate::forget_template`]).
-pub(crate) async fn forget(root: &Path, key: &str) {
-    let (store, k) = (TemplateStore::new(root), key.to_owned());
+/// Removes template `key` from `store` under its lock, unless a build holds it (see
+/// [`crate::forget_template`]); errors are logged.
+pub(crate) async fn forget(store: &TemplateStore, key: &str) {
+    let (store, k) = (store.clone(), key.to_owned());
     match blocking(move || store.discard(&k)).await {
         Ok(()) => tracing::warn!(
             template = key,
@@ -386,7 +387,7 @@ impl super::QemuHypervisor {
             }
             Err(e) => {
                 tracing::warn!(sandbox = %id, error = %e, "starting from the template failed: booting the VM instead");
-                forget(root, &template.key).await;
+                forget(&TemplateStore::new(root), &template.key).await;
                 None
             }
         }
@@ -425,8 +426,7 @@ impl super::QemuHypervisor {
             }
             Ok((key, Err(e))) => {
                 tracing::warn!(sandbox = %id, error = %e, "booting this VM");
-                let store = store.clone();
-                let _ = blocking(move || store.discard(&key)).await;
+                forget(store, &key).await;
                 None
             }
             Err(e) => {
