@@ -16,7 +16,7 @@ GUEST_TARGET := x86_64-unknown-linux-gnu
 GUEST_OUT   := build/guest
 IMAGES_OUT  := build/images
 SHIM        := containerd-shim-isola-v2
-STATIC_DIR  := target/$(GUEST_TARGET)/release
+STATIC_DIR  := target/$(GUEST_TARGET)/guest
 BENCH_RUNS  ?= 5
 export ISOLA_PREFIX := $(PREFIX)
 # A CI run builds once: incremental state would only take disk.
@@ -39,7 +39,7 @@ build:
 # their seccomp profiles enforced.
 agent:
 	LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release \
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile guest \
 	  --target $(GUEST_TARGET) -p isola-agent --features isola-agent/seccomp -p isola-floor-init
 
 guest: agent
