@@ -2,7 +2,9 @@
 //! CreateContainer + StartContainer of a sleeper), started one after another and then all at
 //! once, with the wall time of each; then, while the N concurrent pods are up and idle, the
 //! host memory they cost (the PSS of each pod's shim and every process under it: QEMU,
-//! virtiofsd, vhost-device-vsock), per pod, and how many such idle pods would fit in the
+//! virtiofsd, vhost-device-vsock; plus the pages of their memfds none of them maps, which a
+//! clone's RAM copy has until its guest touches them), per pod, and how many such idle pods
+//! would fit in the
 //! host's MemAvailable (computed, the host is not filled). Every pod is stopped and removed
 //! at the end and checked to have left nothing behind.
 //!
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use futures::future::join_all;
 use isola_tests::bench::{
-    children_map, mem_available_kib, process_name, pss_kib, with_descendants,
+    children_map, mem_available_kib, process_name, pss_kib, unmapped_memfd_kib, with_descendants,
 };
 use isola_tests::cri::{ContainerOptions, CriEnv, Pod, PodOptions, ISOLA};
 
@@ -61,7 +63,7 @@ fn shim_of(pod_id: &str) -> Result<u32> {
     }
 }
 
-/// PSS of the pods' processes, KiB, by kind.
+/// PSS of the pods' processes, KiB, by kind, and their guest RAM that no process maps.
 #[derive(Debug, Default)]
 struct PodMemory {
     qemu: u64,
@@ -69,12 +71,14 @@ struct PodMemory {
     vsock: u64,
     shim: u64,
     other: u64,
+    /// A clone's RAM copy its guest has not touched yet (see [`unmapped_memfd_kib`]).
+    unmapped_ram: u64,
     processes: usize,
 }
 
 impl PodMemory {
     fn total(&self) -> u64 {
-        self.qemu + self.virtiofsd + self.vsock + self.shim + self.other
+        self.qemu + self.virtiofsd + self.vsock + self.shim + self.other + self.unmapped_ram
     }
 
     fn add(&mut self, name: &str, kib: u64) {
@@ -94,7 +98,8 @@ impl PodMemory {
     }
 }
 
-/// The PSS of every process of `pods`: each pod's shim and all its descendants.
+/// The PSS of every process of `pods` (each pod's shim and all its descendants), and the
+/// pages of their memfds that none of them maps.
 fn pods_memory(pods: &[Pod]) -> Result<PodMemory> {
     let children = children_map();
     let mut mem = PodMemory::default();
@@ -110,6 +115,7 @@ fn pods_memory(pods: &[Pod]) -> Result<PodMemory> {
                 );
             }
         }
+        mem.unmapped_ram += unmapped_memfd_kib(&tree);
         for pid in tree {
             let name = process_name(pid);
             match pss_kib(pid) {
@@ -248,12 +254,13 @@ async fn main() -> Result<()> {
         per_pod(mem.total())
     );
     println!(
-        "  (sum of PSS of every process of the {n} pods: qemu {:.1} MiB, virtiofsd {:.1} MiB, vhost-device-vsock {:.1} MiB, shim {:.1} MiB, other {:.1} MiB, per pod)",
+        "  (sum of PSS of every process of the {n} pods: qemu {:.1} MiB, virtiofsd {:.1} MiB, vhost-device-vsock {:.1} MiB, shim {:.1} MiB, other {:.1} MiB; guest RAM no process maps {:.1} MiB; per pod)",
         per_pod(mem.qemu),
         per_pod(mem.virtiofsd),
         per_pod(mem.vsock),
         per_pod(mem.shim),
-        per_pod(mem.other)
+        per_pod(mem.other),
+        per_pod(mem.unmapped_ram)
     );
     println!(
         "  idle pods that fit in this host's MemAvailable ({:.0} MiB): {fit}",

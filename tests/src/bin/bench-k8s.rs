@@ -82,10 +82,13 @@ fn memory(cluster: &Cluster) -> Result<()> {
         .map(|c| mib(&c["memory"]["workingSetBytes"]))
         .sum();
     let sandbox = sandbox_of(cluster, name)?;
-    let host_kib: u64 = isola_tests::cri_leaks::pod_processes(&sandbox)
+    let pids: Vec<u32> = isola_tests::cri_leaks::pod_processes(&sandbox)
         .into_iter()
-        .map(|(pid, _)| pss_kib(pid))
-        .sum();
+        .map(|(pid, _)| pid)
+        .collect();
+    // A clone's guest RAM its guest has not touched is in no process's PSS.
+    let host_kib: u64 = pids.iter().map(|&pid| pss_kib(pid)).sum::<u64>()
+        + isola_tests::bench::unmapped_memfd_kib(&pids);
     let overhead = kubectl(
         cluster,
         &[
@@ -97,7 +100,7 @@ fn memory(cluster: &Cluster) -> Result<()> {
         ],
         None,
     )?;
-    println!("bench-k8s: idle isola pod memory: the kubelet sees pod {:.1} MiB, containers {containers:.1} MiB; host PSS of the pod's processes {:.1} MiB; RuntimeClass overhead {overhead}",
+    println!("bench-k8s: idle isola pod memory: the kubelet sees pod {:.1} MiB, containers {containers:.1} MiB; host memory of the pod's processes (PSS + guest RAM no process maps) {:.1} MiB; RuntimeClass overhead {overhead}",
         mib(&pod["memory"]["workingSetBytes"]),
         host_kib as f64 / 1024.0);
     delete(cluster, name)
