@@ -123,6 +123,7 @@ struct Families {
     cpu: Family<ProcLabels, Counter<f64, AtomicU64>>,
     rss: Family<ProcLabels, Gauge>,
     pss: Family<ProcLabels, Gauge>,
+    unmapped_ram: Family<PodLabels, Gauge>,
     guest_memory_total: Family<PodLabels, Gauge>,
     guest_memory_available: Family<PodLabels, Gauge>,
     guest_cpu: Family<PodLabels, Counter<f64, AtomicU64>>,
@@ -146,6 +147,7 @@ impl Families {
             cpu: Family::default(),
             rss: Family::default(),
             pss: Family::default(),
+            unmapped_ram: Family::default(),
             guest_memory_total: Family::default(),
             guest_memory_available: Family::default(),
             guest_cpu: Family::default(),
@@ -201,6 +203,11 @@ impl Families {
             "isola_process_pss_bytes",
             "Proportional set size of a host process of the pod (shared pages split among their users)",
             f.pss.clone(),
+        );
+        r.register(
+            "isola_pod_guest_ram_unmapped_bytes",
+            "Guest RAM the pod holds that no process of it maps, so in no PSS: a VM template clone's RAM its guest has not touched since the restore; add it to the pod's PSS for its host footprint",
+            f.unmapped_ram.clone(),
         );
         r.register(
             "isola_guest_memory_total_bytes",
@@ -363,6 +370,7 @@ pub fn render(
         let helpers = rec.processes.iter().skip(1).filter_map(|p| {
             let stats = procfs::stats(src, *p, units)?;
             Some((
+                p.pid,
                 procfs::name(src, p.pid).unwrap_or_else(|| "unknown".into()),
                 stats,
             ))
@@ -370,9 +378,13 @@ pub fn render(
         let shim = rec
             .shim
             .iter()
-            .filter_map(|p| Some(("shim".to_string(), procfs::stats(src, *p, units)?)));
-        let all = std::iter::once(("vmm".to_string(), vmm_stats));
-        for (process, stats) in all.chain(helpers).chain(shim) {
+            .filter_map(|p| Some((p.pid, "shim".to_string(), procfs::stats(src, *p, units)?)));
+        let vmm_pid = rec.vmm().map_or(0, |p| p.pid);
+        let all = std::iter::once((vmm_pid, "vmm".to_string(), vmm_stats));
+        // Only processes that still are the recorded ones (same start time) are looked into.
+        let mut pids = Vec::new();
+        for (pid, process, stats) in all.chain(helpers).chain(shim) {
+            pids.push(pid);
             let labels = ProcLabels {
                 sandbox_id: pod.sandbox_id.clone(),
                 backend: pod.backend.clone(),
@@ -387,6 +399,9 @@ pub fn render(
                 f.pss.get_or_create(&labels).inc_by(gauge_value(pss));
             }
         }
+        f.unmapped_ram
+            .get_or_create(&pod)
+            .set(gauge_value(procfs::unmapped_memfd_bytes(src, &pids)));
     }
     for (state, n) in [("running", running), ("dead", dead)] {
         f.sandboxes
@@ -418,6 +433,16 @@ mod tests {
         fn read(&self, pid: u32, file: &str) -> Option<String> {
             self.0.get(&pid)?.get(file).cloned()
         }
+
+        /// From a made-up file `memfds`: "<inode> <KiB>".
+        fn memfds(&self, pid: u32) -> HashMap<u64, u64> {
+            self.read(pid, "memfds")
+                .and_then(|t| {
+                    let (i, k) = t.split_once(' ')?;
+                    Some(HashMap::from([(i.parse().ok()?, k.parse().ok()?)]))
+                })
+                .unwrap_or_default()
+        }
     }
 
     fn fake_proc(
@@ -439,9 +464,18 @@ mod tests {
 
     #[test]
     fn renders_pods_processes_and_dead_sandboxes() {
+        // The VMM has a clone's RAM copy open (inode 42, 1000 KiB) and maps 300 KiB of it,
+        // virtiofsd 100 KiB more (their PSS of it): 600 KiB are in no PSS.
+        let ram =
+            |pss| format!("7f00-7f10 rw-s 0 00:01 42 /memfd:isola-clone-ram\nPss: {pss} kB\n");
+        let mut vmm = fake_proc(250, 100, 300, "qemu-system-x86_64");
+        vmm.insert("memfds", "42 1000".into());
+        vmm.insert("smaps", ram(300));
+        let mut virtiofsd = fake_proc(50, 10, 20, "virtiofsd");
+        virtiofsd.insert("smaps", ram(100));
         let src = Fake(HashMap::from([
-            (10, fake_proc(250, 100, 300, "qemu-system-x86_64")),
-            (11, fake_proc(50, 10, 20, "virtiofsd")),
+            (10, vmm),
+            (11, virtiofsd),
             (9, fake_proc(7, 30, 40, "containerd-shim-isola-v2")),
         ]));
         let at = |pid| ProcId {
@@ -492,6 +526,7 @@ mod tests {
             format!(r#"isola_process_cpu_seconds_total{{{pod},process="shim"}} 0.07"#),
             format!(r#"isola_process_resident_memory_bytes{{{pod},process="shim"}} 122880"#),
             format!(r#"isola_process_pss_bytes{{{pod},process="shim"}} 40960"#),
+            format!("isola_pod_guest_ram_unmapped_bytes{{{pod}}} 614400"),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }

@@ -3,17 +3,23 @@
 //! The files are read through [`ProcSource`] so the parsing is tested on fixed text, and every
 //! read is bounded ([`MAX_PROC_FILE`]): odd content yields no figure, never a panic.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 use isola_sandbox::record::{start_time_from_stat, ProcId};
 
 /// Most bytes read of one /proc file (stat, statm, comm and smaps_rollup are far smaller).
 pub const MAX_PROC_FILE: u64 = 64 * 1024;
+/// Most bytes read of a `smaps` (a VMM's has a few hundred mappings, ~200 KiB).
+pub const MAX_SMAPS: u64 = 8 * 1024 * 1024;
 
 /// Reads `/proc/<pid>/<file>`.
 pub trait ProcSource {
-    /// The file's text (at most [`MAX_PROC_FILE`] bytes), or None when it cannot be read.
+    /// The file's text (at most [`MAX_PROC_FILE`] bytes, [`MAX_SMAPS`] for `smaps`), or None
+    /// when it cannot be read.
     fn read(&self, pid: u32, file: &str) -> Option<String>;
+    /// The memfds `pid` has open, as inode → allocated KiB.
+    fn memfds(&self, pid: u32) -> HashMap<u64, u64>;
 }
 
 /// The host's /proc.
@@ -23,9 +29,41 @@ impl ProcSource for HostProc {
     fn read(&self, pid: u32, file: &str) -> Option<String> {
         let f = std::fs::File::open(format!("/proc/{pid}/{file}")).ok()?;
         let mut bytes = Vec::new();
-        f.take(MAX_PROC_FILE).read_to_end(&mut bytes).ok()?;
+        let most = if file == "smaps" {
+            MAX_SMAPS
+        } else {
+            MAX_PROC_FILE
+        };
+        f.take(most).read_to_end(&mut bytes).ok()?;
         Some(String::from_utf8_lossy(&bytes).into_owned())
     }
+
+    fn memfds(&self, pid: u32) -> HashMap<u64, u64> {
+        isola_sandbox::memfd::host_memfds(pid)
+    }
+}
+
+/// Bytes that `pids` (every process of one pod) hold in memfds which none of them maps: a VM
+/// template clone's RAM copy its guest has not touched (see [`isola_sandbox::memfd`]).
+pub fn unmapped_memfd_bytes(src: &dyn ProcSource, pids: &[u32]) -> u64 {
+    use isola_sandbox::memfd;
+    let mut allocated = HashMap::new();
+    for &pid in pids {
+        allocated.extend(src.memfds(pid));
+    }
+    if allocated.is_empty() {
+        return 0;
+    }
+    let mut mapped: HashMap<u64, u64> = HashMap::new();
+    for &pid in pids {
+        let Some(smaps) = src.read(pid, "smaps") else {
+            continue;
+        };
+        for (ino, kib) in memfd::pss_by_inode(&smaps, &allocated) {
+            *mapped.entry(ino).or_default() += kib;
+        }
+    }
+    memfd::unmapped_kib(&allocated, &mapped).saturating_mul(1024)
 }
 
 /// The host's clock ticks per second and page size, which /proc figures are counted in.
@@ -130,8 +168,6 @@ pub fn kib_field(text: &str, name: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
     use super::*;
 
     struct Fixed(HashMap<&'static str, &'static str>);
@@ -140,6 +176,26 @@ mod tests {
         fn read(&self, _pid: u32, file: &str) -> Option<String> {
             self.0.get(file).map(|s| s.to_string())
         }
+
+        fn memfds(&self, _pid: u32) -> HashMap<u64, u64> {
+            self.0.get("memfds").map_or_else(HashMap::new, |t| {
+                t.lines()
+                    .filter_map(|l| l.split_once(' '))
+                    .filter_map(|(i, k)| Some((i.parse().ok()?, k.parse().ok()?)))
+                    .collect()
+            })
+        }
+    }
+
+    #[test]
+    fn guest_ram_no_process_maps() {
+        let smaps =
+            "7f00-7f10 rw-s 00000000 00:01 42 /memfd:isola-clone-ram (deleted)\nPss: 300 kB\n";
+        let src = Fixed(HashMap::from([("memfds", "42 1000\n"), ("smaps", smaps)]));
+        // Two processes map it (the same fake smaps for both): 600 KiB of its 1000 are mapped.
+        assert_eq!(unmapped_memfd_bytes(&src, &[1, 2]), 400 * 1024);
+        let none = Fixed(HashMap::from([("smaps", smaps)]));
+        assert_eq!(unmapped_memfd_bytes(&none, &[1]), 0, "no memfd open");
     }
 
     const STAT: &str =

@@ -6,6 +6,7 @@
 mod bringup;
 mod console;
 pub mod debug_console;
+pub mod memfd;
 pub mod record;
 pub mod shim_metrics;
 mod vmconfig;

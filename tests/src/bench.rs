@@ -42,66 +42,24 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
     kib_field(&text, "Pss:")
 }
 
-/// Memory that `pids` hold in memfds which none of them maps, KiB: allocated pages of every
-/// memfd one of them has open, less the PSS of every mapping of it in any of them.
-///
-/// PSS counts mapped pages only. A VM template's clone gets its guest RAM as a memfd filled
-/// with write(2) (hypervisor/src/qemu/clone.rs, `copy_ram`), so the pages its guest has not
-/// touched since the restore are allocated for the pod but in no process's PSS. `pids` must be
-/// every process that maps those memfds (a pod's shim and all its descendants): the PSS of a
-/// page mapped by several of them adds up to the page once.
+/// Memory that `pids` hold in memfds which none of them maps, KiB (see
+/// [`isola_sandbox::memfd`]): a template clone's RAM copy its guest has not touched. `pids`
+/// must be every process that maps those memfds (a pod's shim and all its descendants).
 pub fn unmapped_memfd_kib(pids: &[u32]) -> u64 {
-    let mut allocated: HashMap<u64, u64> = HashMap::new();
-    for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let is_memfd = std::fs::read_link(fd.path())
-                .is_ok_and(|t| t.to_string_lossy().starts_with("/memfd:"));
-            if !is_memfd {
-                continue;
-            }
-            if let Ok(meta) = std::fs::metadata(fd.path()) {
-                use std::os::unix::fs::MetadataExt;
-                allocated.insert(meta.ino(), meta.blocks() * 512 / 1024);
-            }
-        }
+    use isola_sandbox::memfd;
+    let mut allocated = HashMap::new();
+    for &pid in pids {
+        allocated.extend(memfd::host_memfds(pid));
     }
     let mut mapped: HashMap<u64, u64> = HashMap::new();
     for pid in pids {
         if let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
-            for (ino, kib) in memfd_pss(&smaps, &allocated) {
+            for (ino, kib) in memfd::pss_by_inode(&smaps, &allocated) {
                 *mapped.entry(ino).or_default() += kib;
             }
         }
     }
-    allocated
-        .iter()
-        .map(|(ino, kib)| kib.saturating_sub(mapped.get(ino).copied().unwrap_or(0)))
-        .sum()
-}
-
-/// The `Pss:` of each mapping in `smaps` whose inode is a key of `files`, as (inode, KiB).
-fn memfd_pss(smaps: &str, files: &HashMap<u64, u64>) -> Vec<(u64, u64)> {
-    let mut found = Vec::new();
-    let mut current = None;
-    for line in smaps.lines() {
-        let mut words = line.split_whitespace();
-        let Some(first) = words.next() else { continue };
-        if !first.ends_with(':') {
-            // A mapping's header: range, perms, offset, device, inode, path.
-            current = words
-                .nth(3)
-                .and_then(|i| i.parse::<u64>().ok())
-                .filter(|i| files.contains_key(i));
-        } else if first == "Pss:" {
-            if let (Some(ino), Some(kib)) = (current, words.next().and_then(|k| k.parse().ok())) {
-                found.push((ino, kib));
-            }
-        }
-    }
-    found
+    memfd::unmapped_kib(&allocated, &mapped)
 }
 
 /// The host's `MemAvailable` (/proc/meminfo), KiB.
@@ -192,7 +150,6 @@ mod tests {
     #[test]
     fn memfd_pages_no_process_maps_are_counted() {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
         let me = std::process::id();
         let before = unmapped_memfd_kib(&[me]);
         let fd = nix::sys::memfd::memfd_create(c"bench-test", nix::sys::memfd::MFdFlags::empty())
@@ -204,34 +161,5 @@ mod tests {
             1024,
             "written, not mapped"
         );
-        // SAFETY: a fresh shared mapping of 256 KiB of the memfd, unmapped below; nothing
-        // else refers to it.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                256 * 1024,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        let unmapped = unmapped_memfd_kib(&[me]) - before;
-        // SAFETY: `p` is the 256 KiB mapping made above.
-        unsafe { libc::munmap(p, 256 * 1024) };
-        assert_eq!(
-            unmapped, 768,
-            "a quarter is mapped (and in this process's PSS)"
-        );
-    }
-
-    #[test]
-    fn memfd_mappings_are_found_in_smaps() {
-        let smaps = "7f00-7f10 rw-s 00000000 00:01 42    /memfd:x (deleted)\nSize: 64 kB\nPss:  16 kB\nVmFlags: rd wr sh\n\
-                     7f10-7f20 rw-p 00000000 00:00 0 \nPss:  99 kB\n\
-                     7f20-7f30 rw-s 00000000 00:01 42    /memfd:x (deleted)\nPss:  8 kB\n";
-        let files = HashMap::from([(42, 100)]);
-        assert_eq!(memfd_pss(smaps, &files), vec![(42, 16), (42, 8)]);
     }
 }

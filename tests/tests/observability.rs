@@ -138,6 +138,24 @@ fn vm_ps_and_monitor_show_two_running_pods() {
         );
         let pss = sample(&scrape, "isola_process_pss_bytes", &vmm).unwrap();
         assert!(pss > 0.0 && pss <= rss * 1.05, "{id}: PSS {pss}, RSS {rss}");
+        // A template clone's RAM copy its guest has not touched is in no PSS; a booted VM's
+        // guest RAM is all mapped.
+        let unmapped = sample(
+            &scrape,
+            "isola_pod_guest_ram_unmapped_bytes",
+            &[pod.as_str()],
+        )
+        .unwrap_or_else(|| panic!("{id}: no unmapped guest RAM figure:\n{scrape}"));
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", vmm_pid(&c, id))).unwrap();
+        let clone = String::from_utf8_lossy(&cmdline).contains("-incoming");
+        if clone {
+            assert!(
+                unmapped > 1024.0 * 1024.0 && unmapped < 512.0 * 1024.0 * 1024.0,
+                "{id}: a clone's untouched RAM copy: {unmapped} bytes"
+            );
+        } else {
+            assert!(unmapped < 1024.0 * 1024.0, "{id}: a booted VM: {unmapped}");
+        }
         let cpu = sample(&scrape, "isola_process_cpu_seconds_total", &vmm).unwrap();
         assert!(cpu > 0.0, "{id}: a booted VMM used CPU: {cpu}");
         assert!(

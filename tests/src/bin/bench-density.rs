@@ -227,7 +227,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(SETTLE).await;
     let mem = tokio::task::block_in_place(|| pods_memory(&pods))?;
     eprintln!(
-        "bench-density: {} processes of {n} pods, PSS {:.1} MiB in all",
+        "bench-density: {} processes of {n} pods, {:.1} MiB in all (PSS and unmapped guest RAM)",
         mem.processes,
         mib(mem.total())
     );
