@@ -46,24 +46,8 @@ impl ProcSource for HostProc {
 /// Bytes that `pids` (every process of one pod) hold in memfds which none of them maps: a VM
 /// template clone's RAM copy its guest has not touched (see [`isola_sandbox::memfd`]).
 pub fn unmapped_memfd_bytes(src: &dyn ProcSource, pids: &[u32]) -> u64 {
-    use isola_sandbox::memfd;
-    let mut allocated = HashMap::new();
-    for &pid in pids {
-        allocated.extend(src.memfds(pid));
-    }
-    if allocated.is_empty() {
-        return 0;
-    }
-    let mut mapped: HashMap<u64, u64> = HashMap::new();
-    for &pid in pids {
-        let Some(smaps) = src.read(pid, "smaps") else {
-            continue;
-        };
-        for (ino, kib) in memfd::pss_by_inode(&smaps, &allocated) {
-            *mapped.entry(ino).or_default() += kib;
-        }
-    }
-    memfd::unmapped_kib(&allocated, &mapped).saturating_mul(1024)
+    isola_sandbox::memfd::unmapped_kib_of(pids, |pid| src.memfds(pid), |pid| src.read(pid, "smaps"))
+        .saturating_mul(1024)
 }
 
 /// The host's clock ticks per second and page size, which /proc figures are counted in.

@@ -3,7 +3,7 @@
 //! PSS counts mapped pages only. A VM template's clone gets its guest RAM as a memfd filled
 //! with write(2) (isola-hypervisor's `copy_ram`), so the pages its guest has not touched since
 //! the restore are allocated for the pod but in no process's PSS. The pod's host footprint is
-//! the PSS of its processes plus [`unmapped_kib`] of them: the PSS of a page mapped by several
+//! the PSS of its processes plus [`unmapped_kib_of`] them: the PSS of a page mapped by several
 //! of the pod's processes adds up to the page once, so what is allocated less what they map
 //! is what none of them maps.
 
@@ -33,9 +33,41 @@ pub fn host_memfds(pid: u32) -> HashMap<u64, u64> {
     found
 }
 
+/// KiB that processes `pids` (every process that maps them: a pod's VMM, helpers and shim)
+/// hold in memfds none of them maps. `memfds` gives the memfds a process has open (inode →
+/// allocated KiB, as [`host_memfds`]) and `smaps` its /proc/<pid>/smaps text.
+pub fn unmapped_kib_of(
+    pids: &[u32],
+    memfds: impl Fn(u32) -> HashMap<u64, u64>,
+    smaps: impl Fn(u32) -> Option<String>,
+) -> u64 {
+    let mut allocated = HashMap::new();
+    for &pid in pids {
+        allocated.extend(memfds(pid));
+    }
+    if allocated.is_empty() {
+        return 0;
+    }
+    let mut mapped: HashMap<u64, u64> = HashMap::new();
+    for &pid in pids {
+        let Some(text) = smaps(pid) else { continue };
+        for (ino, kib) in pss_by_inode(&text, &allocated) {
+            *mapped.entry(ino).or_default() += kib;
+        }
+    }
+    unmapped_kib(&allocated, &mapped)
+}
+
+/// [`unmapped_kib_of`] `pids` on this host's /proc.
+pub fn host_unmapped_kib(pids: &[u32]) -> u64 {
+    unmapped_kib_of(pids, host_memfds, |pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/smaps")).ok()
+    })
+}
+
 /// The `Pss:` KiB of the mappings in `smaps` (a /proc/<pid>/smaps text) of each file whose
 /// inode is a key of `files`, added up per inode.
-pub fn pss_by_inode(smaps: &str, files: &HashMap<u64, u64>) -> HashMap<u64, u64> {
+fn pss_by_inode(smaps: &str, files: &HashMap<u64, u64>) -> HashMap<u64, u64> {
     let mut found: HashMap<u64, u64> = HashMap::new();
     let mut current = None;
     for line in smaps.lines() {
@@ -60,7 +92,7 @@ pub fn pss_by_inode(smaps: &str, files: &HashMap<u64, u64>) -> HashMap<u64, u64>
 
 /// KiB of `allocated` (inode → KiB) that `mapped` (inode → PSS KiB over every process that
 /// maps it) does not cover.
-pub fn unmapped_kib(allocated: &HashMap<u64, u64>, mapped: &HashMap<u64, u64>) -> u64 {
+fn unmapped_kib(allocated: &HashMap<u64, u64>, mapped: &HashMap<u64, u64>) -> u64 {
     allocated
         .iter()
         .map(|(ino, kib)| kib.saturating_sub(mapped.get(ino).copied().unwrap_or(0)))
@@ -118,5 +150,12 @@ mod tests {
         let mapped = pss_by_inode(&smaps, &only);
         assert_eq!(mapped.get(&ino), Some(&256));
         assert_eq!(unmapped_kib(&only, &mapped), 768);
+        // The same through the whole walk: written, not mapped any more.
+        let now = unmapped_kib_of(&[me], |_| only.clone(), |_| Some(smaps.clone()));
+        assert_eq!(now, 768);
+        assert!(
+            host_unmapped_kib(&[me]) >= 1024,
+            "no mapping left after munmap"
+        );
     }
 }

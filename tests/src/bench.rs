@@ -42,24 +42,12 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
     kib_field(&text, "Pss:")
 }
 
-/// Memory that `pids` hold in memfds which none of them maps, KiB (see
-/// [`isola_sandbox::memfd`]): a template clone's RAM copy its guest has not touched. `pids`
-/// must be every process that maps those memfds (a pod's shim and all its descendants).
+/// Memory that `pids` hold in memfds which none of them maps, KiB
+/// ([`isola_sandbox::memfd::host_unmapped_kib`]): a template clone's RAM copy its guest has
+/// not touched. `pids` must be every process that maps those memfds (a pod's shim and all its
+/// descendants).
 pub fn unmapped_memfd_kib(pids: &[u32]) -> u64 {
-    use isola_sandbox::memfd;
-    let mut allocated = HashMap::new();
-    for &pid in pids {
-        allocated.extend(memfd::host_memfds(pid));
-    }
-    let mut mapped: HashMap<u64, u64> = HashMap::new();
-    for pid in pids {
-        if let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) {
-            for (ino, kib) in memfd::pss_by_inode(&smaps, &allocated) {
-                *mapped.entry(ino).or_default() += kib;
-            }
-        }
-    }
-    memfd::unmapped_kib(&allocated, &mapped)
+    isola_sandbox::memfd::host_unmapped_kib(pids)
 }
 
 /// The host's `MemAvailable` (/proc/meminfo), KiB.

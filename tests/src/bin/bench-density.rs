@@ -4,9 +4,8 @@
 //! host memory they cost (the PSS of each pod's shim and every process under it: QEMU,
 //! virtiofsd, vhost-device-vsock; plus the pages of their memfds none of them maps, which a
 //! clone's RAM copy has until its guest touches them), per pod, and how many such idle pods
-//! would fit in the
-//! host's MemAvailable (computed, the host is not filled). Every pod is stopped and removed
-//! at the end and checked to have left nothing behind.
+//! would fit in the host's MemAvailable (computed, the host is not filled). Every pod is
+//! stopped and removed at the end and checked to have left nothing behind.
 //!
 //! With `template` as second argument every pod VM is a clone of a VM template
 //! (`[factory] template = true`; the warm-up pod builds it), and the lines say so.
